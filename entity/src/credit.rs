@@ -1,0 +1,27 @@
+//! The append-only credit ledger: one row per guarded action. Never updated or deleted.
+
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "credit")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub user_id: Option<Uuid>,
+    #[sea_orm(column_name = "type")]
+    pub kind: String,
+    pub amount: i64,
+    pub object_id: Option<String>,
+    pub idempotency_key: Option<String>,
+    /// The plan feature the credits were counted against (`credits`).
+    pub feature: String,
+    /// The start of the counting period, the key of the `credit_usage` row this spend added to.
+    pub period_start: DateTimeUtc,
+    pub created_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,20 @@
+//! Credits used per tenant, feature and period: the O(1) counter concurrent spenders contend on.
+
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "credit_usage")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub tenant_id: Uuid,
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub feature: String,
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub period_start: DateTimeUtc,
+    pub used: i64,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

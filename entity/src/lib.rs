@@ -1,0 +1,13 @@
+//! sea-orm models of Tollgate's tables, one module per table. Models only: no GraphQL, no
+//! business rules (those live in the `tollgate` crate).
+
+pub mod credit;
+pub mod credit_usage;
+pub mod plan;
+pub mod plan_feature;
+pub mod project;
+pub mod task;
+pub mod tenant;
+pub mod tenant_subscription;
+pub mod tenant_user;
+pub mod user;

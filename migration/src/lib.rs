@@ -1,0 +1,15 @@
+//! Tollgate's schema, one migration per change. An applied migration is never edited:
+//! add a new one.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261125_000001_core;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261125_000001_core::Migration)]
+    }
+}

@@ -1,0 +1,316 @@
+//! Who is calling: password hashing (argon2), access tokens (HS256 JWT), the `Viewer` taken
+//! from `Authorization: Bearer`, and membership checks. A token that is present but invalid
+//! is an error, never an anonymous caller.
+
+use std::path::Path;
+
+use anyhow::Context;
+use argon2::{
+    Argon2, PasswordHash, PasswordHasher, PasswordVerifier,
+    password_hash::{SaltString, rand_core::OsRng},
+};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use chrono::Utc;
+use entity::{tenant_user, user};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use rand::RngCore;
+use sea_orm::{ActiveValue::Set, ConnectionTrait, EntityTrait, QueryFilter, prelude::*};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use crate::{config::Config, error::AppError, tenants::Role};
+
+/// Bounds on sign-up input; the password cap keeps argon2's work per request bounded.
+const MIN_PASSWORD: usize = 8;
+const MAX_PASSWORD: usize = 256;
+const MAX_EMAIL: usize = 254;
+pub(crate) const MAX_NAME: usize = 100;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    exp: i64,
+    iat: i64,
+}
+
+/// Signing and verifying keys for access tokens.
+#[derive(Clone)]
+pub struct Keys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    ttl_seconds: i64,
+}
+
+impl Keys {
+    /// From `jwt_secret`, or a development secret kept in `data_dir` (with a warning).
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        let secret = match &config.jwt_secret {
+            Some(secret) => secret.clone(),
+            None => development_secret(&config.data_dir)?,
+        };
+        let bytes = secret.expose_secret().as_bytes();
+        if bytes.len() < 32 {
+            anyhow::bail!("invalid configuration: jwt_secret must be at least 32 bytes");
+        }
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.leeway = 30;
+        Ok(Keys {
+            encoding: EncodingKey::from_secret(bytes),
+            decoding: DecodingKey::from_secret(bytes),
+            validation,
+            ttl_seconds: i64::try_from(config.token_ttl_seconds).unwrap_or(i64::MAX),
+        })
+    }
+
+    /// A signed token for `user_id`, valid for the configured lifetime.
+    pub fn mint(&self, user_id: Uuid) -> Result<String, AppError> {
+        let now = Utc::now().timestamp();
+        let claims = Claims {
+            sub: user_id.to_string(),
+            iat: now,
+            exp: now.saturating_add(self.ttl_seconds),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| AppError::Internal(e.into()))
+    }
+
+    fn verify(&self, token: &str) -> Result<Uuid, AppError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|_| AppError::Unauthenticated("invalid or expired token"))?;
+        Uuid::parse_str(&data.claims.sub)
+            .map_err(|_| AppError::Unauthenticated("invalid or expired token"))
+    }
+}
+
+fn development_secret(data_dir: &Path) -> anyhow::Result<SecretString> {
+    let path = data_dir.join("jwt-secret");
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        return Ok(SecretString::from(existing.trim().to_owned()));
+    }
+    crate::config::ensure_dir(data_dir)?;
+    let mut bytes = [0u8; 48];
+    rand::rng().fill_bytes(&mut bytes);
+    let secret = URL_SAFE_NO_PAD.encode(bytes);
+    write_private(&path, &secret)
+        .with_context(|| format!("cannot write the development secret {}", path.display()))?;
+    tracing::warn!(
+        path = %path.display(),
+        "TOLLGATE_JWT_SECRET is not set: using a generated development secret; set it in production"
+    );
+    Ok(SecretString::from(secret))
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents.as_bytes())
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    std::fs::write(path, contents)
+}
+
+/// The caller of one request: a signed-in user or nobody.
+#[derive(Clone, Debug, Default)]
+pub struct Viewer(Option<user::Model>);
+
+impl Viewer {
+    pub const ANONYMOUS: Viewer = Viewer(None);
+
+    pub fn user(&self) -> Option<&user::Model> {
+        self.0.as_ref()
+    }
+
+    /// The signed-in user, or `UNAUTHENTICATED`.
+    pub fn require(&self) -> Result<&user::Model, AppError> {
+        self.0.as_ref().ok_or(AppError::Unauthenticated(
+            "sign in first: send Authorization: Bearer <token>",
+        ))
+    }
+}
+
+/// The viewer of a request from its `Authorization` header value (if any).
+pub async fn authenticate(
+    db: &impl ConnectionTrait,
+    keys: &Keys,
+    authorization: Option<&str>,
+) -> Result<Viewer, AppError> {
+    let Some(header) = authorization else {
+        return Ok(Viewer(None));
+    };
+    let token = header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or(AppError::Unauthenticated(
+            "the Authorization header must be `Bearer <token>`",
+        ))?;
+    let user_id = keys.verify(token)?;
+    let user = user::Entity::find_by_id(user_id)
+        .one(db)
+        .await?
+        .ok_or(AppError::Unauthenticated("invalid or expired token"))?;
+    Ok(Viewer(Some(user)))
+}
+
+pub struct SignUp {
+    pub email: String,
+    pub password: String,
+    pub name: String,
+}
+
+/// Creates a user and returns it with a token.
+pub async fn sign_up(
+    db: &impl ConnectionTrait,
+    keys: &Keys,
+    input: SignUp,
+) -> Result<(user::Model, String), AppError> {
+    let email = normalize_email(&input.email)?;
+    let name = input.name.trim().to_owned();
+    if name.is_empty() || name.chars().count() > MAX_NAME {
+        return Err(AppError::bad_input(format!(
+            "name must be 1 to {MAX_NAME} characters"
+        )));
+    }
+    let length = input.password.chars().count();
+    if !(MIN_PASSWORD..=MAX_PASSWORD).contains(&length) {
+        return Err(AppError::bad_input(format!(
+            "password must be {MIN_PASSWORD} to {MAX_PASSWORD} characters"
+        )));
+    }
+    if find_by_email(db, &email).await?.is_some() {
+        return Err(AppError::bad_input(
+            "an account with this email already exists",
+        ));
+    }
+    let password_hash = hash_password(input.password).await?;
+    let inserted = user::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        email: Set(email),
+        name: Set(Some(name)),
+        password_hash: Set(password_hash),
+        created_at: Set(Utc::now()),
+    }
+    .insert(db)
+    .await;
+    let user = match inserted {
+        Ok(user) => user,
+        // Two sign-ups with one email raced past the check above.
+        Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+            return Err(AppError::bad_input(
+                "an account with this email already exists",
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let token = keys.mint(user.id)?;
+    Ok((user, token))
+}
+
+/// Checks an email and password; the same error whichever is wrong.
+pub async fn sign_in(
+    db: &impl ConnectionTrait,
+    keys: &Keys,
+    email: &str,
+    password: String,
+) -> Result<(user::Model, String), AppError> {
+    const REFUSED: AppError = AppError::Unauthenticated("wrong email or password");
+    let user = match normalize_email(email) {
+        Ok(email) => find_by_email(db, &email).await?,
+        Err(_) => None,
+    };
+    let Some(user) = user else {
+        // Spend the same time as a real check, so timing does not reveal who has an account.
+        let _ = verify_password(password, dummy_hash()).await;
+        return Err(REFUSED);
+    };
+    if !verify_password(password, user.password_hash.clone()).await? {
+        return Err(REFUSED);
+    }
+    let token = keys.mint(user.id)?;
+    Ok((user, token))
+}
+
+pub async fn find_by_email(
+    db: &impl ConnectionTrait,
+    email: &str,
+) -> Result<Option<user::Model>, AppError> {
+    Ok(user::Entity::find()
+        .filter(user::Column::Email.eq(email))
+        .one(db)
+        .await?)
+}
+
+pub fn normalize_email(email: &str) -> Result<String, AppError> {
+    let email = email.trim().to_lowercase();
+    let valid = email.len() <= MAX_EMAIL
+        && email
+            .split_once('@')
+            .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'))
+        && !email.chars().any(char::is_whitespace);
+    if valid {
+        Ok(email)
+    } else {
+        Err(AppError::bad_input("email is not a valid address"))
+    }
+}
+
+async fn hash_password(password: String) -> Result<String, AppError> {
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut OsRng);
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| anyhow::anyhow!("password hashing failed: {e}"))
+    })
+    .await
+    .map_err(|e| AppError::Internal(e.into()))?
+    .map_err(AppError::Internal)
+}
+
+async fn verify_password(password: String, hash: String) -> Result<bool, AppError> {
+    tokio::task::spawn_blocking(move || {
+        let parsed = PasswordHash::new(&hash)
+            .map_err(|e| anyhow::anyhow!("stored password hash is malformed: {e}"))?;
+        Ok(Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok())
+    })
+    .await
+    .map_err(|e| AppError::Internal(e.into()))?
+    .map_err(AppError::Internal)
+}
+
+/// A valid argon2 hash of a random password, to verify against when the user is unknown.
+fn dummy_hash() -> String {
+    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$Xr2B4GgGGGmqgRLqV0wqFJ6lZfa1TeW6o5dxhymFhcM"
+        .to_owned()
+}
+
+/// The viewer's role in `tenant_id`, or `FORBIDDEN` when they are not a member (whether or
+/// not the tenant exists, so ids of other tenants reveal nothing).
+pub async fn require_member(
+    db: &impl ConnectionTrait,
+    viewer: &Viewer,
+    tenant_id: Uuid,
+) -> Result<(user::Model, Role), AppError> {
+    let user = viewer.require()?;
+    let membership = tenant_user::Entity::find_by_id((tenant_id, user.id))
+        .one(db)
+        .await?
+        .ok_or(AppError::Forbidden)?;
+    let role = membership
+        .role
+        .parse()
+        .map_err(|_| AppError::Internal(anyhow::anyhow!("unknown role {}", membership.role)))?;
+    Ok((user.clone(), role))
+}

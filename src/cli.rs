@@ -1,0 +1,88 @@
+//! The command line: `serve` (default), `migrate`, `print-schema`, `token`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::{
+    auth::{self, Keys},
+    config::{Config, Overrides},
+    db::Database,
+    graphql,
+    startup::{self, Application},
+    telemetry,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "Credits guard, ledger and GraphQL API for SaaS plans"
+)]
+pub struct Cli {
+    /// TOML config file (every key can also be set by environment: TOLLGATE_<KEY>).
+    #[arg(long, global = true, env = "TOLLGATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Database URL: sqlite://FILE?mode=rwc or postgres://… (env DATABASE_URL).
+    #[arg(long, global = true)]
+    database_url: Option<String>,
+    /// Address `serve` listens on (env TOLLGATE_ADDR; default 127.0.0.1:8080).
+    #[arg(long, global = true)]
+    addr: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP server (the default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Print the GraphQL schema (SDL) to stdout.
+    PrintSchema,
+    /// Mint an access token for an existing user, for local use.
+    Token {
+        #[arg(long)]
+        email: String,
+    },
+}
+
+impl Cli {
+    pub async fn run(self) -> anyhow::Result<()> {
+        let command = self.command.unwrap_or(Command::Serve);
+        if let Command::PrintSchema = command {
+            print!("{}", graphql::sdl());
+            return Ok(());
+        }
+        let overrides = Overrides {
+            addr: self.addr,
+            database_url: self.database_url,
+        };
+        let config = Config::load(self.config.as_deref(), &overrides)?;
+        telemetry::init(config.log_format);
+        match command {
+            Command::Serve => {
+                Application::build(config)
+                    .await?
+                    .run_until_stopped()
+                    .await?
+            }
+            Command::Migrate => {
+                startup::migrate(&Database::connect(&config).await?).await?;
+                eprintln!("migrations applied");
+            }
+            Command::Token { email } => {
+                let db = Database::connect(&config).await?;
+                let email = auth::normalize_email(&email)?;
+                let user = auth::find_by_email(&db.read, &email)
+                    .await?
+                    .with_context(|| format!("no user with the email {email}"))?;
+                println!("{}", Keys::from_config(&config)?.mint(user.id)?);
+            }
+            Command::PrintSchema => {}
+        }
+        Ok(())
+    }
+}

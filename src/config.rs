@@ -1,0 +1,317 @@
+//! Typed configuration: built-in defaults, then an optional TOML file, then `TOLLGATE_*`
+//! environment variables (and `DATABASE_URL`), then command-line flags. Validated once at
+//! start-up: a bad value stops the process with a message naming the key.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+use crate::credits::{CreditKind, FeatureLimitType};
+
+/// Everything Tollgate reads at start-up.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP server binds (`127.0.0.1:8080`; port 0 picks a free port).
+    pub addr: String,
+    /// `sqlite://…` (embedded default) or `postgres://…`.
+    pub database_url: String,
+    /// HS256 secret for access tokens. Without it a development secret is kept in `data_dir`.
+    pub jwt_secret: Option<SecretString>,
+    /// Lifetime of the access tokens `signUp`, `signIn` and `tollgate token` mint.
+    pub token_ttl_seconds: u64,
+    /// Where Tollgate keeps local state it generates (the development JWT secret).
+    pub data_dir: PathBuf,
+    /// `pretty` (development) or `json` (production).
+    pub log_format: LogFormat,
+    pub database: DatabaseSettings,
+    /// The plan every new tenant is subscribed to.
+    pub default_plan: String,
+    pub credit_types: Vec<CreditTypeConfig>,
+    pub usage_based_units: Vec<UsageBasedUnitConfig>,
+    pub plans: Vec<PlanConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// Connections in the pool (on SQLite: readers; writes go through one connection).
+    pub max_connections: u32,
+    /// How long a request waits for a pooled connection before failing.
+    pub acquire_timeout_ms: u64,
+    /// SQLite only: how long a statement waits for a lock held by another process.
+    pub sqlite_busy_timeout_ms: u64,
+}
+
+/// What one kind of action costs. `value` is fixed by code; the rest is configurable.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CreditTypeConfig {
+    pub value: String,
+    pub name: String,
+    pub description: String,
+    pub amount: i64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UsageBasedUnitConfig {
+    pub name: String,
+    pub title: String,
+    pub title_plural: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PlanConfig {
+    pub slug: String,
+    pub title: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub features: Vec<PlanFeatureConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PlanFeatureConfig {
+    pub name: String,
+    pub title: String,
+    #[serde(rename = "type")]
+    pub kind: FeatureLimitType,
+    #[serde(default)]
+    pub value: i64,
+}
+
+/// Values given on the command line: they win over the file and the environment.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub addr: Option<String>,
+    pub database_url: Option<String>,
+}
+
+impl Config {
+    /// Defaults, then `file` (if any), then the environment, then `overrides`; validated.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Self> {
+        let mut figment = Figment::from(Serialized::defaults(Defaults::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                bail!("config file {} does not exist", path.display());
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment
+            .merge(Env::raw().only(&["DATABASE_URL"]))
+            .merge(Env::prefixed("TOLLGATE_").ignore(&["CONFIG"]).split("__"));
+        let mut config: Config = figment
+            .extract()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        if let Some(addr) = &overrides.addr {
+            config.addr.clone_from(addr);
+        }
+        if let Some(url) = &overrides.database_url {
+            config.database_url.clone_from(url);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The built-in configuration, as `cargo run` uses it with no file and no environment.
+    pub fn defaults() -> Self {
+        let d = Defaults::default();
+        Config {
+            addr: d.addr,
+            database_url: d.database_url,
+            jwt_secret: None,
+            token_ttl_seconds: d.token_ttl_seconds,
+            data_dir: d.data_dir,
+            log_format: d.log_format,
+            database: d.database,
+            default_plan: d.default_plan,
+            credit_types: d.credit_types,
+            usage_based_units: d.usage_based_units,
+            plans: d.plans,
+        }
+    }
+
+    /// Checks what serde cannot: references between keys and the fixed credit type values.
+    pub fn validate(&mut self) -> anyhow::Result<()> {
+        // Credit types: every configured value must be one the code knows; the ones the file
+        // leaves out keep their defaults.
+        let mut merged = default_credit_types();
+        for (i, ct) in self.credit_types.iter().enumerate() {
+            if CreditKind::from_value(&ct.value).is_none() {
+                bail!(
+                    "invalid configuration: credit_types[{i}].value = {:?} is not a known credit type (known: {})",
+                    ct.value,
+                    CreditKind::ALL.map(CreditKind::value).join(", ")
+                );
+            }
+            if ct.amount < 0 {
+                bail!("invalid configuration: credit_types[{i}].amount must be >= 0");
+            }
+            if let Some(slot) = merged.iter_mut().find(|d| d.value == ct.value) {
+                *slot = ct.clone();
+            }
+        }
+        self.credit_types = merged;
+
+        if self.plans.is_empty() {
+            bail!("invalid configuration: plans must define at least one plan");
+        }
+        for (i, plan) in self.plans.iter().enumerate() {
+            if plan.slug.trim().is_empty() {
+                bail!("invalid configuration: plans[{i}].slug must not be empty");
+            }
+            if self.plans[..i].iter().any(|p| p.slug == plan.slug) {
+                bail!(
+                    "invalid configuration: plans[{i}].slug = {:?} is defined twice",
+                    plan.slug
+                );
+            }
+            for (j, f) in plan.features.iter().enumerate() {
+                if f.value < 0 {
+                    bail!("invalid configuration: plans[{i}].features[{j}].value must be >= 0");
+                }
+                if plan.features[..j].iter().any(|g| g.name == f.name) {
+                    bail!(
+                        "invalid configuration: plans[{i}].features[{j}].name = {:?} is defined twice",
+                        f.name
+                    );
+                }
+            }
+        }
+        if !self.plans.iter().any(|p| p.slug == self.default_plan) {
+            bail!(
+                "invalid configuration: default_plan = {:?} names no plan in [[plans]]",
+                self.default_plan
+            );
+        }
+        if self.token_ttl_seconds == 0 {
+            bail!("invalid configuration: token_ttl_seconds must be > 0");
+        }
+        if self.database.max_connections == 0 {
+            bail!("invalid configuration: database.max_connections must be > 0");
+        }
+        Ok(())
+    }
+
+    /// The credit type configured for `kind` (validation guarantees there is one).
+    pub fn credit_type(&self, kind: CreditKind) -> CreditTypeConfig {
+        self.credit_types
+            .iter()
+            .find(|c| c.value == kind.value())
+            .cloned()
+            .unwrap_or_else(|| kind.default_config())
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        self.database_url.starts_with("sqlite:")
+    }
+}
+
+/// The serializable half of the defaults (secrets have none).
+#[derive(Serialize)]
+struct Defaults {
+    addr: String,
+    database_url: String,
+    token_ttl_seconds: u64,
+    data_dir: PathBuf,
+    log_format: LogFormat,
+    database: DatabaseSettings,
+    default_plan: String,
+    credit_types: Vec<CreditTypeConfig>,
+    usage_based_units: Vec<UsageBasedUnitConfig>,
+    plans: Vec<PlanConfig>,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            addr: "127.0.0.1:8080".into(),
+            database_url: "sqlite://tollgate.db?mode=rwc".into(),
+            token_ttl_seconds: 24 * 3600,
+            data_dir: PathBuf::from(".tollgate"),
+            log_format: LogFormat::Pretty,
+            database: DatabaseSettings {
+                max_connections: 16,
+                acquire_timeout_ms: 5_000,
+                sqlite_busy_timeout_ms: 5_000,
+            },
+            default_plan: "free".into(),
+            credit_types: default_credit_types(),
+            usage_based_units: vec![
+                unit("api", "API call", "API calls"),
+                unit("project-credits", "Project", "Projects"),
+                unit("task-credits", "Task", "Tasks"),
+            ],
+            plans: vec![
+                plan("free", "Free", FeatureLimitType::Monthly, 10),
+                plan("pro", "Pro", FeatureLimitType::Monthly, 1000),
+                plan("enterprise", "Enterprise", FeatureLimitType::Unlimited, 0),
+            ],
+        }
+    }
+}
+
+fn default_credit_types() -> Vec<CreditTypeConfig> {
+    CreditKind::ALL.map(CreditKind::default_config).to_vec()
+}
+
+fn unit(name: &str, title: &str, title_plural: &str) -> UsageBasedUnitConfig {
+    UsageBasedUnitConfig {
+        name: name.into(),
+        title: title.into(),
+        title_plural: title_plural.into(),
+    }
+}
+
+fn plan(slug: &str, title: &str, kind: FeatureLimitType, value: i64) -> PlanConfig {
+    PlanConfig {
+        slug: slug.into(),
+        title: title.into(),
+        description: None,
+        features: vec![PlanFeatureConfig {
+            name: crate::credits::CREDITS_FEATURE.into(),
+            title: "Credits".into(),
+            kind,
+            value,
+        }],
+    }
+}
+
+impl CreditKind {
+    fn default_config(self) -> CreditTypeConfig {
+        let (name, description, amount) = match self {
+            CreditKind::ProjectCreation => {
+                ("Project Creation", "When you create a new project.", 2)
+            }
+            CreditKind::TaskCreation => ("Task Creation", "When you create a new task.", 1),
+        };
+        CreditTypeConfig {
+            value: self.value().into(),
+            name: name.into(),
+            description: description.into(),
+            amount,
+        }
+    }
+}
+
+/// Makes `data_dir` exist, for state Tollgate generates on first start.
+pub fn ensure_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))
+}

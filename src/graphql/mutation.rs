@@ -1,0 +1,130 @@
+//! Mutation resolvers: read arguments, call the domain, map the result.
+
+use async_graphql::{Context, ID, Object, ResultExt};
+
+use crate::{
+    auth::{self, SignUp},
+    graphql::{
+        state,
+        types::{
+            AuthPayload, CreateProjectInput, CreateTaskInput, CreateTenantInput, Project,
+            SignUpInput, Task, Tenant, parse_id,
+        },
+        viewer,
+    },
+    projects::{self, NewProject},
+    tenants::{self, NewTenant},
+};
+
+pub struct Mutation;
+
+#[Object]
+impl Mutation {
+    /// Creates an account and signs it in.
+    async fn sign_up(
+        &self,
+        ctx: &Context<'_>,
+        input: SignUpInput,
+    ) -> async_graphql::Result<AuthPayload> {
+        let state = state(ctx)?;
+        let input = SignUp {
+            email: input.email,
+            password: input.password,
+            name: input.name,
+        };
+        let (user, token) = auth::sign_up(&state.db.write, &state.keys, input)
+            .await
+            .extend()?;
+        Ok(AuthPayload {
+            token,
+            user: user.into(),
+        })
+    }
+
+    /// Signs in with an email and password.
+    async fn sign_in(
+        &self,
+        ctx: &Context<'_>,
+        email: String,
+        password: String,
+    ) -> async_graphql::Result<AuthPayload> {
+        let state = state(ctx)?;
+        let (user, token) = auth::sign_in(&state.db.read, &state.keys, &email, password)
+            .await
+            .extend()?;
+        Ok(AuthPayload {
+            token,
+            user: user.into(),
+        })
+    }
+
+    /// Creates a tenant: you become its OWNER and it starts on the default plan.
+    async fn create_tenant(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateTenantInput,
+    ) -> async_graphql::Result<Tenant> {
+        let state = state(ctx)?;
+        let owner = viewer(ctx).require().extend()?;
+        let input = NewTenant {
+            name: input.name,
+            slug: input.slug,
+        };
+        let tenant = tenants::create_tenant(&state.db.write, &state.config, owner, input)
+            .await
+            .extend()?;
+        Ok(tenant.into())
+    }
+
+    /// Creates a project, spending `credit-project-creation` credits of the tenant.
+    /// Refused with `INSUFFICIENT_CREDITS` or `FEATURE_NOT_INCLUDED`, writing nothing.
+    async fn create_project(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: ID,
+        input: CreateProjectInput,
+        idempotency_key: Option<String>,
+    ) -> async_graphql::Result<Project> {
+        let state = state(ctx)?;
+        let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
+        let input = NewProject {
+            name: input.name,
+            description: input.description,
+        };
+        let project = projects::create_project(
+            &state.db,
+            &state.config,
+            viewer(ctx),
+            tenant_id,
+            input,
+            idempotency_key,
+        )
+        .await
+        .extend()?;
+        Ok(project.into())
+    }
+
+    /// Creates a task in a project, spending `credit-task-creation` credits of its tenant.
+    /// Refused with `INSUFFICIENT_CREDITS` or `FEATURE_NOT_INCLUDED`, writing nothing.
+    async fn create_task(
+        &self,
+        ctx: &Context<'_>,
+        project_id: ID,
+        input: CreateTaskInput,
+        idempotency_key: Option<String>,
+    ) -> async_graphql::Result<Task> {
+        let state = state(ctx)?;
+        let project_id = parse_id(&project_id, "projectId").extend()?;
+        let task = projects::create_task(
+            &state.db,
+            &state.config,
+            viewer(ctx),
+            project_id,
+            &input.title,
+            idempotency_key,
+        )
+        .await
+        .extend()?;
+        Ok(task.into())
+    }
+}

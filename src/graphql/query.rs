@@ -1,0 +1,151 @@
+//! Query resolvers: read arguments, call the domain, map the result.
+
+use async_graphql::{
+    Context, ErrorExtensions, ID, Object, ResultExt,
+    connection::{Connection, Edge},
+};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use chrono::Utc;
+use uuid::Uuid;
+
+use crate::{
+    auth,
+    credits::{self, HistoryFilter},
+    error::AppError,
+    graphql::{
+        state,
+        types::{
+            Credit, CreditHistoryFilter, CreditType, Plan, PlanFeatureUsage, Tenant,
+            UsageBasedUnit, User, parse_id,
+        },
+        viewer,
+    },
+    tenants,
+};
+
+/// Largest page `creditHistory` returns.
+const MAX_PAGE: i32 = 100;
+
+pub struct Query;
+
+#[Object]
+impl Query {
+    /// What each kind of guarded action costs. Public.
+    async fn credit_types(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<CreditType>> {
+        Ok(state(ctx)?
+            .config
+            .credit_types
+            .iter()
+            .map(CreditType::from)
+            .collect())
+    }
+
+    /// The plans on offer, with their limits. Public.
+    async fn plans(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Plan>> {
+        let plans = credits::plans(&state(ctx)?.db.read).await.extend()?;
+        Ok(plans.into_iter().map(Plan::from).collect())
+    }
+
+    /// The units usage is measured in. Public.
+    async fn usage_based_units(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Vec<UsageBasedUnit>> {
+        Ok(state(ctx)?
+            .config
+            .usage_based_units
+            .iter()
+            .map(UsageBasedUnit::from)
+            .collect())
+    }
+
+    /// The signed-in user; null when anonymous.
+    async fn me(&self, ctx: &Context<'_>) -> Option<User> {
+        viewer(ctx).user().cloned().map(User::from)
+    }
+
+    /// A tenant you are a member of.
+    async fn tenant(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Tenant>> {
+        let db = &state(ctx)?.db.read;
+        let id = parse_id(&id, "id").extend()?;
+        auth::require_member(db, viewer(ctx), id).await.extend()?;
+        Ok(tenants::find(db, id).await.extend()?.map(Tenant::from))
+    }
+
+    /// A tenant's usage of one feature of its plan (default `credits`); null when no plan
+    /// defines the feature. Members only.
+    async fn plan_feature_usage(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: ID,
+        #[graphql(default = "credits")] feature: String,
+    ) -> async_graphql::Result<Option<PlanFeatureUsage>> {
+        let db = &state(ctx)?.db.read;
+        let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
+        auth::require_member(db, viewer(ctx), tenant_id)
+            .await
+            .extend()?;
+        let usage = credits::usage(db, tenant_id, &feature, Utc::now())
+            .await
+            .extend()?;
+        Ok(usage.map(PlanFeatureUsage::from))
+    }
+
+    /// The tenant's credit ledger, newest first, `first` (at most 100) at a time. Members only.
+    async fn credit_history(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: ID,
+        #[graphql(default = 20)] first: Option<i32>,
+        after: Option<String>,
+        filter: Option<CreditHistoryFilter>,
+    ) -> async_graphql::Result<Connection<String, Credit>> {
+        let db = &state(ctx)?.db.read;
+        let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
+        let first = first.unwrap_or(20);
+        if !(0..=MAX_PAGE).contains(&first) {
+            return Err(
+                AppError::bad_input(format!("first must be between 0 and {MAX_PAGE}")).extend(),
+            );
+        }
+        let after = after.as_deref().map(decode_cursor).transpose().extend()?;
+        let filter = filter.unwrap_or_default();
+        let filter = HistoryFilter {
+            credit_type: filter.kind,
+            user_id: filter
+                .user_id
+                .map(|id| parse_id(&id, "filter.userId"))
+                .transpose()
+                .extend()?,
+            from: filter.from,
+            to: filter.to,
+        };
+        auth::require_member(db, viewer(ctx), tenant_id)
+            .await
+            .extend()?;
+        let (rows, more) =
+            credits::history(db, tenant_id, first.unsigned_abs().into(), after, &filter)
+                .await
+                .extend()?;
+        let mut connection = Connection::new(after.is_some(), more);
+        connection.edges.extend(
+            rows.into_iter()
+                .map(|row| Edge::new(encode_cursor(row.id), Credit::from(row))),
+        );
+        Ok(connection)
+    }
+}
+
+/// Cursors are opaque to clients: a versioned encoding of the row id (the keyset position).
+fn encode_cursor(id: Uuid) -> String {
+    URL_SAFE_NO_PAD.encode(format!("c1:{id}"))
+}
+
+fn decode_cursor(cursor: &str) -> Result<Uuid, AppError> {
+    URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|text| Uuid::parse_str(text.strip_prefix("c1:")?).ok())
+        .ok_or_else(|| AppError::bad_input("after is not a cursor this API returned"))
+}

@@ -1,0 +1,27 @@
+//! Tollgate: tracks, limits and charges a SaaS product's customers through credits, behind a
+//! GraphQL API. Start with `credits` (the domain and its invariants).
+
+/// Who is calling: passwords, tokens, the viewer, membership checks.
+pub mod auth;
+/// The command line (`serve`, `migrate`, `print-schema`, `token`).
+pub mod cli;
+/// Typed configuration: defaults, TOML file, environment.
+pub mod config;
+/// THE DOMAIN: credit types, plans, usage, and the credits guard `consume`.
+pub mod credits;
+/// Database connections (a reader pool and, on SQLite, one writer).
+pub mod db;
+/// The one error type and its public codes.
+pub mod error;
+/// The GraphQL schema, its types and resolvers.
+pub mod graphql;
+/// The HTTP routes: /graphql, /healthz, /readyz.
+pub mod http;
+/// Guarded resources: projects and tasks, each created with its credit spend.
+pub mod projects;
+/// Connect, migrate, serve.
+pub mod startup;
+/// Logging set-up.
+pub mod telemetry;
+/// Tenants (workspaces) and memberships.
+pub mod tenants;

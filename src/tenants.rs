@@ -1,0 +1,135 @@
+//! Tenants (workspaces) and their members. A new tenant's creator becomes its OWNER and the
+//! tenant is subscribed to the default plan, in one transaction.
+
+use std::str::FromStr;
+
+use chrono::Utc;
+use entity::{tenant, tenant_user, user};
+use sea_orm::{
+    ActiveValue::Set, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, TransactionSession,
+    TransactionTrait, prelude::*,
+};
+
+use crate::{config::Config, credits, error::AppError};
+
+const MAX_TENANT_NAME: usize = 100;
+const MAX_SLUG: usize = 48;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Owner,
+    Admin,
+    Member,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "OWNER",
+            Role::Admin => "ADMIN",
+            Role::Member => "MEMBER",
+        }
+    }
+}
+
+impl FromStr for Role {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        [Role::Owner, Role::Admin, Role::Member]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or(())
+    }
+}
+
+pub struct NewTenant {
+    pub name: String,
+    pub slug: String,
+}
+
+/// Creates a tenant owned by `owner`, subscribed to the configured default plan.
+pub async fn create_tenant(
+    db: &(impl ConnectionTrait + TransactionTrait),
+    config: &Config,
+    owner: &user::Model,
+    input: NewTenant,
+) -> Result<tenant::Model, AppError> {
+    let name = input.name.trim().to_owned();
+    if name.is_empty() || name.chars().count() > MAX_TENANT_NAME {
+        return Err(AppError::bad_input(format!(
+            "name must be 1 to {MAX_TENANT_NAME} characters"
+        )));
+    }
+    let slug = input.slug.trim().to_owned();
+    let valid_slug = (1..=MAX_SLUG).contains(&slug.len())
+        && slug
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !slug.starts_with('-')
+        && !slug.ends_with('-');
+    if !valid_slug {
+        return Err(AppError::bad_input(format!(
+            "slug must be 1 to {MAX_SLUG} lower-case letters, digits or inner hyphens"
+        )));
+    }
+    let now = Utc::now();
+    let txn = db.begin().await?;
+    let inserted = tenant::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        slug: Set(slug),
+        name: Set(name),
+        stripe_customer_id: Set(None),
+        created_at: Set(now),
+    }
+    .insert(&txn)
+    .await;
+    let tenant = match inserted {
+        Ok(tenant) => tenant,
+        Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+            return Err(AppError::bad_input("this slug is already taken"));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    tenant_user::ActiveModel {
+        tenant_id: Set(tenant.id),
+        user_id: Set(owner.id),
+        role: Set(Role::Owner.as_str().to_owned()),
+        created_at: Set(now),
+    }
+    .insert(&txn)
+    .await?;
+    credits::subscribe(&txn, tenant.id, &config.default_plan, now).await?;
+    txn.commit().await?;
+    tracing::info!(tenant.id = %tenant.id, user.id = %owner.id, "tenant created");
+    Ok(tenant)
+}
+
+pub async fn find(
+    db: &impl ConnectionTrait,
+    tenant_id: Uuid,
+) -> Result<Option<tenant::Model>, AppError> {
+    Ok(tenant::Entity::find_by_id(tenant_id).one(db).await?)
+}
+
+/// The tenants `user_id` belongs to, with the role in each, oldest membership first.
+pub async fn memberships(
+    db: &impl ConnectionTrait,
+    user_id: Uuid,
+) -> Result<Vec<(tenant::Model, Role)>, AppError> {
+    let rows = tenant_user::Entity::find()
+        .filter(tenant_user::Column::UserId.eq(user_id))
+        .order_by_asc(tenant_user::Column::CreatedAt)
+        .all(db)
+        .await?;
+    let tenants = tenant::Entity::find()
+        .filter(tenant::Column::Id.is_in(rows.iter().map(|r| r.tenant_id)))
+        .all(db)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|m| {
+            let tenant = tenants.iter().find(|t| t.id == m.tenant_id)?.clone();
+            Some((tenant, m.role.parse().ok()?))
+        })
+        .collect())
+}
