@@ -32,6 +32,12 @@ async fn graphql_post(
     body: web::Bytes,
 ) -> HttpResponse {
     match serde_json::from_slice::<BatchRequest>(&body) {
+        // serde reads `[]` and `{}` as a request with no query.
+        Ok(BatchRequest::Single(request)) if request.query.is_empty() => reject(
+            StatusCode::BAD_REQUEST,
+            "GRAPHQL_PARSE_FAILED",
+            "the request has no query",
+        ),
         Ok(batch) => execute(&schema, &state, &req, batch).await,
         Err(e) => reject(
             StatusCode::BAD_REQUEST,

@@ -16,8 +16,10 @@ use crate::{
     tenants::{self, NewTenant},
 };
 
+/// What can be changed.
 pub struct Mutation;
 
+/// What can be changed. Guarded mutations spend credits, or refuse and write nothing.
 #[Object]
 impl Mutation {
     /// Creates an account and signs it in.

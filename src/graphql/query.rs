@@ -1,9 +1,6 @@
 //! Query resolvers: read arguments, call the domain, map the result.
 
-use async_graphql::{
-    Context, ErrorExtensions, ID, Object, ResultExt,
-    connection::{Connection, Edge},
-};
+use async_graphql::{Context, ErrorExtensions, ID, Object, ResultExt};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::Utc;
 use uuid::Uuid;
@@ -15,8 +12,8 @@ use crate::{
     graphql::{
         state,
         types::{
-            Credit, CreditHistoryFilter, CreditType, Plan, PlanFeatureUsage, Tenant,
-            UsageBasedUnit, User, parse_id,
+            Credit, CreditConnection, CreditHistoryFilter, CreditType, Plan, PlanFeatureUsage,
+            Tenant, UsageBasedUnit, User, parse_id,
         },
         viewer,
     },
@@ -26,8 +23,10 @@ use crate::{
 /// Largest page `creditHistory` returns.
 const MAX_PAGE: i32 = 100;
 
+/// What can be read. Catalogue fields are public; tenant fields are for members.
 pub struct Query;
 
+/// What can be read. Catalogue fields are public; tenant fields are for members.
 #[Object]
 impl Query {
     /// What each kind of guarded action costs. Public.
@@ -99,7 +98,7 @@ impl Query {
         #[graphql(default = 20)] first: Option<i32>,
         after: Option<String>,
         filter: Option<CreditHistoryFilter>,
-    ) -> async_graphql::Result<Connection<String, Credit>> {
+    ) -> async_graphql::Result<CreditConnection> {
         let db = &state(ctx)?.db.read;
         let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
         let first = first.unwrap_or(20);
@@ -127,11 +126,11 @@ impl Query {
             credits::history(db, tenant_id, first.unsigned_abs().into(), after, &filter)
                 .await
                 .extend()?;
-        let mut connection = Connection::new(after.is_some(), more);
-        connection.edges.extend(
-            rows.into_iter()
-                .map(|row| Edge::new(encode_cursor(row.id), Credit::from(row))),
-        );
+        let rows = rows
+            .into_iter()
+            .map(|row| (encode_cursor(row.id), Credit::from(row)))
+            .collect();
+        let connection = CreditConnection::new(rows, after.is_some(), more);
         Ok(connection)
     }
 }

@@ -102,10 +102,13 @@ impl From<&UsageBasedUnitConfig> for UsageBasedUnit {
 /// A subscription plan.
 #[derive(SimpleObject, Clone, Debug)]
 pub struct Plan {
+    /// The plan's id.
     pub id: ID,
     /// Stable identifier, e.g. `free`.
     pub slug: String,
+    /// Display name.
     pub title: String,
+    /// Longer text for a pricing page.
     pub description: Option<String>,
     /// The plan's limits, in display order.
     pub features: Vec<PlanFeature>,
@@ -141,6 +144,7 @@ impl From<PlanWithFeatures> for Plan {
 pub struct PlanFeature {
     /// Stable identifier, e.g. `credits`.
     pub name: String,
+    /// Display name.
     pub title: String,
     /// How `value` limits the feature.
     #[graphql(name = "type")]
@@ -156,6 +160,7 @@ pub struct PlanFeature {
 pub struct PlanFeatureUsage {
     /// The feature, e.g. `credits`.
     pub name: String,
+    /// Display name.
     pub title: String,
     /// How the tenant's plan limits the feature.
     #[graphql(name = "type")]
@@ -214,7 +219,9 @@ pub struct UsagePeriod {
 #[derive(SimpleObject, Clone, Debug)]
 #[graphql(complex)]
 pub struct Credit {
+    /// The ledger row's id.
     pub id: ID,
+    /// When the credits were spent.
     pub created_at: DateTime<Utc>,
     /// The credit type's value, e.g. `credit-task-creation`.
     #[graphql(name = "type")]
@@ -266,6 +273,59 @@ impl Credit {
     }
 }
 
+/// A page of the credit ledger (a Relay connection), newest first.
+#[derive(SimpleObject, Clone, Debug)]
+pub struct CreditConnection {
+    /// The page's rows with their cursors.
+    pub edges: Vec<CreditEdge>,
+    /// The page's rows.
+    pub nodes: Vec<Credit>,
+    /// Where the page stands in the ledger.
+    pub page_info: PageInfo,
+}
+
+/// A ledger row and its cursor.
+#[derive(SimpleObject, Clone, Debug)]
+pub struct CreditEdge {
+    /// Pass as `after` to get the rows that follow this one.
+    pub cursor: String,
+    /// The ledger row.
+    pub node: Credit,
+}
+
+/// Relay page information.
+#[derive(SimpleObject, Clone, Debug)]
+pub struct PageInfo {
+    /// Whether rows follow this page.
+    pub has_next_page: bool,
+    /// Whether rows precede this page (true when `after` was given).
+    pub has_previous_page: bool,
+    /// The cursor of the first row of the page.
+    pub start_cursor: Option<String>,
+    /// The cursor of the last row of the page: pass it as `after` for the next page.
+    pub end_cursor: Option<String>,
+}
+
+impl CreditConnection {
+    /// A page from `(cursor, row)` pairs.
+    pub fn new(rows: Vec<(String, Credit)>, has_previous_page: bool, has_next_page: bool) -> Self {
+        let page_info = PageInfo {
+            has_next_page,
+            has_previous_page,
+            start_cursor: rows.first().map(|(c, _)| c.clone()),
+            end_cursor: rows.last().map(|(c, _)| c.clone()),
+        };
+        CreditConnection {
+            nodes: rows.iter().map(|(_, n)| n.clone()).collect(),
+            edges: rows
+                .into_iter()
+                .map(|(cursor, node)| CreditEdge { cursor, node })
+                .collect(),
+            page_info,
+        }
+    }
+}
+
 /// Filters for `creditHistory`.
 #[derive(InputObject, Clone, Debug, Default)]
 pub struct CreditHistoryFilter {
@@ -285,6 +345,7 @@ pub struct CreditHistoryFilter {
 pub struct AuthPayload {
     /// Send as `Authorization: Bearer <token>`.
     pub token: String,
+    /// The signed-in user.
     pub user: User,
 }
 
@@ -292,8 +353,11 @@ pub struct AuthPayload {
 #[derive(SimpleObject, Clone, Debug)]
 #[graphql(complex)]
 pub struct User {
+    /// The user's id (the `sub` of their tokens).
     pub id: ID,
+    /// Lower-cased email address.
     pub email: String,
+    /// Display name.
     pub name: Option<String>,
 }
 
@@ -336,7 +400,9 @@ impl User {
 /// A user's place in a tenant.
 #[derive(SimpleObject, Clone, Debug)]
 pub struct Membership {
+    /// The tenant.
     pub tenant: Tenant,
+    /// The user's role in it.
     pub role: Role,
 }
 
@@ -344,9 +410,11 @@ pub struct Membership {
 #[derive(SimpleObject, Clone, Debug)]
 #[graphql(complex)]
 pub struct Tenant {
+    /// The tenant's id.
     pub id: ID,
     /// Unique, URL-safe name.
     pub slug: String,
+    /// Display name.
     pub name: String,
 }
 
@@ -375,10 +443,15 @@ impl Tenant {
 /// A project (creating one costs `credit-project-creation`).
 #[derive(SimpleObject, Clone, Debug)]
 pub struct Project {
+    /// The project's id (the `objectId` of the credits that paid for it).
     pub id: ID,
+    /// The tenant that owns it.
     pub tenant_id: ID,
+    /// Display name.
     pub name: String,
+    /// Optional longer text.
     pub description: Option<String>,
+    /// When it was created.
     pub created_at: DateTime<Utc>,
 }
 
@@ -397,9 +470,13 @@ impl From<project::Model> for Project {
 /// A task in a project (creating one costs `credit-task-creation`).
 #[derive(SimpleObject, Clone, Debug)]
 pub struct Task {
+    /// The task's id (the `objectId` of the credits that paid for it).
     pub id: ID,
+    /// The project it belongs to.
     pub project_id: ID,
+    /// What to do.
     pub title: String,
+    /// When it was created.
     pub created_at: DateTime<Utc>,
 }
 
@@ -417,15 +494,18 @@ impl From<task::Model> for Task {
 /// Input of `signUp`. (No `Debug`: it holds a password.)
 #[derive(InputObject)]
 pub struct SignUpInput {
+    /// Your email address; it signs you in.
     pub email: String,
     /// At least 8 characters.
     pub password: String,
+    /// Your display name (1 to 100 characters).
     pub name: String,
 }
 
 /// Input of `createTenant`.
 #[derive(InputObject, Debug)]
 pub struct CreateTenantInput {
+    /// Display name (1 to 100 characters).
     pub name: String,
     /// Lower-case letters, digits and inner hyphens; unique.
     pub slug: String,
@@ -436,6 +516,7 @@ pub struct CreateTenantInput {
 pub struct CreateProjectInput {
     /// 1 to 200 characters.
     pub name: String,
+    /// Optional longer text (at most 2,000 characters).
     pub description: Option<String>,
 }
 

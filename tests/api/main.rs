@@ -1,1 +1,13 @@
+//! Tollgate's integration tests: one binary, one file per area, every test through the
+//! public surface (GraphQL over HTTP, the CLI) of a real server.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod auth;
+mod errors;
+mod guard;
+mod helpers;
+mod history;
+mod plans;
+mod schema;
+mod tenants;

@@ -1,0 +1,301 @@
+//! `spawn_app`: the real server on port 0 with a fresh database (a temp SQLite file, or a
+//! new Postgres database when TEST_DATABASE_URL is set), and a client that speaks GraphQL
+//! over HTTP.
+
+use std::{
+    process::Command,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use sea_orm::{ConnectionTrait, Database as SeaDatabase, DatabaseConnection};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use tollgate::{
+    config::{Config, PlanConfig, PlanFeatureConfig},
+    credits::FeatureLimitType,
+    db::Database,
+    startup::Application,
+};
+
+pub const JWT_SECRET: &str = "test-secret-that-is-long-enough-for-hs256-0123456789";
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub database_url: String,
+    pub database: Database,
+    _dir: tempfile::TempDir,
+    _postgres: Option<PostgresDb>,
+}
+
+/// A server with the built-in configuration.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// A server whose default plan limits `credits` as given.
+pub async fn spawn_app_with_plan(kind: FeatureLimitType, value: i64) -> TestApp {
+    spawn_app_with(|c| {
+        c.plans = vec![plan("test", kind, value)];
+        c.default_plan = "test".into();
+    })
+    .await
+}
+
+pub fn plan(slug: &str, kind: FeatureLimitType, value: i64) -> PlanConfig {
+    PlanConfig {
+        slug: slug.into(),
+        title: format!("Plan {slug}"),
+        description: None,
+        features: vec![PlanFeatureConfig {
+            name: "credits".into(),
+            title: "Credits".into(),
+            kind,
+            value,
+        }],
+    }
+}
+
+/// A server with the built-in configuration changed by `configure`.
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let postgres = match std::env::var("TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Some(PostgresDb::create(&url).await),
+        _ => None,
+    };
+    let database_url = match &postgres {
+        Some(pg) => pg.url.clone(),
+        None => format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display()),
+    };
+    let mut config = Config::defaults();
+    config.addr = "127.0.0.1:0".into();
+    config.database_url = database_url.clone();
+    config.jwt_secret = Some(SecretString::from(JWT_SECRET));
+    config.data_dir = dir.path().to_path_buf();
+    config.database.max_connections = 8;
+    config.database.acquire_timeout_ms = 30_000;
+    configure(&mut config);
+    config.validate().expect("valid test config");
+    let app = Application::build(config).await.expect("server builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let database = app.database().clone();
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        database_url,
+        database,
+        _dir: dir,
+        _postgres: postgres,
+    }
+}
+
+impl TestApp {
+    /// POSTs a GraphQL document; returns the JSON body whatever the status.
+    pub async fn gql(&self, token: Option<&str>, query: &str, variables: Value) -> Value {
+        let mut request = self
+            .client
+            .post(format!("{}/graphql", self.address))
+            .json(&json!({ "query": query, "variables": variables }));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request
+            .send()
+            .await
+            .expect("request sent")
+            .json()
+            .await
+            .expect("JSON body")
+    }
+
+    /// Signs a new user up; returns (token, user id).
+    pub async fn sign_up(&self, email: &str) -> (String, String) {
+        let body = self
+            .gql(
+                None,
+                "mutation($input: SignUpInput!) { signUp(input: $input) { token user { id } } }",
+                json!({ "input": { "email": email, "password": "correct horse", "name": email.split('@').next() } }),
+            )
+            .await;
+        let payload = &body["data"]["signUp"];
+        assert!(payload.is_object(), "signUp failed: {body}");
+        (
+            payload["token"].as_str().expect("token").to_owned(),
+            payload["user"]["id"].as_str().expect("id").to_owned(),
+        )
+    }
+
+    /// Creates a tenant owned by the token's user; returns its id.
+    pub async fn create_tenant(&self, token: &str, slug: &str) -> String {
+        let body = self
+            .gql(
+                Some(token),
+                "mutation($input: CreateTenantInput!) { createTenant(input: $input) { id } }",
+                json!({ "input": { "name": format!("Tenant {slug}"), "slug": slug } }),
+            )
+            .await;
+        body["data"]["createTenant"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("createTenant failed: {body}"))
+            .to_owned()
+    }
+
+    /// A signed-up user with a tenant: (token, tenant id).
+    pub async fn owner_with_tenant(&self, slug: &str) -> (String, String) {
+        let (token, _) = self.sign_up(&format!("{slug}@example.com")).await;
+        let tenant = self.create_tenant(&token, slug).await;
+        (token, tenant)
+    }
+
+    pub async fn create_project(&self, token: &str, tenant_id: &str, name: &str) -> Value {
+        self.gql(
+            Some(token),
+            "mutation($t: ID!, $input: CreateProjectInput!) { createProject(tenantId: $t, input: $input) { id tenantId name description createdAt } }",
+            json!({ "t": tenant_id, "input": { "name": name } }),
+        )
+        .await
+    }
+
+    /// Creates a project that must succeed; returns its id.
+    pub async fn project_id(&self, token: &str, tenant_id: &str) -> String {
+        let body = self.create_project(token, tenant_id, "Project").await;
+        body["data"]["createProject"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("createProject failed: {body}"))
+            .to_owned()
+    }
+
+    pub async fn create_task(&self, token: &str, project_id: &str, title: &str) -> Value {
+        self.gql(
+            Some(token),
+            "mutation($p: ID!, $input: CreateTaskInput!) { createTask(projectId: $p, input: $input) { id projectId title createdAt } }",
+            json!({ "p": project_id, "input": { "title": title } }),
+        )
+        .await
+    }
+
+    pub async fn usage(&self, token: &str, tenant_id: &str) -> Value {
+        let body = self
+            .gql(
+                Some(token),
+                "query($t: ID!) { planFeatureUsage(tenantId: $t) { name title type value used remaining unlimited enabled message period { start end } } }",
+                json!({ "t": tenant_id }),
+            )
+            .await;
+        body["data"]["planFeatureUsage"].clone()
+    }
+
+    /// A direct connection to the test database, to arrange rows no API writes (back-dated
+    /// usage) and to count what the API wrote.
+    pub async fn db(&self) -> DatabaseConnection {
+        SeaDatabase::connect(&self.database_url)
+            .await
+            .expect("test database connection")
+    }
+
+    /// A single number from a SQL query (COUNT, SUM) on the test database.
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        let db = self.db().await;
+        let row = db
+            .query_one_raw(sea_orm::Statement::from_string(
+                db.get_database_backend(),
+                sql,
+            ))
+            .await
+            .expect("query runs")
+            .expect("one row");
+        row.try_get_by_index::<Option<i64>>(0)
+            .expect("an integer")
+            .unwrap_or(0)
+    }
+
+    /// The `tollgate` binary, set to use this app's database and secret.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        command
+            .args(args)
+            .env("DATABASE_URL", &self.database_url)
+            .env("TOLLGATE_JWT_SECRET", JWT_SECRET)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        command
+    }
+
+    /// Runs the `tollgate` binary against this app's database, to completion.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        self.command(args).output().expect("tollgate runs")
+    }
+}
+
+/// The `extensions.code` of the first error, if any.
+pub fn error_code(body: &Value) -> Option<&str> {
+    body["errors"][0]["extensions"]["code"].as_str()
+}
+
+/// A Postgres database made for one test and dropped after it.
+struct PostgresDb {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl PostgresDb {
+    async fn create(server_url: &str) -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let base = server_base(server_url);
+        let name = format!(
+            "tollgate_test_{}_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed),
+            uuid::Uuid::now_v7().simple()
+        );
+        let admin_url = format!("{base}/postgres");
+        let admin = SeaDatabase::connect(&admin_url)
+            .await
+            .expect("TEST_DATABASE_URL reachable");
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .expect("create test database");
+        let url = format!("{base}/{name}");
+        PostgresDb {
+            admin_url,
+            name,
+            url,
+        }
+    }
+}
+
+impl Drop for PostgresDb {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
+        // Drop runs inside the test's runtime: do the async work on a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(admin) = SeaDatabase::connect(&admin_url).await {
+                    let _ = admin.execute_unprepared(&sql).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// `postgres://user@host:port[/db][?…]` → `postgres://user@host:port`.
+fn server_base(url: &str) -> String {
+    let without_query = url.split('?').next().unwrap_or(url);
+    let after_scheme = without_query.find("://").map_or(0, |i| i + 3);
+    match without_query[after_scheme..].find('/') {
+        Some(slash) => without_query[..after_scheme + slash].to_owned(),
+        None => without_query.to_owned(),
+    }
+}
