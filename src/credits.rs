@@ -15,21 +15,26 @@
 
 use std::str::FromStr;
 
-use chrono::{DateTime, Datelike, Months, TimeZone, Utc};
-use entity::{credit, credit_usage, plan, plan_feature, tenant_subscription};
+use chrono::{DateTime, Utc};
+use entity::{credit, credit_usage, plan_feature, tenant_subscription};
 use sea_orm::{
     ActiveValue::Set,
-    ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionSession,
-    TransactionTrait,
+    ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     prelude::*,
     sea_query::{Expr, ExprTrait, OnConflict},
 };
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::{Config, CreditTypeConfig},
+    config::CreditTypeConfig,
     error::{AppError, Shortfall},
 };
+
+mod period;
+mod plans;
+
+pub use period::Period;
+pub use plans::{PlanWithFeatures, plans, subscribe, sync_plans, tenant_plan};
 
 /// The plan feature every credit type spends from.
 pub const CREDITS_FEATURE: &str = "credits";
@@ -97,56 +102,6 @@ impl FromStr for FeatureLimitType {
         .into_iter()
         .find(|t| t.as_str() == s)
         .ok_or_else(|| AppError::Internal(anyhow::anyhow!("unknown feature limit type {s}")))
-    }
-}
-
-/// A counting period: `[start, end)`; `end` is `None` for lifetime limits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Period {
-    pub start: DateTime<Utc>,
-    pub end: Option<DateTime<Utc>>,
-}
-
-impl Period {
-    /// The key of lifetime (`MAX`) counters.
-    pub fn lifetime() -> Self {
-        Period {
-            start: DateTime::<Utc>::UNIX_EPOCH,
-            end: None,
-        }
-    }
-
-    /// The UTC calendar month holding `now`: `[1st 00:00, next 1st 00:00)`.
-    pub fn calendar_month(now: DateTime<Utc>) -> Self {
-        let start = Utc
-            .with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
-            .single()
-            .unwrap_or(now);
-        Period {
-            start,
-            end: start.checked_add_months(Months::new(1)),
-        }
-    }
-
-    /// The period usage of a `kind` feature counts in at `now`.
-    fn current(
-        kind: FeatureLimitType,
-        subscription: &tenant_subscription::Model,
-        now: DateTime<Utc>,
-    ) -> Self {
-        if kind == FeatureLimitType::Max {
-            return Period::lifetime();
-        }
-        match (
-            subscription.current_period_start,
-            subscription.current_period_end,
-        ) {
-            (Some(start), Some(end)) if start <= now && now < end => Period {
-                start,
-                end: Some(end),
-            },
-            _ => Period::calendar_month(now),
-        }
     }
 }
 
@@ -409,160 +364,4 @@ pub async fn history(
     let more = rows.len() as u64 > first;
     rows.truncate(usize::try_from(first).unwrap_or(usize::MAX));
     Ok((rows, more))
-}
-
-/// A plan with its features, in their configured order.
-#[derive(Clone, Debug)]
-pub struct PlanWithFeatures {
-    pub plan: plan::Model,
-    pub features: Vec<plan_feature::Model>,
-}
-
-/// The configured plans, in config order.
-pub async fn plans(db: &impl ConnectionTrait) -> Result<Vec<PlanWithFeatures>, AppError> {
-    let plans = plan::Entity::find()
-        .filter(plan::Column::Active.eq(true))
-        .order_by_asc(plan::Column::Position)
-        .all(db)
-        .await?;
-    let mut features = plan_feature::Entity::find()
-        .filter(plan_feature::Column::PlanId.is_in(plans.iter().map(|p| p.id)))
-        .order_by_asc(plan_feature::Column::Order)
-        .all(db)
-        .await?;
-    Ok(plans
-        .into_iter()
-        .map(|plan| {
-            let (own, rest) = features.drain(..).partition(|f| f.plan_id == plan.id);
-            features = rest;
-            PlanWithFeatures {
-                plan,
-                features: own,
-            }
-        })
-        .collect())
-}
-
-/// The plan a tenant is subscribed to.
-pub async fn tenant_plan(
-    db: &impl ConnectionTrait,
-    tenant_id: Uuid,
-) -> Result<Option<PlanWithFeatures>, AppError> {
-    let Some(subscription) = tenant_subscription::Entity::find_by_id(tenant_id)
-        .one(db)
-        .await?
-    else {
-        return Ok(None);
-    };
-    let Some(plan) = plan::Entity::find_by_id(subscription.plan_id)
-        .one(db)
-        .await?
-    else {
-        return Ok(None);
-    };
-    let features = plan_feature::Entity::find()
-        .filter(plan_feature::Column::PlanId.eq(plan.id))
-        .order_by_asc(plan_feature::Column::Order)
-        .all(db)
-        .await?;
-    Ok(Some(PlanWithFeatures { plan, features }))
-}
-
-/// Subscribes a tenant to the plan `slug` (inside the caller's transaction).
-pub async fn subscribe(
-    txn: &impl ConnectionTrait,
-    tenant_id: Uuid,
-    slug: &str,
-    now: DateTime<Utc>,
-) -> Result<(), AppError> {
-    let plan = plan::Entity::find()
-        .filter(plan::Column::Slug.eq(slug))
-        .one(txn)
-        .await?
-        .ok_or_else(|| AppError::Internal(anyhow::anyhow!("plan {slug} is not in the database")))?;
-    tenant_subscription::ActiveModel {
-        tenant_id: Set(tenant_id),
-        plan_id: Set(plan.id),
-        status: Set("active".to_owned()),
-        current_period_start: Set(None),
-        current_period_end: Set(None),
-        stripe_subscription_id: Set(None),
-        updated_at: Set(now),
-    }
-    .insert(txn)
-    .await?;
-    Ok(())
-}
-
-/// Makes the `plan` and `plan_feature` tables say what the config says. Safe to run from
-/// many replicas at once (upserts); plans dropped from the config stay, inactive, for the
-/// tenants still on them.
-pub async fn sync_plans(db: &impl TransactionTrait, config: &Config) -> Result<(), DbErr> {
-    let txn = db.begin().await?;
-    let now = Utc::now();
-    plan::Entity::update_many()
-        .col_expr(plan::Column::Active, Expr::value(false))
-        .exec(&txn)
-        .await?;
-    for (position, cfg) in config.plans.iter().enumerate() {
-        let row = plan::ActiveModel {
-            id: Set(Uuid::now_v7()),
-            slug: Set(cfg.slug.clone()),
-            title: Set(cfg.title.clone()),
-            description: Set(cfg.description.clone()),
-            position: Set(i32::try_from(position).unwrap_or(i32::MAX)),
-            active: Set(true),
-            created_at: Set(now),
-        };
-        plan::Entity::insert(row)
-            .on_conflict(
-                OnConflict::column(plan::Column::Slug)
-                    .update_columns([
-                        plan::Column::Title,
-                        plan::Column::Description,
-                        plan::Column::Position,
-                        plan::Column::Active,
-                    ])
-                    .to_owned(),
-            )
-            .exec_without_returning(&txn)
-            .await?;
-        let plan_id = plan::Entity::find()
-            .filter(plan::Column::Slug.eq(cfg.slug.as_str()))
-            .one(&txn)
-            .await?
-            .ok_or_else(|| DbErr::RecordNotFound(format!("plan {}", cfg.slug)))?
-            .id;
-        for (order, f) in cfg.features.iter().enumerate() {
-            let row = plan_feature::ActiveModel {
-                id: Set(Uuid::now_v7()),
-                plan_id: Set(plan_id),
-                name: Set(f.name.clone()),
-                title: Set(f.title.clone()),
-                kind: Set(f.kind.as_str().to_owned()),
-                value: Set(f.value),
-                order: Set(i32::try_from(order).unwrap_or(i32::MAX)),
-            };
-            plan_feature::Entity::insert(row)
-                .on_conflict(
-                    OnConflict::columns([plan_feature::Column::PlanId, plan_feature::Column::Name])
-                        .update_columns([
-                            plan_feature::Column::Title,
-                            plan_feature::Column::Kind,
-                            plan_feature::Column::Value,
-                            plan_feature::Column::Order,
-                        ])
-                        .to_owned(),
-                )
-                .exec_without_returning(&txn)
-                .await?;
-        }
-        let names: Vec<String> = cfg.features.iter().map(|f| f.name.clone()).collect();
-        plan_feature::Entity::delete_many()
-            .filter(plan_feature::Column::PlanId.eq(plan_id))
-            .filter(plan_feature::Column::Name.is_not_in(names))
-            .exec(&txn)
-            .await?;
-    }
-    txn.commit().await
 }

@@ -194,3 +194,29 @@ async fn health_and_readiness_answer() {
     let ready: serde_json::Value = ready.json().await.expect("json");
     assert_eq!(ready["database"], "ok");
 }
+
+#[tokio::test]
+async fn internal_errors_reach_the_client_opaque_and_write_nothing() {
+    let app = spawn_app().await;
+    let (token, tenant) = app.owner_with_tenant("acme").await;
+    let project = app.project_id(&token, &tenant).await;
+    // Break the database under the server: the task insert can only fail.
+    sea_orm::ConnectionTrait::execute_unprepared(&app.db().await, "DROP TABLE task")
+        .await
+        .expect("table dropped");
+
+    let body = app.create_task(&token, &project, "doomed").await;
+
+    assert_eq!(error_code(&body), Some("INTERNAL_SERVER_ERROR"), "{body}");
+    let error = format!(
+        "{} {}",
+        body["errors"][0]["message"], body["errors"][0]["extensions"]
+    )
+    .to_lowercase();
+    assert_eq!(body["errors"][0]["message"], "internal server error");
+    for leak in ["task", "sql", "table", "insert", "relation"] {
+        assert!(!error.contains(leak), "{leak} leaked: {error}");
+    }
+    // The guard's spend rolled back with the failed insert.
+    assert_eq!(app.usage(&token, &tenant).await["used"], 2);
+}

@@ -230,13 +230,16 @@ async fn a_bad_config_file_stops_start_up_naming_the_key() {
 }
 
 #[tokio::test]
-async fn the_server_binary_serves_the_plans_of_its_config_file() {
+async fn the_server_binary_serves_its_config_file_with_environment_overrides() {
     let app = spawn_app().await;
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("tollgate.toml");
     std::fs::write(
         &path,
-        "default_plan = \"starter\"\n[[plans]]\nslug = \"starter\"\ntitle = \"Starter\"\n[[plans.features]]\nname = \"credits\"\ntitle = \"Credits\"\ntype = \"MAX\"\nvalue = 50\n",
+        "default_plan = \"starter\"\n\
+         [[plans]]\nslug = \"starter\"\ntitle = \"Starter\"\n\
+         [[plans.features]]\nname = \"credits\"\ntitle = \"Credits\"\ntype = \"MAX\"\nvalue = 50\n\
+         [[plans]]\nslug = \"team\"\ntitle = \"Team\"\n",
     )
     .expect("written");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -251,6 +254,7 @@ async fn the_server_binary_serves_the_plans_of_its_config_file() {
             "--addr",
             &format!("127.0.0.1:{port}"),
         ])
+        .env("TOLLGATE_DEFAULT_PLAN", "team")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -277,6 +281,35 @@ async fn the_server_binary_serves_the_plans_of_its_config_file() {
         .json(&json!({ "query": "{ plans { slug features { type value } } }" }))
         .send()
         .await;
+    let token = app
+        .client
+        .post(format!("{url}/graphql"))
+        .json(&json!({ "query": "mutation { signUp(input: {email: \"cli@example.com\", password: \"12345678\", name: \"C\"}) { token } }" }))
+        .send()
+        .await;
+    let token = match token {
+        Ok(r) => r
+            .json::<serde_json::Value>()
+            .await
+            .ok()
+            .and_then(|b| b["data"]["signUp"]["token"].as_str().map(str::to_owned)),
+        Err(_) => None,
+    };
+    let tenant = match &token {
+        Some(token) => app
+            .client
+            .post(format!("{url}/graphql"))
+            .bearer_auth(token)
+            .json(&json!({ "query": "mutation { createTenant(input: {name: \"C\", slug: \"cli\"}) { plan { slug } } }" }))
+            .send()
+            .await
+            .ok(),
+        None => None,
+    };
+    let tenant: Option<serde_json::Value> = match tenant {
+        Some(r) => r.json().await.ok(),
+        None => None,
+    };
     let _ = server.kill();
     let _ = server.wait();
 
@@ -296,4 +329,10 @@ async fn the_server_binary_serves_the_plans_of_its_config_file() {
         .find(|p| p["slug"] == "starter")
         .expect("starter");
     assert_eq!(starter["features"], json!([{ "type": "MAX", "value": 50 }]));
+    // TOLLGATE_DEFAULT_PLAN overrides the file's default_plan.
+    let tenant = tenant.expect("createTenant answered");
+    assert_eq!(
+        tenant["data"]["createTenant"]["plan"]["slug"], "team",
+        "{tenant}"
+    );
 }

@@ -1,0 +1,169 @@
+//! Plans and subscriptions: the configured plans mirrored into the database at start-up,
+//! the plan a tenant is on, and subscribing a tenant to one.
+
+use chrono::{DateTime, Utc};
+use entity::{plan, plan_feature, tenant_subscription};
+use sea_orm::{
+    ActiveValue::Set,
+    ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, TransactionSession, TransactionTrait,
+    prelude::*,
+    sea_query::{Expr, OnConflict},
+};
+
+use crate::{config::Config, error::AppError};
+
+/// A plan with its features, in their configured order.
+#[derive(Clone, Debug)]
+pub struct PlanWithFeatures {
+    pub plan: plan::Model,
+    pub features: Vec<plan_feature::Model>,
+}
+
+/// The configured plans, in config order.
+pub async fn plans(db: &impl ConnectionTrait) -> Result<Vec<PlanWithFeatures>, AppError> {
+    let plans = plan::Entity::find()
+        .filter(plan::Column::Active.eq(true))
+        .order_by_asc(plan::Column::Position)
+        .all(db)
+        .await?;
+    let mut features = plan_feature::Entity::find()
+        .filter(plan_feature::Column::PlanId.is_in(plans.iter().map(|p| p.id)))
+        .order_by_asc(plan_feature::Column::Order)
+        .all(db)
+        .await?;
+    Ok(plans
+        .into_iter()
+        .map(|plan| {
+            let (own, rest) = features.drain(..).partition(|f| f.plan_id == plan.id);
+            features = rest;
+            PlanWithFeatures {
+                plan,
+                features: own,
+            }
+        })
+        .collect())
+}
+
+/// The plan a tenant is subscribed to.
+pub async fn tenant_plan(
+    db: &impl ConnectionTrait,
+    tenant_id: Uuid,
+) -> Result<Option<PlanWithFeatures>, AppError> {
+    let Some(subscription) = tenant_subscription::Entity::find_by_id(tenant_id)
+        .one(db)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let Some(plan) = plan::Entity::find_by_id(subscription.plan_id)
+        .one(db)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let features = plan_feature::Entity::find()
+        .filter(plan_feature::Column::PlanId.eq(plan.id))
+        .order_by_asc(plan_feature::Column::Order)
+        .all(db)
+        .await?;
+    Ok(Some(PlanWithFeatures { plan, features }))
+}
+
+/// Subscribes a tenant to the plan `slug` (inside the caller's transaction).
+pub async fn subscribe(
+    txn: &impl ConnectionTrait,
+    tenant_id: Uuid,
+    slug: &str,
+    now: DateTime<Utc>,
+) -> Result<(), AppError> {
+    let plan = plan::Entity::find()
+        .filter(plan::Column::Slug.eq(slug))
+        .one(txn)
+        .await?
+        .ok_or_else(|| AppError::Internal(anyhow::anyhow!("plan {slug} is not in the database")))?;
+    tenant_subscription::ActiveModel {
+        tenant_id: Set(tenant_id),
+        plan_id: Set(plan.id),
+        status: Set("active".to_owned()),
+        current_period_start: Set(None),
+        current_period_end: Set(None),
+        stripe_subscription_id: Set(None),
+        updated_at: Set(now),
+    }
+    .insert(txn)
+    .await?;
+    Ok(())
+}
+
+/// Makes the `plan` and `plan_feature` tables say what the config says. Safe to run from
+/// many replicas at once (upserts); plans dropped from the config stay, inactive, for the
+/// tenants still on them.
+pub async fn sync_plans(db: &impl TransactionTrait, config: &Config) -> Result<(), DbErr> {
+    let txn = db.begin().await?;
+    let now = Utc::now();
+    plan::Entity::update_many()
+        .col_expr(plan::Column::Active, Expr::value(false))
+        .exec(&txn)
+        .await?;
+    for (position, cfg) in config.plans.iter().enumerate() {
+        let row = plan::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            slug: Set(cfg.slug.clone()),
+            title: Set(cfg.title.clone()),
+            description: Set(cfg.description.clone()),
+            position: Set(i32::try_from(position).unwrap_or(i32::MAX)),
+            active: Set(true),
+            created_at: Set(now),
+        };
+        plan::Entity::insert(row)
+            .on_conflict(
+                OnConflict::column(plan::Column::Slug)
+                    .update_columns([
+                        plan::Column::Title,
+                        plan::Column::Description,
+                        plan::Column::Position,
+                        plan::Column::Active,
+                    ])
+                    .to_owned(),
+            )
+            .exec_without_returning(&txn)
+            .await?;
+        let plan_id = plan::Entity::find()
+            .filter(plan::Column::Slug.eq(cfg.slug.as_str()))
+            .one(&txn)
+            .await?
+            .ok_or_else(|| DbErr::RecordNotFound(format!("plan {}", cfg.slug)))?
+            .id;
+        for (order, f) in cfg.features.iter().enumerate() {
+            let row = plan_feature::ActiveModel {
+                id: Set(Uuid::now_v7()),
+                plan_id: Set(plan_id),
+                name: Set(f.name.clone()),
+                title: Set(f.title.clone()),
+                kind: Set(f.kind.as_str().to_owned()),
+                value: Set(f.value),
+                order: Set(i32::try_from(order).unwrap_or(i32::MAX)),
+            };
+            plan_feature::Entity::insert(row)
+                .on_conflict(
+                    OnConflict::columns([plan_feature::Column::PlanId, plan_feature::Column::Name])
+                        .update_columns([
+                            plan_feature::Column::Title,
+                            plan_feature::Column::Kind,
+                            plan_feature::Column::Value,
+                            plan_feature::Column::Order,
+                        ])
+                        .to_owned(),
+                )
+                .exec_without_returning(&txn)
+                .await?;
+        }
+        let names: Vec<String> = cfg.features.iter().map(|f| f.name.clone()).collect();
+        plan_feature::Entity::delete_many()
+            .filter(plan_feature::Column::PlanId.eq(plan_id))
+            .filter(plan_feature::Column::Name.is_not_in(names))
+            .exec(&txn)
+            .await?;
+    }
+    txn.commit().await
+}

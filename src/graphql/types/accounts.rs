@@ -1,0 +1,143 @@
+//! Users, tenants and memberships, and the inputs that create them.
+
+use async_graphql::{ComplexObject, Context, Enum, ErrorExtensions, ID, InputObject, SimpleObject};
+use entity::{tenant, user};
+
+use super::{Plan, parse_id};
+use crate::{
+    credits,
+    graphql::{state, viewer},
+    tenants,
+};
+
+/// A member's role in a tenant.
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+#[graphql(remote = "crate::tenants::Role")]
+pub enum Role {
+    /// Created the tenant; can do everything.
+    Owner,
+    /// Manages the tenant and its billing.
+    Admin,
+    /// Uses the tenant's resources.
+    Member,
+}
+
+/// A token and the user it signs in.
+#[derive(SimpleObject, Clone, Debug)]
+pub struct AuthPayload {
+    /// Send as `Authorization: Bearer <token>`.
+    pub token: String,
+    /// The signed-in user.
+    pub user: User,
+}
+
+/// A person who signs in.
+#[derive(SimpleObject, Clone, Debug)]
+#[graphql(complex)]
+pub struct User {
+    /// The user's id (the `sub` of their tokens).
+    pub id: ID,
+    /// Lower-cased email address.
+    pub email: String,
+    /// Display name.
+    pub name: Option<String>,
+}
+
+impl From<user::Model> for User {
+    fn from(u: user::Model) -> Self {
+        User {
+            id: ID(u.id.to_string()),
+            email: u.email,
+            name: u.name,
+        }
+    }
+}
+
+#[ComplexObject]
+impl User {
+    /// The tenants this user belongs to. For another user, only the tenants you share.
+    async fn memberships(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Membership>> {
+        let db = &state(ctx)?.db.read;
+        let Some(me) = viewer(ctx).user() else {
+            return Ok(Vec::new());
+        };
+        let id = parse_id(&self.id, "id").map_err(|e| e.extend())?;
+        let mut theirs = tenants::memberships(db, id).await.map_err(|e| e.extend())?;
+        if id != me.id {
+            let mine = tenants::memberships(db, me.id)
+                .await
+                .map_err(|e| e.extend())?;
+            theirs.retain(|(t, _)| mine.iter().any(|(m, _)| m.id == t.id));
+        }
+        Ok(theirs
+            .into_iter()
+            .map(|(tenant, role)| Membership {
+                tenant: tenant.into(),
+                role: role.into(),
+            })
+            .collect())
+    }
+}
+
+/// A user's place in a tenant.
+#[derive(SimpleObject, Clone, Debug)]
+pub struct Membership {
+    /// The tenant.
+    pub tenant: Tenant,
+    /// The user's role in it.
+    pub role: Role,
+}
+
+/// A workspace: holds a plan and spends credits.
+#[derive(SimpleObject, Clone, Debug)]
+#[graphql(complex)]
+pub struct Tenant {
+    /// The tenant's id.
+    pub id: ID,
+    /// Unique, URL-safe name.
+    pub slug: String,
+    /// Display name.
+    pub name: String,
+}
+
+impl From<tenant::Model> for Tenant {
+    fn from(t: tenant::Model) -> Self {
+        Tenant {
+            id: ID(t.id.to_string()),
+            slug: t.slug,
+            name: t.name,
+        }
+    }
+}
+
+#[ComplexObject]
+impl Tenant {
+    /// The plan the tenant is subscribed to.
+    async fn plan(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Plan>> {
+        let id = parse_id(&self.id, "id").map_err(|e| e.extend())?;
+        let plan = credits::tenant_plan(&state(ctx)?.db.read, id)
+            .await
+            .map_err(|e| e.extend())?;
+        Ok(plan.map(Plan::from))
+    }
+}
+
+/// Input of `signUp`. (No `Debug`: it holds a password.)
+#[derive(InputObject)]
+pub struct SignUpInput {
+    /// Your email address; it signs you in.
+    pub email: String,
+    /// At least 8 characters.
+    pub password: String,
+    /// Your display name (1 to 100 characters).
+    pub name: String,
+}
+
+/// Input of `createTenant`.
+#[derive(InputObject, Debug)]
+pub struct CreateTenantInput {
+    /// Display name (1 to 100 characters).
+    pub name: String,
+    /// Lower-case letters, digits and inner hyphens; unique.
+    pub slug: String,
+}

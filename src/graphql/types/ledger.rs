@@ -1,0 +1,198 @@
+//! What a tenant has used and spent: its usage of a feature and the credit ledger.
+
+use async_graphql::{ComplexObject, Context, ErrorExtensions, ID, InputObject, SimpleObject};
+use chrono::{DateTime, Utc};
+use entity::credit;
+use uuid::Uuid;
+
+use super::{CreditType, FeatureLimitType, User, int};
+use crate::{
+    credits::{self, FeatureUsage},
+    error::AppError,
+    graphql::{loaders::UserLoader, state},
+};
+
+/// Where a tenant stands on one feature of its plan.
+#[derive(SimpleObject, Clone, Debug)]
+pub struct PlanFeatureUsage {
+    /// The feature, e.g. `credits`.
+    pub name: String,
+    /// Display name.
+    pub title: String,
+    /// How the tenant's plan limits the feature.
+    #[graphql(name = "type")]
+    pub kind: FeatureLimitType,
+    /// The limit, for `MONTHLY` and `MAX`.
+    pub value: i32,
+    /// Used in the current period (lifetime for `MAX`).
+    pub used: i32,
+    /// Left in the current period; null when unlimited.
+    pub remaining: Option<i32>,
+    /// True for `INCLUDED` and `UNLIMITED`.
+    pub unlimited: bool,
+    /// Whether the feature can be used now.
+    pub enabled: bool,
+    /// Why not, when `enabled` is false; null when enabled.
+    pub message: Option<String>,
+    /// The counting period, for `MONTHLY` features.
+    pub period: Option<UsagePeriod>,
+}
+
+impl From<FeatureUsage> for PlanFeatureUsage {
+    fn from(u: FeatureUsage) -> Self {
+        PlanFeatureUsage {
+            remaining: u.remaining().map(int),
+            unlimited: matches!(
+                u.kind,
+                credits::FeatureLimitType::Included | credits::FeatureLimitType::Unlimited
+            ),
+            period: u.period.and_then(|p| {
+                Some(UsagePeriod {
+                    start: p.start,
+                    end: p.end?,
+                })
+            }),
+            name: u.name,
+            title: u.title,
+            kind: u.kind.into(),
+            value: int(u.value),
+            used: int(u.used),
+            enabled: u.enabled,
+            message: u.message,
+        }
+    }
+}
+
+/// A counting period in UTC.
+#[derive(SimpleObject, Clone, Copy, Debug)]
+pub struct UsagePeriod {
+    /// Inclusive.
+    pub start: DateTime<Utc>,
+    /// Exclusive: when the usage resets.
+    pub end: DateTime<Utc>,
+}
+
+/// One row of the credit ledger: credits a guarded action spent.
+#[derive(SimpleObject, Clone, Debug)]
+#[graphql(complex)]
+pub struct Credit {
+    /// The ledger row's id.
+    pub id: ID,
+    /// When the credits were spent.
+    pub created_at: DateTime<Utc>,
+    /// The credit type's value, e.g. `credit-task-creation`.
+    #[graphql(name = "type")]
+    pub kind: String,
+    /// Credits spent.
+    pub amount: i32,
+    /// The id of the resource the credits paid for (the new Project's or Task's id).
+    pub object_id: Option<String>,
+    #[graphql(skip)]
+    pub user_id: Option<Uuid>,
+}
+
+impl From<credit::Model> for Credit {
+    fn from(c: credit::Model) -> Self {
+        Credit {
+            id: ID(c.id.to_string()),
+            created_at: c.created_at,
+            kind: c.kind,
+            amount: int(c.amount),
+            object_id: c.object_id,
+            user_id: c.user_id,
+        }
+    }
+}
+
+#[ComplexObject]
+impl Credit {
+    /// Who spent the credits (batched: one query for a whole page).
+    async fn user(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<User>> {
+        let Some(id) = self.user_id else {
+            return Ok(None);
+        };
+        let loader = ctx.data::<async_graphql::dataloader::DataLoader<UserLoader>>()?;
+        let user = loader
+            .load_one(id)
+            .await
+            .map_err(|e| AppError::Internal(anyhow::anyhow!("loading users: {e}")).extend())?;
+        Ok(user.map(User::from))
+    }
+
+    /// The credit type, as currently configured.
+    async fn credit_type(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<CreditType>> {
+        Ok(state(ctx)?
+            .config
+            .credit_types
+            .iter()
+            .find(|c| c.value == self.kind)
+            .map(CreditType::from))
+    }
+}
+
+/// A page of the credit ledger (a Relay connection), newest first.
+#[derive(SimpleObject, Clone, Debug)]
+pub struct CreditConnection {
+    /// The page's rows with their cursors.
+    pub edges: Vec<CreditEdge>,
+    /// The page's rows.
+    pub nodes: Vec<Credit>,
+    /// Where the page stands in the ledger.
+    pub page_info: PageInfo,
+}
+
+/// A ledger row and its cursor.
+#[derive(SimpleObject, Clone, Debug)]
+pub struct CreditEdge {
+    /// Pass as `after` to get the rows that follow this one.
+    pub cursor: String,
+    /// The ledger row.
+    pub node: Credit,
+}
+
+/// Relay page information.
+#[derive(SimpleObject, Clone, Debug)]
+pub struct PageInfo {
+    /// Whether rows follow this page.
+    pub has_next_page: bool,
+    /// Whether rows precede this page (true when `after` was given).
+    pub has_previous_page: bool,
+    /// The cursor of the first row of the page.
+    pub start_cursor: Option<String>,
+    /// The cursor of the last row of the page: pass it as `after` for the next page.
+    pub end_cursor: Option<String>,
+}
+
+impl CreditConnection {
+    /// A page from `(cursor, row)` pairs.
+    pub fn new(rows: Vec<(String, Credit)>, has_previous_page: bool, has_next_page: bool) -> Self {
+        let page_info = PageInfo {
+            has_next_page,
+            has_previous_page,
+            start_cursor: rows.first().map(|(c, _)| c.clone()),
+            end_cursor: rows.last().map(|(c, _)| c.clone()),
+        };
+        CreditConnection {
+            nodes: rows.iter().map(|(_, n)| n.clone()).collect(),
+            edges: rows
+                .into_iter()
+                .map(|(cursor, node)| CreditEdge { cursor, node })
+                .collect(),
+            page_info,
+        }
+    }
+}
+
+/// Filters for `creditHistory`.
+#[derive(InputObject, Clone, Debug, Default)]
+pub struct CreditHistoryFilter {
+    /// Only this credit type (its value).
+    #[graphql(name = "type")]
+    pub kind: Option<String>,
+    /// Only credits this user spent.
+    pub user_id: Option<ID>,
+    /// Only credits spent at or after this time.
+    pub from: Option<DateTime<Utc>>,
+    /// Only credits spent before this time.
+    pub to: Option<DateTime<Utc>>,
+}
