@@ -1,4 +1,4 @@
-//! The command line: `serve` (default), `migrate`, `print-schema`, `token`.
+//! The command line: `serve` (default), `migrate`, `print-schema`, `verify`, `token`.
 
 use std::path::PathBuf;
 
@@ -42,6 +42,8 @@ enum Command {
     Migrate,
     /// Print the GraphQL schema (SDL) to stdout.
     PrintSchema,
+    /// Check that the ledger, the usage counters and the resources agree (exit 1 if not).
+    Verify,
     /// Mint an access token for an existing user, for local use.
     Token {
         #[arg(long)]
@@ -72,6 +74,14 @@ impl Cli {
             Command::Migrate => {
                 startup::migrate(&Database::connect(&config).await?).await?;
                 eprintln!("migrations applied");
+            }
+            Command::Verify => {
+                let db = Database::connect(&config).await?;
+                let report = crate::credits::verify(&db.read).await?;
+                print!("{report}");
+                if !report.is_clean() {
+                    std::process::exit(1);
+                }
             }
             Command::Token { email } => {
                 let db = Database::connect(&config).await?;

@@ -31,6 +31,7 @@ pub struct Config {
     /// `pretty` (development) or `json` (production).
     pub log_format: LogFormat,
     pub database: DatabaseSettings,
+    pub idempotency: IdempotencySettings,
     /// The plan every new tenant is subscribed to.
     pub default_plan: String,
     pub credit_types: Vec<CreditTypeConfig>,
@@ -55,6 +56,15 @@ pub struct DatabaseSettings {
     pub acquire_timeout_ms: u64,
     /// SQLite only: how long a statement waits for a lock held by another process.
     pub sqlite_busy_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdempotencySettings {
+    /// How long an idempotency key is remembered (after that, the key is free again).
+    pub retention_seconds: u64,
+    /// How often expired keys are deleted.
+    pub purge_interval_seconds: u64,
 }
 
 /// What one kind of action costs. `value` is fixed by code; the rest is configurable.
@@ -141,6 +151,7 @@ impl Config {
             data_dir: d.data_dir,
             log_format: d.log_format,
             database: d.database,
+            idempotency: d.idempotency,
             default_plan: d.default_plan,
             credit_types: d.credit_types,
             usage_based_units: d.usage_based_units,
@@ -204,6 +215,11 @@ impl Config {
         if self.token_ttl_seconds == 0 {
             bail!("invalid configuration: token_ttl_seconds must be > 0");
         }
+        if self.idempotency.retention_seconds == 0 || self.idempotency.purge_interval_seconds == 0 {
+            bail!(
+                "invalid configuration: idempotency.retention_seconds and idempotency.purge_interval_seconds must be > 0"
+            );
+        }
         if self.database.max_connections == 0 {
             bail!("invalid configuration: database.max_connections must be > 0");
         }
@@ -233,6 +249,7 @@ struct Defaults {
     data_dir: PathBuf,
     log_format: LogFormat,
     database: DatabaseSettings,
+    idempotency: IdempotencySettings,
     default_plan: String,
     credit_types: Vec<CreditTypeConfig>,
     usage_based_units: Vec<UsageBasedUnitConfig>,
@@ -251,6 +268,10 @@ impl Default for Defaults {
                 max_connections: 16,
                 acquire_timeout_ms: 5_000,
                 sqlite_busy_timeout_ms: 5_000,
+            },
+            idempotency: IdempotencySettings {
+                retention_seconds: 24 * 3600,
+                purge_interval_seconds: 300,
             },
             default_plan: "free".into(),
             credit_types: default_credit_types(),

@@ -30,9 +30,11 @@ use crate::{
     error::{AppError, Shortfall},
 };
 
+mod audit;
 mod period;
 mod plans;
 
+pub use audit::{Report, verify};
 pub use period::Period;
 pub use plans::{PlanWithFeatures, plans, subscribe, sync_plans, tenant_plan};
 

@@ -12,7 +12,8 @@ use std::{
 
 use anyhow::Context;
 use sea_orm::{
-    ConnectOptions, DatabaseConnection,
+    ConnectOptions, DatabaseConnection, DatabaseTransaction, DbErr, RuntimeErr,
+    SqliteTransactionMode, TransactionOptions, TransactionTrait,
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
 
@@ -59,6 +60,38 @@ impl Database {
     pub fn backend(&self) -> sea_orm::DatabaseBackend {
         self.read.get_database_backend()
     }
+
+    /// Starts a write transaction: `BEGIN IMMEDIATE` on SQLite, so that it holds the write
+    /// lock from its first statement (another process's writer makes it wait, up to the busy
+    /// timeout, instead of failing mid-transaction); a plain `BEGIN` on Postgres.
+    pub async fn begin_write(&self) -> Result<DatabaseTransaction, DbErr> {
+        self.write
+            .begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..TransactionOptions::default()
+            })
+            .await
+    }
+}
+
+/// Whether `err` is worth retrying the whole transaction for: a Postgres serialization
+/// failure or deadlock, or SQLite's busy/locked after its timeout.
+pub fn is_transient(err: &DbErr) -> bool {
+    let (DbErr::Exec(RuntimeErr::SqlxError(e))
+    | DbErr::Query(RuntimeErr::SqlxError(e))
+    | DbErr::Conn(RuntimeErr::SqlxError(e))) = err
+    else {
+        return false;
+    };
+    let Some(db) = e.as_database_error() else {
+        return false;
+    };
+    matches!(
+        db.code().as_deref(),
+        // Postgres: serialization_failure, deadlock_detected.
+        // SQLite: SQLITE_BUSY, SQLITE_LOCKED and their extended codes.
+        Some("40001" | "40P01" | "5" | "6" | "261" | "262" | "517")
+    )
 }
 
 async fn open(

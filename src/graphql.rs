@@ -31,6 +31,9 @@ pub struct AppState {
     pub keys: Arc<Keys>,
 }
 
+/// The `Idempotency-Key` header of a request, when it has one.
+pub struct IdempotencyHeader(pub String);
+
 /// The schema; without `state` it can only describe itself (`print-schema`).
 pub fn build_schema(state: Option<AppState>) -> TollgateSchema {
     let mut builder = Schema::build(Query, Mutation, EmptySubscription).extension(ErrorCodes);

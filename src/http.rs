@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::{
     auth,
     error::AppError,
-    graphql::{AppState, TollgateSchema, loaders::UserLoader, with_code},
+    graphql::{AppState, IdempotencyHeader, TollgateSchema, loaders::UserLoader, with_code},
 };
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -112,11 +112,20 @@ async fn execute(
             return reject(status, e.code(), &e.to_string());
         }
     };
+    let idempotency_key = req
+        .headers()
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let prepare = |request: Request| {
-        request.data(viewer.clone()).data(DataLoader::new(
+        let request = request.data(viewer.clone()).data(DataLoader::new(
             UserLoader(state.db.read.clone()),
             tokio::spawn,
-        ))
+        ));
+        match &idempotency_key {
+            Some(key) => request.data(IdempotencyHeader(key.clone())),
+            None => request,
+        }
     };
     let response = match batch {
         BatchRequest::Single(request) => {

@@ -17,6 +17,8 @@ pub mod error;
 pub mod graphql;
 /// The HTTP routes: /graphql, /healthz, /readyz.
 pub mod http;
+/// Idempotency keys of guarded mutations: claim, replay, purge.
+pub mod idempotency;
 /// Guarded resources: projects and tasks, each created with its credit spend.
 pub mod projects;
 /// Connect, migrate, serve.

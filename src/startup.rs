@@ -13,7 +13,7 @@ use crate::{
     credits,
     db::Database,
     graphql::{self, AppState},
-    http,
+    http, idempotency,
 };
 
 pub struct Application {
@@ -26,11 +26,18 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let db = Database::connect(&config).await?;
         migrate(&db).await?;
-        credits::sync_plans(&db.write, &config).await?;
+        credits::sync_plans(&db, &config).await?;
         let keys = Keys::from_config(&config)?;
         let listener = TcpListener::bind(&config.addr)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.addr))?;
         let port = listener.local_addr()?.port();
+        idempotency::spawn_purger(
+            db.clone(),
+            chrono::Duration::seconds(
+                i64::try_from(config.idempotency.retention_seconds).unwrap_or(i64::MAX),
+            ),
+            std::time::Duration::from_secs(config.idempotency.purge_interval_seconds),
+        );
         let state = AppState {
             db: db.clone(),
             config: Arc::new(config),

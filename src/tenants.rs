@@ -6,11 +6,10 @@ use std::str::FromStr;
 use chrono::Utc;
 use entity::{tenant, tenant_user, user};
 use sea_orm::{
-    ActiveValue::Set, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, TransactionSession,
-    TransactionTrait, prelude::*,
+    ActiveValue::Set, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, prelude::*,
 };
 
-use crate::{config::Config, credits, error::AppError};
+use crate::{config::Config, credits, db::Database, error::AppError};
 
 const MAX_TENANT_NAME: usize = 100;
 const MAX_SLUG: usize = 48;
@@ -49,7 +48,7 @@ pub struct NewTenant {
 
 /// Creates a tenant owned by `owner`, subscribed to the configured default plan.
 pub async fn create_tenant(
-    db: &(impl ConnectionTrait + TransactionTrait),
+    db: &Database,
     config: &Config,
     owner: &user::Model,
     input: NewTenant,
@@ -73,7 +72,7 @@ pub async fn create_tenant(
         )));
     }
     let now = Utc::now();
-    let txn = db.begin().await?;
+    let txn = db.begin_write().await?;
     let inserted = tenant::ActiveModel {
         id: Set(Uuid::now_v7()),
         slug: Set(slug),

@@ -3,6 +3,7 @@
 
 pub mod credit;
 pub mod credit_usage;
+pub mod idempotency_key;
 pub mod plan;
 pub mod plan_feature;
 pub mod project;

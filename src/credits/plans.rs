@@ -5,12 +5,12 @@ use chrono::{DateTime, Utc};
 use entity::{plan, plan_feature, tenant_subscription};
 use sea_orm::{
     ActiveValue::Set,
-    ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, TransactionSession, TransactionTrait,
+    ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
     prelude::*,
     sea_query::{Expr, OnConflict},
 };
 
-use crate::{config::Config, error::AppError};
+use crate::{config::Config, db::Database, error::AppError};
 
 /// A plan with its features, in their configured order.
 #[derive(Clone, Debug)]
@@ -98,8 +98,8 @@ pub async fn subscribe(
 /// Makes the `plan` and `plan_feature` tables say what the config says. Safe to run from
 /// many replicas at once (upserts); plans dropped from the config stay, inactive, for the
 /// tenants still on them.
-pub async fn sync_plans(db: &impl TransactionTrait, config: &Config) -> Result<(), DbErr> {
-    let txn = db.begin().await?;
+pub async fn sync_plans(db: &Database, config: &Config) -> Result<(), DbErr> {
+    let txn = db.begin_write().await?;
     let now = Utc::now();
     plan::Entity::update_many()
         .col_expr(plan::Column::Active, Expr::value(false))

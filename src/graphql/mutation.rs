@@ -5,7 +5,7 @@ use async_graphql::{Context, ID, Object, ResultExt};
 use crate::{
     auth::{self, SignUp},
     graphql::{
-        state,
+        IdempotencyHeader, state,
         types::{
             AuthPayload, CreateProjectInput, CreateTaskInput, CreateTenantInput, Project,
             SignUpInput, Task, Tenant, parse_id,
@@ -18,6 +18,11 @@ use crate::{
 
 /// What can be changed.
 pub struct Mutation;
+
+/// The request's `Idempotency-Key` header, used when the argument is not given.
+fn header_key(ctx: &Context<'_>) -> Option<String> {
+    ctx.data_opt::<IdempotencyHeader>().map(|h| h.0.clone())
+}
 
 /// What can be changed. Guarded mutations spend credits, or refuse and write nothing.
 #[Object]
@@ -72,7 +77,7 @@ impl Mutation {
             name: input.name,
             slug: input.slug,
         };
-        let tenant = tenants::create_tenant(&state.db.write, &state.config, owner, input)
+        let tenant = tenants::create_tenant(&state.db, &state.config, owner, input)
             .await
             .extend()?;
         Ok(tenant.into())
@@ -80,6 +85,8 @@ impl Mutation {
 
     /// Creates a project, spending `credit-project-creation` credits of the tenant.
     /// Refused with `INSUFFICIENT_CREDITS` or `FEATURE_NOT_INCLUDED`, writing nothing.
+    /// With an `idempotencyKey` (or an `Idempotency-Key` header), a repeat returns the
+    /// first result and charges nothing; the key with other input is `IDEMPOTENCY_KEY_REUSED`.
     async fn create_project(
         &self,
         ctx: &Context<'_>,
@@ -99,7 +106,7 @@ impl Mutation {
             viewer(ctx),
             tenant_id,
             input,
-            idempotency_key,
+            idempotency_key.or_else(|| header_key(ctx)),
         )
         .await
         .extend()?;
@@ -108,6 +115,7 @@ impl Mutation {
 
     /// Creates a task in a project, spending `credit-task-creation` credits of its tenant.
     /// Refused with `INSUFFICIENT_CREDITS` or `FEATURE_NOT_INCLUDED`, writing nothing.
+    /// Idempotent with an `idempotencyKey` or `Idempotency-Key` header, as `createProject`.
     async fn create_task(
         &self,
         ctx: &Context<'_>,
@@ -123,7 +131,7 @@ impl Mutation {
             viewer(ctx),
             project_id,
             &input.title,
-            idempotency_key,
+            idempotency_key.or_else(|| header_key(ctx)),
         )
         .await
         .extend()?;

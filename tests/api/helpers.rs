@@ -24,7 +24,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub database_url: String,
     pub database: Database,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     _postgres: Option<PostgresDb>,
 }
 
@@ -85,7 +85,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
         client: reqwest::Client::new(),
         database_url,
         database,
-        _dir: dir,
+        dir,
         _postgres: postgres,
     }
 }
@@ -223,6 +223,16 @@ impl TestApp {
         command
     }
 
+    /// Writes a config file into the app's temp dir; returns its path.
+    pub fn write_config(&self, toml: &str) -> String {
+        let path = self
+            .dir
+            .path()
+            .join(format!("tollgate-{}.toml", uuid::Uuid::now_v7()));
+        std::fs::write(&path, toml).expect("config written");
+        path.to_string_lossy().into_owned()
+    }
+
     /// Runs the `tollgate` binary against this app's database, to completion.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         self.command(args).output().expect("tollgate runs")
@@ -297,5 +307,75 @@ fn server_base(url: &str) -> String {
     match without_query[after_scheme..].find('/') {
         Some(slash) => without_query[..after_scheme + slash].to_owned(),
         None => without_query.to_owned(),
+    }
+}
+
+/// A `tollgate serve` process of its own (for crash and multi-replica tests); killed on drop.
+pub struct ServerProcess {
+    pub url: String,
+    child: std::process::Child,
+}
+
+impl TestApp {
+    /// Starts `tollgate serve` on this app's database, with `env` set, and waits until ready.
+    pub async fn start_server(&self, env: &[(&str, &str)]) -> ServerProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut command = self.command(&["serve", "--addr", &format!("127.0.0.1:{port}")]);
+        command
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let child = command.spawn().expect("tollgate serve starts");
+        let server = ServerProcess {
+            url: format!("http://127.0.0.1:{port}"),
+            child,
+        };
+        for _ in 0..200 {
+            let ready = self
+                .client
+                .get(format!("{}/readyz", server.url))
+                .send()
+                .await;
+            if ready.is_ok_and(|r| r.status().is_success()) {
+                return server;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("tollgate serve did not become ready at {}", server.url);
+    }
+
+    /// POSTs a GraphQL document to another server of this app.
+    pub async fn gql_at(
+        &self,
+        url: &str,
+        token: &str,
+        query: &str,
+        variables: Value,
+    ) -> Result<Value, reqwest::Error> {
+        self.client
+            .post(format!("{url}/graphql"))
+            .bearer_auth(token)
+            .json(&json!({ "query": query, "variables": variables }))
+            .send()
+            .await?
+            .json()
+            .await
+    }
+}
+
+impl ServerProcess {
+    /// SIGKILL: no shutdown, no flush, no goodbye.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

@@ -8,6 +8,8 @@ mod errors;
 mod guard;
 mod helpers;
 mod history;
+mod idempotency;
 mod plans;
+mod resilience;
 mod schema;
 mod tenants;
