@@ -2,11 +2,12 @@
 //! mutations), `GET /healthz` and `GET /readyz`. Errors raised before GraphQL runs (a body
 //! that is not JSON, a bad token) get the same JSON shape and codes as GraphQL errors.
 
-use actix_web::{HttpRequest, HttpResponse, http::StatusCode, http::header, web};
+use actix_web::{HttpRequest, HttpResponse, Responder, http::StatusCode, http::header, web};
 use async_graphql::{
     BatchRequest, BatchResponse, Request, dataloader::DataLoader, http::GraphiQLSource,
     parser::types::OperationType,
 };
+use async_graphql_actix_web::GraphQLResponse;
 use serde_json::json;
 
 use crate::{
@@ -139,7 +140,8 @@ async fn execute(
             BatchResponse::Batch(responses)
         }
     };
-    HttpResponse::Ok().json(with_default_codes(response))
+    // `application/graphql-response+json`, with the response's cache-control and headers.
+    GraphQLResponse::from(with_default_codes(response)).respond_to(req)
 }
 
 /// Errors async-graphql raises while coercing arguments carry no code: they are the
