@@ -56,6 +56,8 @@ pub struct DatabaseSettings {
     pub acquire_timeout_ms: u64,
     /// SQLite only: how long a statement waits for a lock held by another process.
     pub sqlite_busy_timeout_ms: u64,
+    /// Most guards the writer commits together.
+    pub max_batch: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -268,6 +270,7 @@ impl Default for Defaults {
                 max_connections: 16,
                 acquire_timeout_ms: 5_000,
                 sqlite_busy_timeout_ms: 5_000,
+                max_batch: 64,
             },
             idempotency: IdempotencySettings {
                 retention_seconds: 24 * 3600,

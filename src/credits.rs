@@ -18,10 +18,8 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use entity::{credit, credit_usage, plan_feature, tenant_subscription};
 use sea_orm::{
-    ActiveValue::Set,
-    ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    prelude::*,
-    sea_query::{Expr, ExprTrait, OnConflict},
+    ActiveValue::Set, ConnectionTrait, DatabaseBackend, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Statement, prelude::*,
 };
 use serde::{Deserialize, Serialize};
 
@@ -107,6 +105,43 @@ impl FromStr for FeatureLimitType {
     }
 }
 
+/// What a tenant's plan allows of the `credits` feature now, read before the guard's write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entitlement {
+    pub kind: FeatureLimitType,
+    /// The limit, for `MONTHLY` and `MAX`.
+    pub value: i64,
+    /// The period the spend counts in.
+    pub period: Period,
+}
+
+/// The tenant's entitlement to spend credits at `now`; `FEATURE_NOT_INCLUDED` when it has
+/// none (no subscription, no such feature, or `NOT_INCLUDED`). A read: it may run on any
+/// connection, before the write transaction, because `consume` checks the plan again.
+pub async fn entitlement(
+    conn: &impl ConnectionTrait,
+    tenant_id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<Entitlement, AppError> {
+    let not_included = || AppError::FeatureNotIncluded {
+        feature: CREDITS_FEATURE.to_owned(),
+    };
+    let (Some(subscription), Some(feature)) =
+        plan_feature(conn, tenant_id, CREDITS_FEATURE).await?
+    else {
+        return Err(not_included());
+    };
+    let kind: FeatureLimitType = feature.kind.parse()?;
+    if kind == FeatureLimitType::NotIncluded {
+        return Err(not_included());
+    }
+    Ok(Entitlement {
+        kind,
+        value: feature.value,
+        period: Period::current(kind, &subscription, now),
+    })
+}
+
 /// One guarded action's spend, as the caller describes it.
 pub struct Spend<'a> {
     pub tenant_id: Uuid,
@@ -117,81 +152,59 @@ pub struct Spend<'a> {
     pub idempotency_key: Option<String>,
 }
 
-/// The credits guard. Inside the caller's open transaction: checks the tenant's plan,
-/// increments the period's counter only if the whole cost fits, and appends the ledger row.
-/// On `Err` the caller must roll back (dropping the transaction does).
+/// The counter upsert: adds `cost` to the period's counter, creating it, only if the whole
+/// cost fits the limit the tenant's plan has *now* (the subquery re-reads the plan, so a
+/// plan changed since `entitlement` cannot be overspent). One statement: the row lock it
+/// takes decides between concurrent spenders, on any number of replicas. Returns the new
+/// `used`, or no row when refused. `$1` tenant, `$2` feature, `$3` period start, `$4` cost,
+/// `$5` the plan feature's type as read.
+const SPEND: &str = "INSERT INTO credit_usage (tenant_id, feature, period_start, used) \
+SELECT $1, $2, $3, $4 WHERE $4 <= (LIMIT) \
+ON CONFLICT (tenant_id, feature, period_start) DO UPDATE SET used = credit_usage.used + excluded.used \
+WHERE credit_usage.used + excluded.used <= (LIMIT) \
+RETURNING used";
+
+/// The limit of the tenant's current plan for a feature of the given type: its value for
+/// `MONTHLY`/`MAX`, no limit for `INCLUDED`/`UNLIMITED`, NULL (refused) otherwise.
+const LIMIT: &str = "SELECT CASE WHEN pf.type IN ('MONTHLY', 'MAX') THEN pf.value \
+WHEN pf.type IN ('INCLUDED', 'UNLIMITED') THEN 9223372036854775807 END \
+FROM tenant_subscription ts JOIN plan_feature pf ON pf.plan_id = ts.plan_id \
+WHERE ts.tenant_id = $1 AND pf.name = $2 AND pf.type = $5";
+
+/// The credits guard. Inside the caller's open transaction, with the entitlement read
+/// before: adds the cost to the period's counter only if it fits (one statement), and
+/// appends the ledger row. On `Err` nothing was written by it.
 pub async fn consume(
     txn: &impl ConnectionTrait,
     spend: &Spend<'_>,
+    entitlement: &Entitlement,
     now: DateTime<Utc>,
-) -> Result<credit::Model, AppError> {
-    let (subscription, feature) = entitlement(txn, spend.tenant_id, CREDITS_FEATURE).await?;
-    let not_included = || AppError::FeatureNotIncluded {
-        feature: CREDITS_FEATURE.to_owned(),
-    };
-    let (Some(subscription), Some(feature)) = (subscription, feature) else {
-        return Err(not_included());
-    };
-    let kind: FeatureLimitType = feature.kind.parse()?;
-    if kind == FeatureLimitType::NotIncluded {
-        return Err(not_included());
-    }
-    let period = Period::current(kind, &subscription, now);
+) -> Result<(), AppError> {
+    let backend = txn.get_database_backend();
     let cost = spend.credit_type.amount;
-
-    // The counter row must exist before the conditional UPDATE can lock it.
-    let counter = credit_usage::ActiveModel {
-        tenant_id: Set(spend.tenant_id),
-        feature: Set(CREDITS_FEATURE.to_owned()),
-        period_start: Set(period.start),
-        used: Set(0),
+    let period = entitlement.period;
+    let sql = SPEND.replace("LIMIT", LIMIT);
+    let sql = match backend {
+        DatabaseBackend::Postgres => sql,
+        // SQLite numbers its parameters ?N.
+        _ => sql.replace('$', "?"),
     };
-    credit_usage::Entity::insert(counter)
-        .on_conflict(
-            OnConflict::columns([
-                credit_usage::Column::TenantId,
-                credit_usage::Column::Feature,
-                credit_usage::Column::PeriodStart,
-            ])
-            .do_nothing()
-            .to_owned(),
-        )
-        .exec_without_returning(txn)
+    let spent = txn
+        .query_one_raw(Statement::from_sql_and_values(
+            backend,
+            sql,
+            [
+                spend.tenant_id.into(),
+                CREDITS_FEATURE.into(),
+                period.start.into(),
+                cost.into(),
+                entitlement.kind.as_str().into(),
+            ],
+        ))
         .await?;
-
-    let this_counter = credit_usage::Column::TenantId
-        .eq(spend.tenant_id)
-        .and(credit_usage::Column::Feature.eq(CREDITS_FEATURE))
-        .and(credit_usage::Column::PeriodStart.eq(period.start));
-    let mut increment = credit_usage::Entity::update_many()
-        .col_expr(
-            credit_usage::Column::Used,
-            Expr::col(credit_usage::Column::Used).add(cost),
-        )
-        .filter(this_counter.clone());
-    if kind.is_limited() {
-        increment = increment.filter(
-            Expr::col(credit_usage::Column::Used)
-                .add(cost)
-                .lte(feature.value),
-        );
+    if spent.is_none() {
+        return Err(refusal(txn, spend, entitlement).await);
     }
-    if increment.exec(txn).await?.rows_affected == 0 {
-        let used = credit_usage::Entity::find()
-            .filter(this_counter)
-            .one(txn)
-            .await?
-            .map_or(0, |c| c.used);
-        return Err(AppError::InsufficientCredits(Box::new(Shortfall {
-            feature: CREDITS_FEATURE.to_owned(),
-            credit_type: spend.credit_type.value.clone(),
-            required: cost,
-            used,
-            limit: feature.value,
-            resets_at: period.end,
-        })));
-    }
-
     let ledger_row = credit::ActiveModel {
         id: Set(Uuid::now_v7()),
         tenant_id: Set(spend.tenant_id),
@@ -204,11 +217,46 @@ pub async fn consume(
         period_start: Set(period.start),
         created_at: Set(now),
     };
-    Ok(ledger_row.insert(txn).await?)
+    credit::Entity::insert(ledger_row)
+        .exec_without_returning(txn)
+        .await?;
+    Ok(())
+}
+
+/// Why a spend was refused, for the client: the counter as it stands, or a plan that no
+/// longer has the feature as read.
+async fn refusal(
+    txn: &impl ConnectionTrait,
+    spend: &Spend<'_>,
+    entitlement: &Entitlement,
+) -> AppError {
+    if !entitlement.kind.is_limited() {
+        return AppError::FeatureNotIncluded {
+            feature: CREDITS_FEATURE.to_owned(),
+        };
+    }
+    let used = credit_usage::Entity::find_by_id((
+        spend.tenant_id,
+        CREDITS_FEATURE.to_owned(),
+        entitlement.period.start,
+    ))
+    .one(txn)
+    .await;
+    match used {
+        Ok(counter) => AppError::InsufficientCredits(Box::new(Shortfall {
+            feature: CREDITS_FEATURE.to_owned(),
+            credit_type: spend.credit_type.value.clone(),
+            required: spend.credit_type.amount,
+            used: counter.map_or(0, |c| c.used),
+            limit: entitlement.value,
+            resets_at: entitlement.period.end,
+        })),
+        Err(e) => e.into(),
+    }
 }
 
 /// The tenant's subscription and its plan's `feature`, if any.
-async fn entitlement(
+async fn plan_feature(
     conn: &impl ConnectionTrait,
     tenant_id: Uuid,
     feature: &str,
@@ -266,7 +314,7 @@ pub async fn usage(
     feature: &str,
     now: DateTime<Utc>,
 ) -> Result<Option<FeatureUsage>, AppError> {
-    let (subscription, own) = entitlement(db, tenant_id, feature).await?;
+    let (subscription, own) = plan_feature(db, tenant_id, feature).await?;
     let (Some(subscription), Some(own)) = (subscription, own) else {
         let Some(any) = plan_feature::Entity::find()
             .filter(plan_feature::Column::Name.eq(feature))

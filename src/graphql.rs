@@ -16,7 +16,9 @@ use async_graphql::{
     parser::types::ExecutableDocument,
 };
 
-use crate::{auth::Keys, auth::Viewer, config::Config, db::Database, error::AppError};
+use crate::{
+    auth::Keys, auth::Viewer, config::Config, db::Database, error::AppError, projects::Writer,
+};
 
 pub use mutation::Mutation;
 pub use query::Query;
@@ -27,6 +29,7 @@ pub type TollgateSchema = Schema<Query, Mutation, EmptySubscription>;
 #[derive(Clone)]
 pub struct AppState {
     pub db: Database,
+    pub writer: Writer,
     pub config: Arc<Config>,
     pub keys: Arc<Keys>,
 }

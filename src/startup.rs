@@ -14,6 +14,7 @@ use crate::{
     db::Database,
     graphql::{self, AppState},
     http, idempotency,
+    projects::Writer,
 };
 
 pub struct Application {
@@ -39,6 +40,7 @@ impl Application {
             std::time::Duration::from_secs(config.idempotency.purge_interval_seconds),
         );
         let state = AppState {
+            writer: Writer::spawn(db.clone(), config.database.max_batch),
             db: db.clone(),
             config: Arc::new(config),
             keys: Arc::new(keys),

@@ -102,6 +102,7 @@ impl Mutation {
         };
         let project = projects::create_project(
             &state.db,
+            &state.writer,
             &state.config,
             viewer(ctx),
             tenant_id,
@@ -127,6 +128,7 @@ impl Mutation {
         let project_id = parse_id(&project_id, "projectId").extend()?;
         let task = projects::create_task(
             &state.db,
+            &state.writer,
             &state.config,
             viewer(ctx),
             project_id,

@@ -1,0 +1,745 @@
+//! Throughput and latency of the running server against its floors, on SQLite and PostgreSQL.
+//!
+//!     cargo bench --bench throughput            # 10 s per workload
+//!     BENCH_SECONDS=30 cargo bench --bench throughput
+//!
+//! Builds in release (cargo's bench profile), starts `tollgate serve` pinned to core 0, drives
+//! it with wrk (installed from Debian's packages if missing) pinned to core 1, 32 connections,
+//! and measures in the same run the floors each workload is compared with: `GET /healthz` (the
+//! HTTP floor) and the raw guard floor, the writes of a guarded `createTask` through the same
+//! driver without HTTP or GraphQL (one transaction per guard, and batched as the server
+//! batches). Reports req/s, p50, p99, errors and the server's peak RSS, runs `tollgate verify`
+//! after each database, and writes the table into BENCHMARKS.md between the throughput markers.
+//!
+//! PostgreSQL is used when BENCH_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres)
+//! answers; BENCH_DATABASE_URL=none skips it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    fmt::Write as _,
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use chrono::Utc;
+use entity::{plan, project, tenant, tenant_subscription, user};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, Database as SeaDatabase,
+    EntityTrait, QueryFilter,
+};
+use serde_json::{Value, json};
+use tollgate::{
+    config::{Config, PlanConfig, PlanFeatureConfig},
+    credits::FeatureLimitType,
+    db::Database,
+    projects::{Guarded, Writer},
+};
+use uuid::Uuid;
+
+const CONNECTIONS: usize = 32;
+const SECRET: &str = "bench-secret-bench-secret-bench-secret-0123";
+const CONFIG: &str = r#"
+default_plan = "unlimited"
+[[plans]]
+slug = "unlimited"
+title = "Unlimited"
+[[plans.features]]
+name = "credits"
+title = "Credits"
+type = "UNLIMITED"
+[[plans]]
+slug = "limited"
+title = "Limited"
+[[plans.features]]
+name = "credits"
+title = "Credits"
+type = "MONTHLY"
+value = 1000
+"#;
+
+/// The floor a workload is compared with: its name and rate.
+type Floor = Option<(&'static str, f64)>;
+
+/// One measured row.
+struct Row {
+    database: &'static str,
+    workload: String,
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+    denied: u64,
+    floor: Floor,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    // Re-entry: `throughput floor <url> <txn|batch> <seconds>`, run pinned by the parent.
+    if args.get(1).map(String::as_str) == Some("floor") {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let rps = rt.block_on(raw_floor(
+            &args[2],
+            &args[3] == "batch",
+            args[4].parse().expect("seconds"),
+        ));
+        println!("FLOOR {rps:.1}");
+        return;
+    }
+    let seconds: u64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    ensure_wrk();
+    let pinned = Command::new("taskset")
+        .arg("-c")
+        .arg("0")
+        .arg("true")
+        .status()
+        .is_ok_and(|s| s.success());
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+
+    let sqlite = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("bench.db").display()
+    );
+    let sqlite_floor = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("floor.db").display()
+    );
+    let sqlite_floor_b = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("floor-b.db").display()
+    );
+    rt.block_on(run_database(
+        "SQLite",
+        &sqlite,
+        [&sqlite_floor, &sqlite_floor_b],
+        dir.path(),
+        seconds,
+        pinned,
+        &mut rows,
+        &mut notes,
+    ));
+
+    let pg = std::env::var("BENCH_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    if pg != "none" {
+        let dbs = rt.block_on(async {
+            let mut made = Vec::new();
+            for suffix in ["server", "floor", "floorb"] {
+                made.push(create_pg_database(&pg, suffix).await?);
+            }
+            Some(made)
+        });
+        match dbs {
+            Some(dbs) => {
+                rt.block_on(run_database(
+                    "PostgreSQL",
+                    &dbs[0].2,
+                    [&dbs[1].2, &dbs[2].2],
+                    dir.path(),
+                    seconds,
+                    pinned,
+                    &mut rows,
+                    &mut notes,
+                ));
+                rt.block_on(async {
+                    for (admin, name, _) in &dbs {
+                        let _ = SeaDatabase::connect(admin.as_str())
+                            .await
+                            .expect("admin")
+                            .execute_unprepared(&format!(
+                                "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                            ))
+                            .await;
+                    }
+                });
+            }
+            None => notes.push(format!("PostgreSQL at {pg} not reachable: skipped")),
+        }
+    }
+
+    let table = render(&rows, seconds, pinned, &notes);
+    println!("\n{table}");
+    write_into_benchmarks(&table);
+}
+
+fn ensure_wrk() {
+    if Command::new("wrk").arg("--version").output().is_ok() {
+        return;
+    }
+    eprintln!("wrk not found: installing Debian's package");
+    let _ = Command::new("apt-get").args(["update", "-qq"]).status();
+    let ok = Command::new("apt-get")
+        .args(["install", "-y", "-qq", "wrk"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "could not install wrk (apt-get install wrk)");
+}
+
+async fn create_pg_database(server: &str, suffix: &str) -> Option<(String, String, String)> {
+    let admin = SeaDatabase::connect(server).await.ok()?;
+    let name = format!("tollgate_throughput_{}_{suffix}", std::process::id());
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+        .await
+        .ok()?;
+    let base = server.rsplit_once('/').map_or(server, |(b, _)| b);
+    Some((server.to_owned(), name.clone(), format!("{base}/{name}")))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_database(
+    label: &'static str,
+    url: &str,
+    floor_urls: [&String; 2],
+    dir: &Path,
+    seconds: u64,
+    pinned: bool,
+    rows: &mut Vec<Row>,
+    notes: &mut Vec<String>,
+) {
+    eprintln!("== {label}");
+    // The raw guard floors, pinned to the server's core, each on a database of its own.
+    let floor_txn = run_floor(floor_urls[0], "txn", seconds, pinned);
+    let floor_batch = run_floor(floor_urls[1], "batch", seconds, pinned);
+    eprintln!(
+        "raw guard floor: {floor_txn:.0}/s one transaction per guard, {floor_batch:.0}/s batched"
+    );
+
+    let config_path = dir.join(format!("bench-{label}.toml"));
+    std::fs::write(&config_path, CONFIG).expect("config");
+    let port = free_port();
+    let mut server = start_server(url, &config_path, port, pinned);
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    wait_ready(&client, &base).await;
+
+    let token = gql(&client, &base, None, "mutation { signUp(input: {email: \"bench@example.com\", password: \"benchmark\", name: \"Bench\"}) { token } }").await["data"]["signUp"]["token"].as_str().expect("token").to_owned();
+    let unlimited = tenant_with_project(&client, &base, &token, "unlimited").await;
+    let limited = tenant_with_project(&client, &base, &token, "limited").await;
+    move_to_plan(url, &limited.0, "limited").await;
+
+    let health = wrk(&base, "GET", "/healthz", None, None, seconds, pinned);
+    rows.push(Row {
+        database: label,
+        workload: "`GET /healthz` (HTTP floor)".into(),
+        rps: health.rps,
+        p50_ms: health.p50_ms,
+        p99_ms: health.p99_ms,
+        errors: health.errors,
+        denied: 0,
+        floor: None,
+    });
+    let workloads: [(&str, String, Floor); 5] = [
+        (
+            "`createTask`, UNLIMITED plan",
+            format!(
+                r#"{{"query":"mutation {{ createTask(projectId: \"{}\", input: {{title: \"bench\"}}) {{ id }} }}"}}"#,
+                unlimited.1
+            ),
+            Some(("batched raw guard", floor_batch)),
+        ),
+        (
+            "`createTask`, 1000-credit plan running out",
+            format!(
+                r#"{{"query":"mutation {{ createTask(projectId: \"{}\", input: {{title: \"bench\"}}) {{ id }} }}"}}"#,
+                limited.1
+            ),
+            Some(("batched raw guard", floor_batch)),
+        ),
+        (
+            "`planFeatureUsage`",
+            format!(
+                r#"{{"query":"{{ planFeatureUsage(tenantId: \"{}\") {{ used remaining enabled }} }}"}}"#,
+                unlimited.0
+            ),
+            Some(("healthz", health.rps)),
+        ),
+        (
+            "`creditHistory(first: 20)`",
+            format!(
+                r#"{{"query":"{{ creditHistory(tenantId: \"{}\", first: 20) {{ nodes {{ id type amount createdAt }} pageInfo {{ endCursor hasNextPage }} }} }}"}}"#,
+                unlimited.0
+            ),
+            Some(("healthz", health.rps)),
+        ),
+        (
+            "`creditTypes`",
+            r#"{"query":"{ creditTypes { value name amount } }"}"#.to_owned(),
+            Some(("healthz", health.rps)),
+        ),
+    ];
+    for (name, body, floor) in workloads {
+        let r = wrk(
+            &base,
+            "POST",
+            "/graphql",
+            Some(&body),
+            Some(&token),
+            seconds,
+            pinned,
+        );
+        eprintln!(
+            "{name}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors, {} denied",
+            r.rps, r.p50_ms, r.p99_ms, r.errors, r.denied
+        );
+        rows.push(Row {
+            database: label,
+            workload: name.into(),
+            rps: r.rps,
+            p50_ms: r.p50_ms,
+            p99_ms: r.p99_ms,
+            errors: r.errors,
+            denied: r.denied,
+            floor,
+        });
+    }
+    rows.push(Row {
+        database: label,
+        workload: "raw guard, one transaction per guard".into(),
+        rps: floor_txn,
+        p50_ms: f64::NAN,
+        p99_ms: f64::NAN,
+        errors: 0,
+        denied: 0,
+        floor: None,
+    });
+    rows.push(Row {
+        database: label,
+        workload: "raw guard, batched as the server batches".into(),
+        rps: floor_batch,
+        p50_ms: f64::NAN,
+        p99_ms: f64::NAN,
+        errors: 0,
+        denied: 0,
+        floor: None,
+    });
+
+    let rss = peak_rss_mb(server.id());
+    let _ = server.kill();
+    let _ = server.wait();
+    let verify = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .arg("verify")
+        .env("DATABASE_URL", url)
+        .output()
+        .expect("verify runs");
+    let report = String::from_utf8_lossy(&verify.stdout)
+        .trim()
+        .replace('\n', "; ");
+    notes.push(format!(
+        "{label}: server peak RSS {rss:.1} MB; `tollgate verify` after the run: {} ({report})",
+        if verify.status.success() {
+            "clean"
+        } else {
+            "BROKEN"
+        }
+    ));
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port()
+}
+
+fn pin(core: &str, program: &str, pinned: bool) -> Command {
+    if pinned {
+        let mut c = Command::new("taskset");
+        c.args(["-c", core, program]);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn start_server(url: &str, config: &Path, port: u16, pinned: bool) -> Child {
+    pin("0", env!("CARGO_BIN_EXE_tollgate"), pinned)
+        .args([
+            "serve",
+            "--config",
+            config.to_str().expect("path"),
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("DATABASE_URL", url)
+        .env("TOLLGATE_JWT_SECRET", SECRET)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("server starts")
+}
+
+async fn wait_ready(client: &reqwest::Client, base: &str) {
+    for _ in 0..300 {
+        if client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("server did not become ready");
+}
+
+async fn gql(client: &reqwest::Client, base: &str, token: Option<&str>, query: &str) -> Value {
+    let mut request = client
+        .post(format!("{base}/graphql"))
+        .json(&json!({ "query": query }));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json")
+}
+
+/// A tenant and a project in it: (tenant id, project id).
+async fn tenant_with_project(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    slug: &str,
+) -> (String, String) {
+    let tenant = gql(
+        client,
+        base,
+        Some(token),
+        &format!(
+            "mutation {{ createTenant(input: {{name: \"{slug}\", slug: \"{slug}\"}}) {{ id }} }}"
+        ),
+    )
+    .await;
+    let tenant = tenant["data"]["createTenant"]["id"]
+        .as_str()
+        .expect("tenant")
+        .to_owned();
+    let project = gql(
+        client,
+        base,
+        Some(token),
+        &format!(
+            "mutation {{ createProject(tenantId: \"{tenant}\", input: {{name: \"p\"}}) {{ id }} }}"
+        ),
+    )
+    .await;
+    (
+        tenant,
+        project["data"]["createProject"]["id"]
+            .as_str()
+            .expect("project")
+            .to_owned(),
+    )
+}
+
+/// Puts a tenant on another plan (as a Stripe webhook later will).
+async fn move_to_plan(url: &str, tenant: &str, slug: &str) {
+    let db = SeaDatabase::connect(url).await.expect("db");
+    let plan = plan::Entity::find()
+        .filter(plan::Column::Slug.eq(slug))
+        .one(&db)
+        .await
+        .expect("query")
+        .expect("plan");
+    let tenant = Uuid::parse_str(tenant).expect("uuid");
+    let mut sub: tenant_subscription::ActiveModel = tenant_subscription::Entity::find_by_id(tenant)
+        .one(&db)
+        .await
+        .expect("query")
+        .expect("subscription")
+        .into();
+    sub.plan_id = Set(plan.id);
+    sub.update(&db).await.expect("moved");
+}
+
+struct WrkResult {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+    denied: u64,
+}
+
+const LUA: &str = r#"
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) errors = 0; denied = 0 end
+function response(status, headers, body)
+  if status ~= 200 then errors = errors + 1
+  elseif body:find('"errors"', 1, true) then
+    if body:find('INSUFFICIENT_CREDITS', 1, true) then denied = denied + 1 else errors = errors + 1 end
+  end
+end
+function done(summary, latency, requests)
+  local e, d = 0, 0
+  for _, t in ipairs(threads) do e = e + t:get("errors"); d = d + t:get("denied") end
+  local s = summary.errors
+  io.write(string.format("RESULT %d %d %d %d %d %d\n", summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(99), e + s.connect + s.read + s.write + s.timeout, d))
+end
+"#;
+
+fn wrk(
+    base: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+    seconds: u64,
+    pinned: bool,
+) -> WrkResult {
+    let mut script = String::from(LUA);
+    writeln!(script, "wrk.method = \"{method}\"").unwrap();
+    if let Some(body) = body {
+        writeln!(script, "wrk.body = [==[{body}]==]").unwrap();
+        script.push_str("wrk.headers[\"Content-Type\"] = \"application/json\"\n");
+    }
+    if let Some(token) = token {
+        writeln!(
+            script,
+            "wrk.headers[\"Authorization\"] = \"Bearer {token}\""
+        )
+        .unwrap();
+    }
+    let file = tempfile::Builder::new()
+        .suffix(".lua")
+        .tempfile()
+        .expect("script");
+    std::fs::write(file.path(), script).expect("script written");
+    let out = pin("1", "wrk", pinned)
+        .args([
+            "-t1",
+            &format!("-c{CONNECTIONS}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+            "-s",
+        ])
+        .arg(file.path())
+        .arg(format!("{base}{path}"))
+        .output()
+        .expect("wrk runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("RESULT"))
+        .unwrap_or_else(|| panic!("wrk said: {stdout}"));
+    let n: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().expect("number"))
+        .collect();
+    WrkResult {
+        rps: n[0] / (n[1] / 1e6),
+        p50_ms: n[2] / 1e3,
+        p99_ms: n[3] / 1e3,
+        errors: n[4] as u64,
+        denied: n[5] as u64,
+    }
+}
+
+fn run_floor(url: &str, mode: &str, seconds: u64, pinned: bool) -> f64 {
+    let me = std::env::current_exe().expect("self");
+    let out = pin("0", me.to_str().expect("path"), pinned)
+        .args(["floor", url, mode, &seconds.to_string()])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("floor runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("FLOOR "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("floor said: {stdout}"))
+}
+
+/// The writes of a guarded `createTask` on an UNLIMITED plan, through the server's own code
+/// and driver, `CONNECTIONS` callers at once, without HTTP or GraphQL.
+async fn raw_floor(url: &str, batched: bool, seconds: u64) -> f64 {
+    let mut config = Config::defaults();
+    config.database_url = url.to_owned();
+    config.plans = vec![PlanConfig {
+        slug: "unlimited".into(),
+        title: "Unlimited".into(),
+        description: None,
+        features: vec![PlanFeatureConfig {
+            name: "credits".into(),
+            title: "Credits".into(),
+            kind: FeatureLimitType::Unlimited,
+            value: 0,
+        }],
+    }];
+    config.default_plan = "unlimited".into();
+    config.validate().expect("config");
+    let db = Database::connect(&config).await.expect("db");
+    tollgate::startup::migrate(&db).await.expect("migrate");
+    tollgate::credits::sync_plans(&db, &config)
+        .await
+        .expect("plans");
+    let now = Utc::now();
+    let user = user::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        email: Set("floor@example.com".into()),
+        name: Set(None),
+        password_hash: Set("x".into()),
+        created_at: Set(now),
+    }
+    .insert(&db.write)
+    .await
+    .expect("user");
+    let tenant = tenant::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        slug: Set("floor".into()),
+        name: Set("Floor".into()),
+        stripe_customer_id: Set(None),
+        created_at: Set(now),
+    }
+    .insert(&db.write)
+    .await
+    .expect("tenant");
+    tollgate::credits::subscribe(&db.write, tenant.id, "unlimited", now)
+        .await
+        .expect("subscribed");
+    let project = project::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        tenant_id: Set(tenant.id),
+        name: Set("p".into()),
+        description: Set(None),
+        created_by: Set(user.id),
+        created_at: Set(now),
+    }
+    .insert(&db.write)
+    .await
+    .expect("project");
+    let entitlement = tollgate::credits::entitlement(&db.read, tenant.id, now)
+        .await
+        .expect("entitlement");
+    let credit_type = config.credit_type(tollgate::credits::CreditKind::TaskCreation);
+    let writer = batched.then(|| Writer::spawn(db.clone(), config.database.max_batch));
+    let floor = Arc::new((db, writer));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut callers = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let floor = Arc::clone(&floor);
+        let (entitlement, credit_type, project) =
+            (entitlement.clone(), credit_type.clone(), project.clone());
+        let user_id = user.id;
+        callers.push(tokio::spawn(async move {
+            let (db, writer) = &*floor;
+            let mut done = 0u64;
+            while Instant::now() < deadline {
+                let guarded = Guarded::task(
+                    &project,
+                    user_id,
+                    "floor".into(),
+                    credit_type.clone(),
+                    entitlement.clone(),
+                );
+                match writer {
+                    Some(writer) => writer.submit(guarded).await.expect("guard"),
+                    None => guarded.run_alone(db).await.expect("guard"),
+                };
+                done += 1;
+            }
+            done
+        }));
+    }
+    let mut total = 0;
+    for c in callers {
+        total += c.await.expect("caller");
+    }
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+fn peak_rss_mb(pid: u32) -> f64 {
+    // With taskset the child is taskset's exec'd program: same pid.
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn render(rows: &[Row], seconds: u64, pinned: bool, notes: &[String]) -> String {
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let mut t = String::new();
+    writeln!(t, "Command: `cargo bench --bench throughput` ({seconds} s per workload, {CONNECTIONS} connections, wrk 1 thread).").unwrap();
+    writeln!(
+        t,
+        "Machine: {cores} cores; {}.",
+        if pinned {
+            "server and raw floors pinned to core 0 with taskset, wrk to core 1"
+        } else {
+            "taskset unavailable: nothing pinned"
+        }
+    )
+    .unwrap();
+    writeln!(t, "Run: {}.\n", Utc::now().format("%Y-%m-%d %H:%M UTC")).unwrap();
+    writeln!(
+        t,
+        "| database | workload | req/s | p50 ms | p99 ms | errors | denied | ratio to floor |"
+    )
+    .unwrap();
+    writeln!(t, "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |").unwrap();
+    for r in rows {
+        let ms = |v: f64| {
+            if v.is_nan() {
+                "–".to_owned()
+            } else {
+                format!("{v:.2}")
+            }
+        };
+        let ratio = r.floor.map_or("–".to_owned(), |(name, f)| {
+            format!("{:.2}× {name}", r.rps / f)
+        });
+        writeln!(
+            t,
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} |",
+            r.database,
+            r.workload,
+            r.rps,
+            ms(r.p50_ms),
+            ms(r.p99_ms),
+            r.errors,
+            r.denied,
+            ratio
+        )
+        .unwrap();
+    }
+    t.push('\n');
+    for n in notes {
+        writeln!(t, "- {n}").unwrap();
+    }
+    t
+}
+
+fn write_into_benchmarks(table: &str) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/BENCHMARKS.md");
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let (begin, end) = ("<!-- throughput:begin -->", "<!-- throughput:end -->");
+    let updated = match (text.find(begin), text.find(end)) {
+        (Some(b), Some(e)) if b < e => format!("{}{begin}\n{table}{}", &text[..b], &text[e..]),
+        _ => format!("{text}\n{begin}\n{table}{end}\n"),
+    };
+    std::fs::write(path, updated).expect("BENCHMARKS.md written");
+    eprintln!("table written into BENCHMARKS.md");
+}
