@@ -2,8 +2,10 @@
 //! guard. Its invariants (DESIGN.md), which every change here must keep:
 //!
 //! 1. Atomic: `consume` runs inside the caller's transaction, together with the insert of the
-//!    resource it pays for; the counter increment is one conditional UPDATE
-//!    (`used = used + cost WHERE used + cost <= limit`), never a read followed by a write.
+//!    resource it pays for; the counter increment is one conditional upsert
+//!    (`INSERT … ON CONFLICT DO UPDATE SET used = used + cost WHERE used + cost <= limit`,
+//!    the limit re-read from the tenant's plan in the same statement), never a read followed
+//!    by a write.
 //! 2. Never overspend: an action is allowed only if its *whole* cost fits; the database row
 //!    lock, not anything in this process, decides between concurrent spenders.
 //! 3. Ledger = counters = resources: each spend adds one ledger row and the same amount to the
