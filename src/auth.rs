@@ -11,10 +11,13 @@ use argon2::{
 };
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::Utc;
-use entity::{tenant_user, user};
+use entity::{project, tenant_user, user};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::RngCore;
-use sea_orm::{ActiveValue::Set, ConnectionTrait, EntityTrait, QueryFilter, prelude::*};
+use sea_orm::{
+    ActiveValue::Set, ConnectionTrait, DatabaseBackend, EntityTrait, QueryFilter, Statement,
+    prelude::*,
+};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
@@ -313,4 +316,28 @@ pub async fn require_member(
         .parse()
         .map_err(|_| AppError::Internal(anyhow::anyhow!("unknown role {}", membership.role)))?;
     Ok((user.clone(), role))
+}
+
+/// The project `project_id` if `user_id` is a member of its tenant: one query.
+pub async fn visible_project(
+    db: &impl ConnectionTrait,
+    user_id: Uuid,
+    project_id: Uuid,
+) -> Result<Option<project::Model>, AppError> {
+    let backend = db.get_database_backend();
+    let sql = "SELECT p.* FROM project p \
+               JOIN tenant_user tu ON tu.tenant_id = p.tenant_id AND tu.user_id = $2 \
+               WHERE p.id = $1";
+    let sql = match backend {
+        DatabaseBackend::Postgres => sql.to_owned(),
+        _ => sql.replace('$', "?"),
+    };
+    Ok(project::Entity::find()
+        .from_raw_sql(Statement::from_sql_and_values(
+            backend,
+            sql,
+            [project_id.into(), user_id.into()],
+        ))
+        .one(db)
+        .await?)
 }

@@ -18,10 +18,10 @@
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
-use entity::{credit, credit_usage, plan_feature, tenant_subscription};
+use entity::{credit, credit_usage, plan_feature};
 use sea_orm::{
-    ActiveValue::Set, ConnectionTrait, DatabaseBackend, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Statement, prelude::*,
+    ConnectionTrait, DatabaseBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement,
+    prelude::*,
 };
 use serde::{Deserialize, Serialize};
 
@@ -128,19 +128,20 @@ pub async fn entitlement(
     let not_included = || AppError::FeatureNotIncluded {
         feature: CREDITS_FEATURE.to_owned(),
     };
-    let (Some(subscription), Some(feature)) =
-        plan_feature(conn, tenant_id, CREDITS_FEATURE).await?
+    let Some(PlanFeatureRow {
+        period,
+        feature: Some(feature),
+    }) = plan_feature(conn, tenant_id, CREDITS_FEATURE).await?
     else {
         return Err(not_included());
     };
-    let kind: FeatureLimitType = feature.kind.parse()?;
-    if kind == FeatureLimitType::NotIncluded {
+    if feature.kind == FeatureLimitType::NotIncluded {
         return Err(not_included());
     }
     Ok(Entitlement {
-        kind,
+        kind: feature.kind,
         value: feature.value,
-        period: Period::current(kind, &subscription, now),
+        period: Period::current(feature.kind, period, now),
     })
 }
 
@@ -154,17 +155,23 @@ pub struct Spend<'a> {
     pub idempotency_key: Option<String>,
 }
 
+/// A row the credits pay for, inserted by `consume` only if the spend is allowed: its table,
+/// columns and values.
+pub struct Paid {
+    pub table: &'static str,
+    pub columns: &'static [&'static str],
+    pub values: Vec<sea_orm::Value>,
+}
+
 /// The counter upsert: adds `cost` to the period's counter, creating it, only if the whole
 /// cost fits the limit the tenant's plan has *now* (the subquery re-reads the plan, so a
-/// plan changed since `entitlement` cannot be overspent). One statement: the row lock it
-/// takes decides between concurrent spenders, on any number of replicas. Returns the new
-/// `used`, or no row when refused. `$1` tenant, `$2` feature, `$3` period start, `$4` cost,
-/// `$5` the plan feature's type as read.
+/// plan changed since `entitlement` cannot be overspent). Its row lock decides between
+/// concurrent spenders, on any number of replicas. `$1` tenant, `$2` feature, `$3` period
+/// start, `$4` cost, `$5` the plan feature's type as read.
 const SPEND: &str = "INSERT INTO credit_usage (tenant_id, feature, period_start, used) \
 SELECT $1, $2, $3, $4 WHERE $4 <= (LIMIT) \
 ON CONFLICT (tenant_id, feature, period_start) DO UPDATE SET used = credit_usage.used + excluded.used \
-WHERE credit_usage.used + excluded.used <= (LIMIT) \
-RETURNING used";
+WHERE credit_usage.used + excluded.used <= (LIMIT)";
 
 /// The limit of the tenant's current plan for a feature of the given type: its value for
 /// `MONTHLY`/`MAX`, no limit for `INCLUDED`/`UNLIMITED`, NULL (refused) otherwise.
@@ -173,55 +180,71 @@ WHEN pf.type IN ('INCLUDED', 'UNLIMITED') THEN 9223372036854775807 END \
 FROM tenant_subscription ts JOIN plan_feature pf ON pf.plan_id = ts.plan_id \
 WHERE ts.tenant_id = $1 AND pf.name = $2 AND pf.type = $5";
 
-/// The credits guard. Inside the caller's open transaction, with the entitlement read
-/// before: adds the cost to the period's counter only if it fits (one statement), and
-/// appends the ledger row. On `Err` nothing was written by it.
+/// The ledger row, `$6` its id and `$7`… the rest.
+const LEDGER: &str = "INSERT INTO credit (id, tenant_id, user_id, type, amount, object_id, \
+idempotency_key, feature, period_start, created_at) SELECT $6, $1, $7, $8, $4, $9, $10, $2, $3, $11";
+
+/// The credits guard, in ONE database call inside the caller's open transaction, with the
+/// entitlement read before: adds the cost to the period's counter only if it fits, and then
+/// — only then — appends the ledger row and inserts `paid`. On `Err` nothing was written.
+/// On Postgres the three writes are one statement (data-modifying CTEs, each feeding the
+/// next); on SQLite, one call of three statements, each later one conditional on the one
+/// before having written its row (`changes()`).
 pub async fn consume(
     txn: &impl ConnectionTrait,
     spend: &Spend<'_>,
     entitlement: &Entitlement,
     now: DateTime<Utc>,
+    paid: Paid,
 ) -> Result<(), AppError> {
     let backend = txn.get_database_backend();
     let cost = spend.credit_type.amount;
-    let period = entitlement.period;
-    let sql = SPEND.replace("LIMIT", LIMIT);
+    let first_paid = 12;
+    let placeholders = (first_paid..first_paid + paid.columns.len())
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let columns = paid.columns.join(", ");
+    let table = paid.table;
+    let spend_sql = SPEND.replace("LIMIT", LIMIT);
     let sql = match backend {
-        DatabaseBackend::Postgres => sql,
+        DatabaseBackend::Postgres => format!(
+            "WITH spent AS ({spend_sql} RETURNING used), \
+             ledger AS ({LEDGER} FROM spent RETURNING id) \
+             INSERT INTO {table} ({columns}) SELECT {placeholders} FROM ledger RETURNING CAST(1 AS BIGINT) AS created"
+        ),
         // SQLite numbers its parameters ?N.
-        _ => sql.replace('$', "?"),
+        _ => format!(
+            "{spend_sql}; {LEDGER} WHERE changes() = 1; \
+             INSERT INTO {table} ({columns}) SELECT {placeholders} WHERE changes() = 1; \
+             SELECT changes() AS created"
+        )
+        .replace('$', "?"),
     };
-    let spent = txn
-        .query_one_raw(Statement::from_sql_and_values(
-            backend,
-            sql,
-            [
-                spend.tenant_id.into(),
-                CREDITS_FEATURE.into(),
-                period.start.into(),
-                cost.into(),
-                entitlement.kind.as_str().into(),
-            ],
-        ))
+    let mut values: Vec<sea_orm::Value> = vec![
+        spend.tenant_id.into(),
+        CREDITS_FEATURE.into(),
+        entitlement.period.start.into(),
+        cost.into(),
+        entitlement.kind.as_str().into(),
+        Uuid::now_v7().into(),
+        spend.user_id.into(),
+        spend.credit_type.value.as_str().into(),
+        Some(spend.object_id.clone()).into(),
+        spend.idempotency_key.clone().into(),
+        now.into(),
+    ];
+    values.extend(paid.values);
+    let rows = txn
+        .query_all_raw(Statement::from_sql_and_values(backend, sql, values))
         .await?;
-    if spent.is_none() {
+    let created = match rows.last() {
+        Some(row) => row.try_get_by_index::<i64>(0)? == 1,
+        None => false,
+    };
+    if !created {
         return Err(refusal(txn, spend, entitlement).await);
     }
-    let ledger_row = credit::ActiveModel {
-        id: Set(Uuid::now_v7()),
-        tenant_id: Set(spend.tenant_id),
-        user_id: Set(spend.user_id),
-        kind: Set(spend.credit_type.value.clone()),
-        amount: Set(cost),
-        object_id: Set(Some(spend.object_id.clone())),
-        idempotency_key: Set(spend.idempotency_key.clone()),
-        feature: Set(CREDITS_FEATURE.to_owned()),
-        period_start: Set(period.start),
-        created_at: Set(now),
-    };
-    credit::Entity::insert(ledger_row)
-        .exec_without_returning(txn)
-        .await?;
     Ok(())
 }
 
@@ -257,30 +280,60 @@ async fn refusal(
     }
 }
 
-/// The tenant's subscription and its plan's `feature`, if any.
+/// The tenant's plan's `feature`, with the subscription's current period: one query.
+/// `None` when the tenant has no subscription; `Some` with no feature when its plan lacks it.
 async fn plan_feature(
     conn: &impl ConnectionTrait,
     tenant_id: Uuid,
     feature: &str,
-) -> Result<
-    (
-        Option<tenant_subscription::Model>,
-        Option<plan_feature::Model>,
-    ),
-    AppError,
-> {
-    let Some(subscription) = tenant_subscription::Entity::find_by_id(tenant_id)
-        .one(conn)
+) -> Result<Option<PlanFeatureRow>, AppError> {
+    let backend = conn.get_database_backend();
+    let sql = "SELECT ts.current_period_start, ts.current_period_end, pf.name, pf.title, \
+               pf.type, pf.value FROM tenant_subscription ts \
+               LEFT JOIN plan_feature pf ON pf.plan_id = ts.plan_id AND pf.name = $2 \
+               WHERE ts.tenant_id = $1";
+    let sql = match backend {
+        DatabaseBackend::Postgres => sql.to_owned(),
+        _ => sql.replace('$', "?"),
+    };
+    let Some(row) = conn
+        .query_one_raw(Statement::from_sql_and_values(
+            backend,
+            sql,
+            [tenant_id.into(), feature.into()],
+        ))
         .await?
     else {
-        return Ok((None, None));
+        return Ok(None);
     };
-    let feature = plan_feature::Entity::find()
-        .filter(plan_feature::Column::PlanId.eq(subscription.plan_id))
-        .filter(plan_feature::Column::Name.eq(feature))
-        .one(conn)
-        .await?;
-    Ok((Some(subscription), feature))
+    let period = (
+        row.try_get("", "current_period_start")?,
+        row.try_get("", "current_period_end")?,
+    );
+    let name: Option<String> = row.try_get("", "name")?;
+    let feature = match name {
+        Some(name) => Some(Feature {
+            name,
+            title: row.try_get("", "title")?,
+            kind: row.try_get::<String>("", "type")?.parse()?,
+            value: row.try_get("", "value")?,
+        }),
+        None => None,
+    };
+    Ok(Some(PlanFeatureRow { period, feature }))
+}
+
+/// A tenant's subscription period and its plan's feature, as `plan_feature` reads them.
+struct PlanFeatureRow {
+    period: (Option<DateTime<Utc>>, Option<DateTime<Utc>>),
+    feature: Option<Feature>,
+}
+
+struct Feature {
+    name: String,
+    title: String,
+    kind: FeatureLimitType,
+    value: i64,
 }
 
 /// Where a tenant stands on one feature of its plan.
@@ -316,8 +369,11 @@ pub async fn usage(
     feature: &str,
     now: DateTime<Utc>,
 ) -> Result<Option<FeatureUsage>, AppError> {
-    let (subscription, own) = plan_feature(db, tenant_id, feature).await?;
-    let (Some(subscription), Some(own)) = (subscription, own) else {
+    let Some(PlanFeatureRow {
+        period: subscription_period,
+        feature: Some(own),
+    }) = plan_feature(db, tenant_id, feature).await?
+    else {
         let Some(any) = plan_feature::Entity::find()
             .filter(plan_feature::Column::Name.eq(feature))
             .one(db)
@@ -336,8 +392,8 @@ pub async fn usage(
             period: None,
         }));
     };
-    let kind: FeatureLimitType = own.kind.parse()?;
-    let period = Period::current(kind, &subscription, now);
+    let kind = own.kind;
+    let period = Period::current(kind, subscription_period, now);
     let used = credit_usage::Entity::find_by_id((tenant_id, own.name.clone(), period.start))
         .one(db)
         .await?

@@ -8,7 +8,7 @@ mod writer;
 
 use chrono::{Duration, Utc};
 use entity::{project, task};
-use sea_orm::{ActiveValue::Set, EntityTrait, prelude::*};
+use sea_orm::{ActiveValue::Set, prelude::*};
 
 pub use guard::{Created, Guarded};
 pub use writer::Writer;
@@ -97,17 +97,11 @@ pub async fn create_task(
 ) -> Result<task::Model, AppError> {
     let title = required_text("title", title, MAX_NAME)?;
     let key = check_idempotency_key(idempotency_key)?;
-    viewer.require()?;
+    let user = viewer.require()?;
     // A project of a tenant the viewer is not in is as absent as one that does not exist.
-    let project = project::Entity::find_by_id(project_id)
-        .one(&db.read)
+    let project = auth::visible_project(&db.read, user.id, project_id)
         .await?
         .ok_or(AppError::NotFound("project"))?;
-    let user = match auth::require_member(&db.read, viewer, project.tenant_id).await {
-        Ok((user, _)) => user,
-        Err(AppError::Forbidden) => return Err(AppError::NotFound("project")),
-        Err(e) => return Err(e),
-    };
     let entitlement = credits::entitlement(&db.read, project.tenant_id, Utc::now()).await?;
     let mut guarded = Guarded::task(
         &project,

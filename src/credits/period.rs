@@ -2,7 +2,6 @@
 //! else the calendar month; lifetime for `MAX` limits.
 
 use chrono::{DateTime, Datelike, Months, TimeZone, Utc};
-use entity::tenant_subscription;
 
 use super::FeatureLimitType;
 
@@ -34,19 +33,17 @@ impl Period {
         }
     }
 
-    /// The period usage of a `kind` feature counts in at `now`.
+    /// The period usage of a `kind` feature counts in at `now`, given the subscription's
+    /// current period when Stripe gave one.
     pub(super) fn current(
         kind: FeatureLimitType,
-        subscription: &tenant_subscription::Model,
+        subscription_period: (Option<DateTime<Utc>>, Option<DateTime<Utc>>),
         now: DateTime<Utc>,
     ) -> Self {
         if kind == FeatureLimitType::Max {
             return Period::lifetime();
         }
-        match (
-            subscription.current_period_start,
-            subscription.current_period_end,
-        ) {
+        match subscription_period {
             (Some(start), Some(end)) if start <= now && now < end => Period {
                 start,
                 end: Some(end),

@@ -3,11 +3,11 @@
 
 use chrono::{Duration, Utc};
 use entity::{project, task};
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, ConnectionTrait, EntityTrait, prelude::*};
+use sea_orm::{ActiveValue::Set, ConnectionTrait, EntityTrait, TryIntoModel, prelude::*};
 
 use crate::{
     config::CreditTypeConfig,
-    credits::{self, Entitlement, Spend},
+    credits::{self, Entitlement, Paid, Spend},
     db::{self, Database},
     error::AppError,
     idempotency::{self, Claim, Fingerprint},
@@ -20,6 +20,61 @@ const ATTEMPTS: u32 = 5;
 enum Resource {
     Project(project::ActiveModel),
     Task(task::ActiveModel),
+}
+
+impl Resource {
+    /// The row to insert when the credits are spent, and the resource it will be.
+    fn paid(&self) -> Result<(Paid, Created), AppError> {
+        let incomplete = || AppError::Internal(anyhow::anyhow!("resource not fully set"));
+        Ok(match self {
+            Resource::Project(p) => {
+                let model = p.clone().try_into_model().map_err(|_| incomplete())?;
+                let paid = Paid {
+                    table: "project",
+                    columns: &[
+                        "id",
+                        "tenant_id",
+                        "name",
+                        "description",
+                        "created_by",
+                        "created_at",
+                    ],
+                    values: vec![
+                        model.id.into(),
+                        model.tenant_id.into(),
+                        model.name.clone().into(),
+                        model.description.clone().into(),
+                        model.created_by.into(),
+                        model.created_at.into(),
+                    ],
+                };
+                (paid, Created::Project(model))
+            }
+            Resource::Task(t) => {
+                let model = t.clone().try_into_model().map_err(|_| incomplete())?;
+                let paid = Paid {
+                    table: "task",
+                    columns: &[
+                        "id",
+                        "tenant_id",
+                        "project_id",
+                        "title",
+                        "created_by",
+                        "created_at",
+                    ],
+                    values: vec![
+                        model.id.into(),
+                        model.tenant_id.into(),
+                        model.project_id.into(),
+                        model.title.clone().into(),
+                        model.created_by.into(),
+                        model.created_at.into(),
+                    ],
+                };
+                (paid, Created::Task(model))
+            }
+        })
+    }
 }
 
 /// A resource a guard created (or, on an idempotent replay, had created before).
@@ -144,11 +199,9 @@ impl Guarded {
             object_id: self.resource_id.to_string(),
             idempotency_key: self.key.as_ref().map(|k| k.value.clone()),
         };
-        credits::consume(txn, &spend, &self.entitlement, now).await?;
-        Ok(match &self.resource {
-            Resource::Project(p) => Created::Project(p.clone().insert(txn).await?),
-            Resource::Task(t) => Created::Task(t.clone().insert(txn).await?),
-        })
+        let (paid, created) = self.resource.paid()?;
+        credits::consume(txn, &spend, &self.entitlement, now, paid).await?;
+        Ok(created)
     }
 
     /// The guard in a transaction of its own, again if the database aborted it for
