@@ -2,6 +2,7 @@
 //!
 //!     cargo bench --bench throughput            # 10 s per workload
 //!     BENCH_SECONDS=30 cargo bench --bench throughput
+//!     BENCH_PIN=0 cargo bench --bench throughput   # nothing pinned: server and wrk share the cores
 //!
 //! Builds in release (cargo's bench profile), starts `tollgate serve` pinned to core 0, drives
 //! it with wrk (installed from Debian's packages if missing) pinned to core 1, 32 connections,
