@@ -9,13 +9,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use chrono::{Datelike, TimeZone, Utc};
 use entity::{credit, credit_usage, tenant, tenant_subscription};
 use sea_orm::{
-    ActiveValue::Set, ConnectionTrait, Database as SeaDatabase, DatabaseConnection, EntityTrait,
-    QueryFilter, TransactionTrait, prelude::*,
+    ActiveValue::Set, Database as SeaDatabase, DatabaseConnection, EntityTrait, QueryFilter,
+    TransactionTrait, prelude::*,
 };
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -47,13 +49,11 @@ async fn main() {
     let pg = std::env::var("BENCH_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
     if pg != "none" {
-        match create_pg_database(&pg).await {
-            Some((admin, name, url)) => {
+        let name = format!("tollgate_bench_{}", std::process::id());
+        match common::create_pg_database(&pg, &name).await {
+            Some((url, dropper)) => {
                 run("PostgreSQL", &url, &mut lines, &mut ratios).await;
-                admin
-                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                    .await
-                    .expect("drop bench database");
+                dropper.drop_database().await;
             }
             None => eprintln!("PostgreSQL at {pg} not reachable: skipped"),
         }
@@ -63,17 +63,6 @@ async fn main() {
     for (db, query, ratio) in ratios {
         println!("| {db} | {query} | {ratio:.2} |");
     }
-}
-
-async fn create_pg_database(server: &str) -> Option<(DatabaseConnection, String, String)> {
-    let admin = SeaDatabase::connect(server).await.ok()?;
-    let name = format!("tollgate_bench_{}", std::process::id());
-    admin
-        .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
-        .await
-        .ok()?;
-    let base = server.rsplit_once('/').map_or(server, |(b, _)| b);
-    Some((admin, name.clone(), format!("{base}/{name}")))
 }
 
 async fn run(

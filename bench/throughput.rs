@@ -17,6 +17,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::{
     fmt::Write as _,
     path::Path,
@@ -28,8 +30,8 @@ use std::{
 use chrono::Utc;
 use entity::{plan, project, tenant, tenant_subscription, user};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, Database as SeaDatabase,
-    EntityTrait, QueryFilter,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, Database as SeaDatabase, EntityTrait,
+    QueryFilter,
 };
 use serde_json::{Value, json};
 use tollgate::{
@@ -134,7 +136,8 @@ fn main() {
         let dbs = rt.block_on(async {
             let mut made = Vec::new();
             for suffix in ["server", "floor", "floorb"] {
-                made.push(create_pg_database(&pg, suffix).await?);
+                let name = format!("tollgate_throughput_{}_{suffix}", std::process::id());
+                made.push(common::create_pg_database(&pg, &name).await?);
             }
             Some(made)
         });
@@ -142,8 +145,8 @@ fn main() {
             Some(dbs) => {
                 rt.block_on(run_database(
                     "PostgreSQL",
-                    &dbs[0].2,
-                    [&dbs[1].2, &dbs[2].2],
+                    &dbs[0].0,
+                    [&dbs[1].0, &dbs[2].0],
                     dir.path(),
                     seconds,
                     pinned,
@@ -151,14 +154,8 @@ fn main() {
                     &mut notes,
                 ));
                 rt.block_on(async {
-                    for (admin, name, _) in &dbs {
-                        let _ = SeaDatabase::connect(admin.as_str())
-                            .await
-                            .expect("admin")
-                            .execute_unprepared(&format!(
-                                "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-                            ))
-                            .await;
+                    for (_, dropper) in dbs {
+                        dropper.drop_database().await;
                     }
                 });
             }
@@ -182,17 +179,6 @@ fn ensure_wrk() {
         .status()
         .is_ok_and(|s| s.success());
     assert!(ok, "could not install wrk (apt-get install wrk)");
-}
-
-async fn create_pg_database(server: &str, suffix: &str) -> Option<(String, String, String)> {
-    let admin = SeaDatabase::connect(server).await.ok()?;
-    let name = format!("tollgate_throughput_{}_{suffix}", std::process::id());
-    admin
-        .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
-        .await
-        .ok()?;
-    let base = server.rsplit_once('/').map_or(server, |(b, _)| b);
-    Some((server.to_owned(), name.clone(), format!("{base}/{name}")))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -14,14 +14,11 @@ use chrono::Utc;
 use entity::{project, tenant_user, user};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::RngCore;
-use sea_orm::{
-    ActiveValue::Set, ConnectionTrait, DatabaseBackend, EntityTrait, QueryFilter, Statement,
-    prelude::*,
-};
+use sea_orm::{ActiveValue::Set, ConnectionTrait, EntityTrait, QueryFilter, prelude::*};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use crate::{config::Config, error::AppError, tenants::Role};
+use crate::{config::Config, db, error::AppError, tenants::Role};
 
 /// Bounds on sign-up input; the password cap keeps argon2's work per request bounded.
 const MIN_PASSWORD: usize = 8;
@@ -328,12 +325,8 @@ pub async fn visible_project(
     let sql = "SELECT p.* FROM project p \
                JOIN tenant_user tu ON tu.tenant_id = p.tenant_id AND tu.user_id = $2 \
                WHERE p.id = $1";
-    let sql = match backend {
-        DatabaseBackend::Postgres => sql.to_owned(),
-        _ => sql.replace('$', "?"),
-    };
     Ok(project::Entity::find()
-        .from_raw_sql(Statement::from_sql_and_values(
+        .from_raw_sql(db::statement(
             backend,
             sql,
             [project_id.into(), user_id.into()],

@@ -20,13 +20,13 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use entity::{credit, credit_usage, plan_feature};
 use sea_orm::{
-    ConnectionTrait, DatabaseBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement,
-    prelude::*,
+    ConnectionTrait, DatabaseBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect, prelude::*,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::{
     config::CreditTypeConfig,
+    db,
     error::{AppError, Shortfall},
 };
 
@@ -213,13 +213,11 @@ pub async fn consume(
              ledger AS ({LEDGER} FROM spent RETURNING id) \
              INSERT INTO {table} ({columns}) SELECT {placeholders} FROM ledger RETURNING CAST(1 AS BIGINT) AS created"
         ),
-        // SQLite numbers its parameters ?N.
         _ => format!(
             "{spend_sql}; {LEDGER} WHERE changes() = 1; \
              INSERT INTO {table} ({columns}) SELECT {placeholders} WHERE changes() = 1; \
              SELECT changes() AS created"
-        )
-        .replace('$', "?"),
+        ),
     };
     let mut values: Vec<sea_orm::Value> = vec![
         spend.tenant_id.into(),
@@ -236,7 +234,7 @@ pub async fn consume(
     ];
     values.extend(paid.values);
     let rows = txn
-        .query_all_raw(Statement::from_sql_and_values(backend, sql, values))
+        .query_all_raw(db::statement(backend, &sql, values))
         .await?;
     let created = match rows.last() {
         Some(row) => row.try_get_by_index::<i64>(0)? == 1,
@@ -292,12 +290,8 @@ async fn plan_feature(
                pf.type, pf.value FROM tenant_subscription ts \
                LEFT JOIN plan_feature pf ON pf.plan_id = ts.plan_id AND pf.name = $2 \
                WHERE ts.tenant_id = $1";
-    let sql = match backend {
-        DatabaseBackend::Postgres => sql.to_owned(),
-        _ => sql.replace('$', "?"),
-    };
     let Some(row) = conn
-        .query_one_raw(Statement::from_sql_and_values(
+        .query_one_raw(db::statement(
             backend,
             sql,
             [tenant_id.into(), feature.into()],

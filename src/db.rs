@@ -12,8 +12,8 @@ use std::{
 
 use anyhow::Context;
 use sea_orm::{
-    ConnectOptions, DatabaseConnection, DatabaseTransaction, DbErr, RuntimeErr,
-    SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    ConnectOptions, DatabaseBackend, DatabaseConnection, DatabaseTransaction, DbErr, RuntimeErr,
+    SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
 
@@ -72,6 +72,20 @@ impl Database {
             })
             .await
     }
+}
+
+/// A hand-written SQL statement for `backend`, written with Postgres's numbered parameters
+/// (`$1`, `$2`, …; a number may repeat), which SQLite spells `?1`, `?2`, ….
+pub fn statement(
+    backend: DatabaseBackend,
+    sql: &str,
+    values: impl IntoIterator<Item = sea_orm::Value>,
+) -> Statement {
+    let sql = match backend {
+        DatabaseBackend::Postgres => sql.to_owned(),
+        _ => sql.replace('$', "?"),
+    };
+    Statement::from_sql_and_values(backend, sql, values)
 }
 
 /// Whether `err` is worth retrying the whole transaction for: a Postgres serialization

@@ -1,0 +1,34 @@
+//! What the benches share: a PostgreSQL database of their own, made and dropped.
+
+use sea_orm::{ConnectionTrait, Database as SeaDatabase};
+
+/// A new database on the server at `server_url`: (its URL, a dropper to call at the end).
+pub async fn create_pg_database(server_url: &str, name: &str) -> Option<(String, PgDropper)> {
+    let admin = SeaDatabase::connect(server_url).await.ok()?;
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+        .await
+        .ok()?;
+    let base = server_url.rsplit_once('/').map_or(server_url, |(b, _)| b);
+    Some((
+        format!("{base}/{name}"),
+        PgDropper {
+            server_url: server_url.to_owned(),
+            name: name.to_owned(),
+        },
+    ))
+}
+
+pub struct PgDropper {
+    server_url: String,
+    name: String,
+}
+
+impl PgDropper {
+    pub async fn drop_database(self) {
+        if let Ok(admin) = SeaDatabase::connect(&self.server_url).await {
+            let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
+            let _ = admin.execute_unprepared(&sql).await;
+        }
+    }
+}
