@@ -18,10 +18,8 @@
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
-use entity::{credit, credit_usage, plan_feature};
-use sea_orm::{
-    ConnectionTrait, DatabaseBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect, prelude::*,
-};
+use entity::credit_usage;
+use sea_orm::{ConnectionTrait, DatabaseBackend, EntityTrait, prelude::*};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -33,10 +31,12 @@ use crate::{
 mod audit;
 mod period;
 mod plans;
+mod usage;
 
 pub use audit::{Report, verify};
 pub use period::Period;
 pub use plans::{PlanWithFeatures, plans, subscribe, sync_plans, tenant_plan};
+pub use usage::{FeatureUsage, HistoryFilter, history, usage};
 
 /// The plan feature every credit type spends from.
 pub const CREDITS_FEATURE: &str = "credits";
@@ -131,7 +131,7 @@ pub async fn entitlement(
     let Some(PlanFeatureRow {
         period,
         feature: Some(feature),
-    }) = plan_feature(conn, tenant_id, CREDITS_FEATURE).await?
+    }) = subscribed_feature(conn, tenant_id, CREDITS_FEATURE).await?
     else {
         return Err(not_included());
     };
@@ -280,7 +280,7 @@ async fn refusal(
 
 /// The tenant's plan's `feature`, with the subscription's current period: one query.
 /// `None` when the tenant has no subscription; `Some` with no feature when its plan lacks it.
-async fn plan_feature(
+pub(super) async fn subscribed_feature(
     conn: &impl ConnectionTrait,
     tenant_id: Uuid,
     feature: &str,
@@ -317,153 +317,15 @@ async fn plan_feature(
     Ok(Some(PlanFeatureRow { period, feature }))
 }
 
-/// A tenant's subscription period and its plan's feature, as `plan_feature` reads them.
-struct PlanFeatureRow {
-    period: (Option<DateTime<Utc>>, Option<DateTime<Utc>>),
-    feature: Option<Feature>,
+/// A tenant's subscription period and its plan's feature, as `subscribed_feature` reads them.
+pub(super) struct PlanFeatureRow {
+    pub(super) period: (Option<DateTime<Utc>>, Option<DateTime<Utc>>),
+    pub(super) feature: Option<Feature>,
 }
 
-struct Feature {
-    name: String,
-    title: String,
-    kind: FeatureLimitType,
-    value: i64,
-}
-
-/// Where a tenant stands on one feature of its plan.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FeatureUsage {
-    pub name: String,
-    pub title: String,
-    pub kind: FeatureLimitType,
-    pub value: i64,
-    pub used: i64,
-    /// Whether another unit of the feature may be used now.
-    pub enabled: bool,
-    /// Why not, when `enabled` is false.
-    pub message: Option<String>,
-    /// The counting period, for `MONTHLY` features.
-    pub period: Option<Period>,
-}
-
-impl FeatureUsage {
-    /// `None` when unlimited.
-    pub fn remaining(&self) -> Option<i64> {
-        self.kind
-            .is_limited()
-            .then(|| Ord::max(self.value - self.used, 0))
-    }
-}
-
-/// The tenant's usage of `feature` at `now`; `None` when no plan defines the feature.
-/// Reads one counter row: the cost does not grow with the ledger.
-pub async fn usage(
-    db: &impl ConnectionTrait,
-    tenant_id: Uuid,
-    feature: &str,
-    now: DateTime<Utc>,
-) -> Result<Option<FeatureUsage>, AppError> {
-    let Some(PlanFeatureRow {
-        period: subscription_period,
-        feature: Some(own),
-    }) = plan_feature(db, tenant_id, feature).await?
-    else {
-        let Some(any) = plan_feature::Entity::find()
-            .filter(plan_feature::Column::Name.eq(feature))
-            .one(db)
-            .await?
-        else {
-            return Ok(None);
-        };
-        return Ok(Some(FeatureUsage {
-            name: any.name,
-            message: Some(format!("Your plan does not include {}.", any.title)),
-            title: any.title,
-            kind: FeatureLimitType::NotIncluded,
-            value: 0,
-            used: 0,
-            enabled: false,
-            period: None,
-        }));
-    };
-    let kind = own.kind;
-    let period = Period::current(kind, subscription_period, now);
-    let used = credit_usage::Entity::find_by_id((tenant_id, own.name.clone(), period.start))
-        .one(db)
-        .await?
-        .map_or(0, |c| c.used);
-    let (enabled, message) = match kind {
-        FeatureLimitType::NotIncluded => (
-            false,
-            Some(format!("Your plan does not include {}.", own.title)),
-        ),
-        FeatureLimitType::Monthly if used >= own.value => (
-            false,
-            Some(format!(
-                "You've reached the limit this month ({used}/{}).",
-                own.value
-            )),
-        ),
-        FeatureLimitType::Max if used >= own.value => (
-            false,
-            Some(format!("You've reached the limit ({used}/{}).", own.value)),
-        ),
-        _ => (true, None),
-    };
-    Ok(Some(FeatureUsage {
-        name: own.name,
-        title: own.title,
-        kind,
-        value: own.value,
-        used,
-        enabled,
-        message,
-        period: (kind == FeatureLimitType::Monthly).then_some(period),
-    }))
-}
-
-/// Which ledger rows a history page holds.
-#[derive(Clone, Debug, Default)]
-pub struct HistoryFilter {
-    pub credit_type: Option<String>,
-    pub user_id: Option<Uuid>,
-    /// Inclusive.
-    pub from: Option<DateTime<Utc>>,
-    /// Exclusive.
-    pub to: Option<DateTime<Utc>>,
-}
-
-/// Ledger rows of a tenant, newest first, `first` after the row `after` (keyset: the cost
-/// of a page does not depend on how deep it is). The bool says whether more follow.
-pub async fn history(
-    db: &impl ConnectionTrait,
-    tenant_id: Uuid,
-    first: u64,
-    after: Option<Uuid>,
-    filter: &HistoryFilter,
-) -> Result<(Vec<credit::Model>, bool), AppError> {
-    let mut query = credit::Entity::find().filter(credit::Column::TenantId.eq(tenant_id));
-    if let Some(after) = after {
-        query = query.filter(credit::Column::Id.lt(after));
-    }
-    if let Some(kind) = &filter.credit_type {
-        query = query.filter(credit::Column::Kind.eq(kind.as_str()));
-    }
-    if let Some(user_id) = filter.user_id {
-        query = query.filter(credit::Column::UserId.eq(user_id));
-    }
-    if let Some(from) = filter.from {
-        query = query.filter(credit::Column::CreatedAt.gte(from));
-    }
-    if let Some(to) = filter.to {
-        query = query.filter(credit::Column::CreatedAt.lt(to));
-    }
-    let mut rows = query
-        .order_by_desc(credit::Column::Id)
-        .limit(first + 1)
-        .all(db)
-        .await?;
-    let more = rows.len() as u64 > first;
-    rows.truncate(usize::try_from(first).unwrap_or(usize::MAX));
-    Ok((rows, more))
+pub(super) struct Feature {
+    pub(super) name: String,
+    pub(super) title: String,
+    pub(super) kind: FeatureLimitType,
+    pub(super) value: i64,
 }
