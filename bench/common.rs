@@ -1,6 +1,27 @@
-//! What the benches share: a PostgreSQL database of their own, made and dropped.
+//! What the benches share: a PostgreSQL database of their own, made and dropped, and the
+//! UNLIMITED plan the measured tenants are on.
 
 use sea_orm::{ConnectionTrait, Database as SeaDatabase};
+use tollgate::{
+    config::{Config, PlanConfig, PlanFeatureConfig},
+    credits::FeatureLimitType,
+};
+
+/// Makes `unlimited` (credits UNLIMITED) the only plan and the default one.
+pub fn on_unlimited_plan(config: &mut Config) {
+    config.plans = vec![PlanConfig {
+        slug: "unlimited".into(),
+        title: "Unlimited".into(),
+        description: None,
+        features: vec![PlanFeatureConfig {
+            name: "credits".into(),
+            title: "Credits".into(),
+            kind: FeatureLimitType::Unlimited,
+            value: 0,
+        }],
+    }];
+    config.default_plan = "unlimited".into();
+}
 
 /// A new database on the server at `server_url`: (its URL, a dropper to call at the end).
 pub async fn create_pg_database(server_url: &str, name: &str) -> Option<(String, PgDropper)> {

@@ -21,11 +21,7 @@ use sea_orm::{
 };
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use tollgate::{
-    config::{Config, PlanConfig, PlanFeatureConfig},
-    credits::FeatureLimitType,
-    startup::Application,
-};
+use tollgate::{config::Config, startup::Application};
 
 const OTHER_TENANTS: usize = 10_000;
 const ROWS_PER_OTHER_TENANT: usize = 10;
@@ -80,18 +76,7 @@ async fn run(
         "bench-secret-bench-secret-bench-secret-0123",
     ));
     config.data_dir = dir.path().to_path_buf();
-    config.plans = vec![PlanConfig {
-        slug: "unlimited".into(),
-        title: "Unlimited".into(),
-        description: None,
-        features: vec![PlanFeatureConfig {
-            name: "credits".into(),
-            title: "Credits".into(),
-            kind: FeatureLimitType::Unlimited,
-            value: 0,
-        }],
-    }];
-    config.default_plan = "unlimited".into();
+    common::on_unlimited_plan(&mut config);
     config.validate().expect("config");
     let app = Application::build(config).await.expect("server");
     let base = format!("http://127.0.0.1:{}", app.port());

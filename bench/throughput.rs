@@ -35,8 +35,7 @@ use sea_orm::{
 };
 use serde_json::{Value, json};
 use tollgate::{
-    config::{Config, PlanConfig, PlanFeatureConfig},
-    credits::FeatureLimitType,
+    config::Config,
     db::Database,
     projects::{Guarded, Writer},
 };
@@ -559,18 +558,7 @@ fn run_floor(url: &str, mode: &str, seconds: u64, pinned: bool) -> f64 {
 async fn raw_floor(url: &str, batched: bool, seconds: u64) -> f64 {
     let mut config = Config::defaults();
     config.database_url = url.to_owned();
-    config.plans = vec![PlanConfig {
-        slug: "unlimited".into(),
-        title: "Unlimited".into(),
-        description: None,
-        features: vec![PlanFeatureConfig {
-            name: "credits".into(),
-            title: "Credits".into(),
-            kind: FeatureLimitType::Unlimited,
-            value: 0,
-        }],
-    }];
-    config.default_plan = "unlimited".into();
+    common::on_unlimited_plan(&mut config);
     config.validate().expect("config");
     let db = Database::connect(&config).await.expect("db");
     tollgate::startup::migrate(&db).await.expect("migrate");
