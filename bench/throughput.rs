@@ -600,9 +600,6 @@ async fn raw_floor(url: &str, batched: bool, seconds: u64) -> f64 {
     .insert(&db.write)
     .await
     .expect("project");
-    let entitlement = tollgate::credits::entitlement(&db.read, tenant.id, now)
-        .await
-        .expect("entitlement");
     let credit_type = config.credit_type(tollgate::credits::CreditKind::TaskCreation);
     let writer = batched.then(|| Writer::spawn(db.clone(), config.database.max_batch));
     let floor = Arc::new((db, writer));
@@ -611,20 +608,13 @@ async fn raw_floor(url: &str, batched: bool, seconds: u64) -> f64 {
     let mut callers = Vec::new();
     for _ in 0..CONNECTIONS {
         let floor = Arc::clone(&floor);
-        let (entitlement, credit_type, project) =
-            (entitlement.clone(), credit_type.clone(), project.clone());
+        let (credit_type, project) = (credit_type.clone(), project.clone());
         let user_id = user.id;
         callers.push(tokio::spawn(async move {
             let (db, writer) = &*floor;
             let mut done = 0u64;
             while Instant::now() < deadline {
-                let guarded = Guarded::task(
-                    &project,
-                    user_id,
-                    "floor".into(),
-                    credit_type.clone(),
-                    entitlement.clone(),
-                );
+                let guarded = Guarded::task(&project, user_id, "floor".into(), credit_type.clone());
                 match writer {
                     Some(writer) => writer.submit(guarded).await.expect("guard"),
                     None => guarded.run_alone(db).await.expect("guard"),

@@ -107,19 +107,18 @@ impl FromStr for FeatureLimitType {
     }
 }
 
-/// What a tenant's plan allows of the `credits` feature now, read before the guard's write.
+/// What a tenant's plan allows of the `credits` feature now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entitlement {
     pub kind: FeatureLimitType,
     /// The limit, for `MONTHLY` and `MAX`.
     pub value: i64,
-    /// The period the spend counts in.
+    /// The period a spend now counts in.
     pub period: Period,
 }
 
 /// The tenant's entitlement to spend credits at `now`; `FEATURE_NOT_INCLUDED` when it has
-/// none (no subscription, no such feature, or `NOT_INCLUDED`). A read: it may run on any
-/// connection, before the write transaction, because `consume` checks the plan again.
+/// none (no subscription, no such feature, or `NOT_INCLUDED`).
 pub async fn entitlement(
     conn: &impl ConnectionTrait,
     tenant_id: Uuid,
@@ -163,42 +162,46 @@ pub struct Paid {
     pub values: Vec<sea_orm::Value>,
 }
 
-/// The counter upsert: adds `cost` to the period's counter, creating it, only if the whole
-/// cost fits the limit the tenant's plan has *now* (the subquery re-reads the plan, so a
-/// plan changed since `entitlement` cannot be overspent). Its row lock decides between
-/// concurrent spenders, on any number of replicas. `$1` tenant, `$2` feature, `$3` period
-/// start, `$4` cost, `$5` the plan feature's type as read.
-const SPEND: &str = "INSERT INTO credit_usage (tenant_id, feature, period_start, used) \
-SELECT $1, $2, $3, $4 WHERE $4 <= (LIMIT) \
-ON CONFLICT (tenant_id, feature, period_start) DO UPDATE SET used = credit_usage.used + excluded.used \
-WHERE credit_usage.used + excluded.used <= (LIMIT)";
-
-/// The limit of the tenant's current plan for a feature of the given type: its value for
-/// `MONTHLY`/`MAX`, no limit for `INCLUDED`/`UNLIMITED`, NULL (refused) otherwise.
-const LIMIT: &str = "SELECT CASE WHEN pf.type IN ('MONTHLY', 'MAX') THEN pf.value \
-WHEN pf.type IN ('INCLUDED', 'UNLIMITED') THEN 9223372036854775807 END \
+/// The tenant's plan for the feature, read inside the guard's own statement: the limit
+/// (its value for `MONTHLY`/`MAX`, none for `INCLUDED`/`UNLIMITED`, NULL — refused — for
+/// anything else) and the period the spend counts in (lifetime for `MAX`; the subscription's
+/// current period when `now` is in it; else the calendar month). No row: no subscription or
+/// no such feature. `$1` tenant, `$2` feature, `$3` start of the calendar month, `$5` start of
+/// lifetime, `$6` now.
+const PLAN: &str = "SELECT CASE WHEN pf.type IN ('MONTHLY', 'MAX') THEN pf.value \
+WHEN pf.type IN ('INCLUDED', 'UNLIMITED') THEN 9223372036854775807 END AS lim, \
+CASE WHEN pf.type = 'MAX' THEN $5 \
+WHEN ts.current_period_start <= $6 AND $6 < ts.current_period_end THEN ts.current_period_start \
+ELSE $3 END AS period_start \
 FROM tenant_subscription ts JOIN plan_feature pf ON pf.plan_id = ts.plan_id \
-WHERE ts.tenant_id = $1 AND pf.name = $2 AND pf.type = $5";
+WHERE ts.tenant_id = $1 AND pf.name = $2";
 
-/// The ledger row, `$6` its id and `$7`… the rest.
+/// The counter upsert: adds `$4` (the cost) to the period's counter, creating it, only if
+/// the whole cost fits the plan's limit. Its row lock decides between concurrent spenders,
+/// on any number of replicas.
+const SPEND: &str = "INSERT INTO credit_usage (tenant_id, feature, period_start, used) \
+SELECT $1, $2, p.period_start, $4 FROM (PLAN) p WHERE $4 <= p.lim \
+ON CONFLICT (tenant_id, feature, period_start) DO UPDATE SET used = credit_usage.used + excluded.used \
+WHERE credit_usage.used + excluded.used <= (SELECT p.lim FROM (PLAN) p)";
+
+/// The ledger row: `$7` its id, `$8` user, `$9` type, `$10` object, `$11` idempotency key;
+/// `PERIOD` is where the period start comes from.
 const LEDGER: &str = "INSERT INTO credit (id, tenant_id, user_id, type, amount, object_id, \
-idempotency_key, feature, period_start, created_at) SELECT $6, $1, $7, $8, $4, $9, $10, $2, $3, $11";
+idempotency_key, feature, period_start, created_at) SELECT $7, $1, $8, $9, $4, $10, $11, $2, PERIOD, $6";
 
-/// The credits guard, in ONE database call inside the caller's open transaction, with the
-/// entitlement read before: adds the cost to the period's counter only if it fits, and then
-/// — only then — appends the ledger row and inserts `paid`. On `Err` nothing was written.
-/// On Postgres the three writes are one statement (data-modifying CTEs, each feeding the
-/// next); on SQLite, one call of three statements, each later one conditional on the one
-/// before having written its row (`changes()`).
+/// The credits guard, in ONE database call inside the caller's open transaction: reads the
+/// tenant's plan, adds the cost to the period's counter only if it fits, and then — only
+/// then — appends the ledger row and inserts `paid`. On `Err` nothing was written. On
+/// Postgres that is one statement (data-modifying CTEs, each feeding the next); on SQLite one
+/// call of three statements, each later one conditional on the one before having written its
+/// row (`changes()`).
 pub async fn consume(
     txn: &impl ConnectionTrait,
     spend: &Spend<'_>,
-    entitlement: &Entitlement,
     now: DateTime<Utc>,
     paid: Paid,
 ) -> Result<(), AppError> {
     let backend = txn.get_database_backend();
-    let cost = spend.credit_type.amount;
     let first_paid = 12;
     let placeholders = (first_paid..first_paid + paid.columns.len())
         .map(|i| format!("${i}"))
@@ -206,31 +209,36 @@ pub async fn consume(
         .join(", ");
     let columns = paid.columns.join(", ");
     let table = paid.table;
-    let spend_sql = SPEND.replace("LIMIT", LIMIT);
+    let spend_sql = SPEND.replace("PLAN", PLAN);
     let sql = match backend {
         DatabaseBackend::Postgres => format!(
-            "WITH spent AS ({spend_sql} RETURNING used), \
-             ledger AS ({LEDGER} FROM spent RETURNING id) \
-             INSERT INTO {table} ({columns}) SELECT {placeholders} FROM ledger RETURNING CAST(1 AS BIGINT) AS created"
+            "WITH spent AS ({spend_sql} RETURNING period_start), \
+             ledger AS ({} FROM spent RETURNING id) \
+             INSERT INTO {table} ({columns}) SELECT {placeholders} FROM ledger RETURNING CAST(1 AS BIGINT) AS created",
+            LEDGER.replace("PERIOD", "spent.period_start")
         ),
         _ => format!(
-            "{spend_sql}; {LEDGER} WHERE changes() = 1; \
+            "{spend_sql}; {} WHERE changes() = 1; \
              INSERT INTO {table} ({columns}) SELECT {placeholders} WHERE changes() = 1; \
-             SELECT changes() AS created"
+             SELECT changes() AS created",
+            LEDGER.replace(
+                "PERIOD",
+                &format!("(SELECT p.period_start FROM ({PLAN}) p)")
+            )
         ),
     };
     let mut values: Vec<sea_orm::Value> = vec![
         spend.tenant_id.into(),
         CREDITS_FEATURE.into(),
-        entitlement.period.start.into(),
-        cost.into(),
-        entitlement.kind.as_str().into(),
+        Period::calendar_month(now).start.into(),
+        spend.credit_type.amount.into(),
+        Period::lifetime().start.into(),
+        now.into(),
         Uuid::now_v7().into(),
         spend.user_id.into(),
         spend.credit_type.value.as_str().into(),
         Some(spend.object_id.clone()).into(),
         spend.idempotency_key.clone().into(),
-        now.into(),
     ];
     values.extend(paid.values);
     let rows = txn
@@ -241,23 +249,23 @@ pub async fn consume(
         None => false,
     };
     if !created {
-        return Err(refusal(txn, spend, entitlement).await);
+        return Err(refusal(txn, spend, now).await);
     }
     Ok(())
 }
 
-/// Why a spend was refused, for the client: the counter as it stands, or a plan that no
-/// longer has the feature as read.
-async fn refusal(
-    txn: &impl ConnectionTrait,
-    spend: &Spend<'_>,
-    entitlement: &Entitlement,
-) -> AppError {
-    if !entitlement.kind.is_limited() {
-        return AppError::FeatureNotIncluded {
-            feature: CREDITS_FEATURE.to_owned(),
-        };
-    }
+/// Why a spend was refused, for the client: no entitlement, or the counter as it stands.
+async fn refusal(txn: &impl ConnectionTrait, spend: &Spend<'_>, now: DateTime<Utc>) -> AppError {
+    let entitlement = match entitlement(txn, spend.tenant_id, now).await {
+        Ok(entitlement) if entitlement.kind.is_limited() => entitlement,
+        Ok(_) => {
+            return AppError::Internal(anyhow::anyhow!(
+                "an unlimited spend of {} was refused",
+                spend.credit_type.amount
+            ));
+        }
+        Err(e) => return e,
+    };
     let used = credit_usage::Entity::find_by_id((
         spend.tenant_id,
         CREDITS_FEATURE.to_owned(),

@@ -16,7 +16,7 @@ pub use writer::Writer;
 use crate::{
     auth::{self, Viewer},
     config::Config,
-    credits::{self, CreditKind},
+    credits::CreditKind,
     db::Database,
     error::AppError,
     idempotency::Fingerprint,
@@ -53,7 +53,6 @@ pub async fn create_project(
     };
     let key = check_idempotency_key(idempotency_key)?;
     let (user, _) = auth::require_member(&db.read, viewer, tenant_id).await?;
-    let entitlement = credits::entitlement(&db.read, tenant_id, Utc::now()).await?;
     let mut guarded = Guarded::project(
         project::ActiveModel {
             id: Set(Uuid::now_v7()),
@@ -66,7 +65,6 @@ pub async fn create_project(
         tenant_id,
         user.id,
         config.credit_type(CreditKind::ProjectCreation),
-        entitlement,
     );
     if let Some(key) = key {
         let fingerprint = Fingerprint::new(
@@ -102,13 +100,11 @@ pub async fn create_task(
     let project = auth::visible_project(&db.read, user.id, project_id)
         .await?
         .ok_or(AppError::NotFound("project"))?;
-    let entitlement = credits::entitlement(&db.read, project.tenant_id, Utc::now()).await?;
     let mut guarded = Guarded::task(
         &project,
         user.id,
         title.clone(),
         config.credit_type(CreditKind::TaskCreation),
-        entitlement,
     );
     if let Some(key) = key {
         let fingerprint = Fingerprint::new("createTask", &[&project.id.to_string(), &title]);

@@ -7,7 +7,7 @@ use sea_orm::{ActiveValue::Set, ConnectionTrait, EntityTrait, TryIntoModel, prel
 
 use crate::{
     config::CreditTypeConfig,
-    credits::{self, Entitlement, Paid, Spend},
+    credits::{self, Paid, Spend},
     db::{self, Database},
     error::AppError,
     idempotency::{self, Claim, Fingerprint},
@@ -95,7 +95,6 @@ pub struct Guarded {
     user_id: Uuid,
     resource_id: Uuid,
     credit_type: CreditTypeConfig,
-    entitlement: Entitlement,
     key: Option<Key>,
     resource: Resource,
 }
@@ -106,7 +105,6 @@ impl Guarded {
         tenant_id: Uuid,
         user_id: Uuid,
         credit_type: CreditTypeConfig,
-        entitlement: Entitlement,
     ) -> Self {
         let resource_id = match &project.id {
             Set(id) => *id,
@@ -119,7 +117,6 @@ impl Guarded {
             user_id,
             resource_id,
             credit_type,
-            entitlement,
             key: None,
             resource: Resource::Project(project),
         }
@@ -131,7 +128,6 @@ impl Guarded {
         user_id: Uuid,
         title: String,
         credit_type: CreditTypeConfig,
-        entitlement: Entitlement,
     ) -> Self {
         let resource_id = Uuid::now_v7();
         Guarded {
@@ -139,7 +135,6 @@ impl Guarded {
             user_id,
             resource_id,
             credit_type,
-            entitlement,
             key: None,
             resource: Resource::Task(task::ActiveModel {
                 id: Set(resource_id),
@@ -200,7 +195,7 @@ impl Guarded {
             idempotency_key: self.key.as_ref().map(|k| k.value.clone()),
         };
         let (paid, created) = self.resource.paid()?;
-        credits::consume(txn, &spend, &self.entitlement, now, paid).await?;
+        credits::consume(txn, &spend, now, paid).await?;
         Ok(created)
     }
 
