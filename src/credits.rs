@@ -2,10 +2,9 @@
 //! guard. Its invariants (DESIGN.md), which every change here must keep:
 //!
 //! 1. Atomic: `consume` runs inside the caller's transaction, together with the insert of the
-//!    resource it pays for; the counter increment is one conditional upsert
-//!    (`INSERT … ON CONFLICT DO UPDATE SET used = used + cost WHERE used + cost <= limit`,
-//!    the limit re-read from the tenant's plan in the same statement), never a read followed
-//!    by a write.
+//!    resource it pays for; the plan is read and the counter incremented by one conditional
+//!    upsert (`INSERT … ON CONFLICT DO UPDATE SET used = used + cost WHERE used + cost <=
+//!    limit`), never a read followed by a write.
 //! 2. Never overspend: an action is allowed only if its *whole* cost fits; the database row
 //!    lock, not anything in this process, decides between concurrent spenders.
 //! 3. Ledger = counters = resources: each spend adds one ledger row and the same amount to the
@@ -130,7 +129,7 @@ pub async fn entitlement(
     let Some(PlanFeatureRow {
         period,
         feature: Some(feature),
-    }) = subscribed_feature(conn, tenant_id, CREDITS_FEATURE).await?
+    }) = subscribed_feature(conn, tenant_id, CREDITS_FEATURE, now).await?
     else {
         return Err(not_included());
     };
@@ -170,11 +169,16 @@ pub struct Paid {
 /// lifetime, `$6` now.
 const PLAN: &str = "SELECT CASE WHEN pf.type IN ('MONTHLY', 'MAX') THEN pf.value \
 WHEN pf.type IN ('INCLUDED', 'UNLIMITED') THEN 9223372036854775807 END AS lim, \
-CASE WHEN pf.type = 'MAX' THEN $5 \
-WHEN ts.current_period_start <= $6 AND $6 < ts.current_period_end THEN ts.current_period_start \
-ELSE $3 END AS period_start \
+PERIOD_START AS period_start \
 FROM tenant_subscription ts JOIN plan_feature pf ON pf.plan_id = ts.plan_id \
 WHERE ts.tenant_id = $1 AND pf.name = $2";
+
+/// The start of the period a spend of plan feature `pf` of subscription `ts` counts in at
+/// `$6` (now), given `$3` (the calendar month's start) and `$5` (lifetime's): the same rule
+/// as `Period::current`, in SQL.
+const PERIOD_START: &str = "CASE WHEN pf.type = 'MAX' THEN $5 \
+WHEN ts.current_period_start <= $6 AND $6 < ts.current_period_end THEN ts.current_period_start \
+ELSE $3 END";
 
 /// The counter upsert: adds `$4` (the cost) to the period's counter, creating it, only if
 /// the whole cost fits the plan's limit. Its row lock decides between concurrent spenders,
@@ -209,7 +213,8 @@ pub async fn consume(
         .join(", ");
     let columns = paid.columns.join(", ");
     let table = paid.table;
-    let spend_sql = SPEND.replace("PLAN", PLAN);
+    let plan = PLAN.replace("PERIOD_START", PERIOD_START);
+    let spend_sql = SPEND.replace("PLAN", &plan);
     let sql = match backend {
         DatabaseBackend::Postgres => format!(
             "WITH spent AS ({spend_sql} RETURNING period_start), \
@@ -223,7 +228,7 @@ pub async fn consume(
              SELECT changes() AS created",
             LEDGER.replace(
                 "PERIOD",
-                &format!("(SELECT p.period_start FROM ({PLAN}) p)")
+                &format!("(SELECT p.period_start FROM ({plan}) p)")
             )
         ),
     };
@@ -286,24 +291,32 @@ async fn refusal(txn: &impl ConnectionTrait, spend: &Spend<'_>, now: DateTime<Ut
     }
 }
 
-/// The tenant's plan's `feature`, with the subscription's current period: one query.
+/// The tenant's plan's `feature`, with the subscription's current period and what is used in
+/// the period that counts now: one query.
 /// `None` when the tenant has no subscription; `Some` with no feature when its plan lacks it.
 pub(super) async fn subscribed_feature(
     conn: &impl ConnectionTrait,
     tenant_id: Uuid,
     feature: &str,
+    now: DateTime<Utc>,
 ) -> Result<Option<PlanFeatureRow>, AppError> {
     let backend = conn.get_database_backend();
     let sql = "SELECT ts.current_period_start, ts.current_period_end, pf.name, pf.title, \
-               pf.type, pf.value FROM tenant_subscription ts \
+               pf.type, pf.value, cu.used FROM tenant_subscription ts \
                LEFT JOIN plan_feature pf ON pf.plan_id = ts.plan_id AND pf.name = $2 \
-               WHERE ts.tenant_id = $1";
+               LEFT JOIN credit_usage cu ON cu.tenant_id = ts.tenant_id AND cu.feature = pf.name \
+               AND cu.period_start = PERIOD_START \
+               WHERE ts.tenant_id = $1"
+        .replace("PERIOD_START", &PERIOD_START.replace("$6", "$4"));
+    let values = [
+        tenant_id.into(),
+        feature.into(),
+        Period::calendar_month(now).start.into(),
+        now.into(),
+        Period::lifetime().start.into(),
+    ];
     let Some(row) = conn
-        .query_one_raw(db::statement(
-            backend,
-            sql,
-            [tenant_id.into(), feature.into()],
-        ))
+        .query_one_raw(db::statement(backend, &sql, values))
         .await?
     else {
         return Ok(None);
@@ -319,6 +332,7 @@ pub(super) async fn subscribed_feature(
             title: row.try_get("", "title")?,
             kind: row.try_get::<String>("", "type")?.parse()?,
             value: row.try_get("", "value")?,
+            used: row.try_get::<Option<i64>>("", "used")?.unwrap_or(0),
         }),
         None => None,
     };
@@ -336,4 +350,6 @@ pub(super) struct Feature {
     pub(super) title: String,
     pub(super) kind: FeatureLimitType,
     pub(super) value: i64,
+    /// Used in the period the feature counts in now.
+    pub(super) used: i64,
 }

@@ -2,7 +2,7 @@
 //! its ledger, paged by keyset (O(page), whatever the depth).
 
 use chrono::{DateTime, Utc};
-use entity::{credit, credit_usage, plan_feature};
+use entity::{credit, plan_feature};
 use sea_orm::{ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, prelude::*};
 
 use super::{FeatureLimitType, Period, PlanFeatureRow, subscribed_feature};
@@ -34,7 +34,7 @@ impl FeatureUsage {
 }
 
 /// The tenant's usage of `feature` at `now`; `None` when no plan defines the feature.
-/// Reads one counter row: the cost does not grow with the ledger.
+/// One query (plan, period and counter row): the cost does not grow with the ledger.
 pub async fn usage(
     db: &impl ConnectionTrait,
     tenant_id: Uuid,
@@ -44,7 +44,7 @@ pub async fn usage(
     let Some(PlanFeatureRow {
         period: subscription_period,
         feature: Some(own),
-    }) = subscribed_feature(db, tenant_id, feature).await?
+    }) = subscribed_feature(db, tenant_id, feature, now).await?
     else {
         let Some(any) = plan_feature::Entity::find()
             .filter(plan_feature::Column::Name.eq(feature))
@@ -66,10 +66,7 @@ pub async fn usage(
     };
     let kind = own.kind;
     let period = Period::current(kind, subscription_period, now);
-    let used = credit_usage::Entity::find_by_id((tenant_id, own.name.clone(), period.start))
-        .one(db)
-        .await?
-        .map_or(0, |c| c.used);
+    let used = own.used;
     let (enabled, message) = match kind {
         FeatureLimitType::NotIncluded => (
             false,
