@@ -6,9 +6,9 @@
 mod guard;
 mod writer;
 
-use chrono::{Duration, Utc};
+use chrono::Duration;
 use entity::{project, task};
-use sea_orm::{ActiveValue::Set, prelude::*};
+use sea_orm::prelude::*;
 
 pub use guard::{Created, Guarded};
 pub use writer::Writer;
@@ -54,16 +54,10 @@ pub async fn create_project(
     let key = check_idempotency_key(idempotency_key)?;
     let (user, _) = auth::require_member(&db.read, viewer, tenant_id).await?;
     let mut guarded = Guarded::project(
-        project::ActiveModel {
-            id: Set(Uuid::now_v7()),
-            tenant_id: Set(tenant_id),
-            name: Set(name.clone()),
-            description: Set(description.clone()),
-            created_by: Set(user.id),
-            created_at: Set(Utc::now()),
-        },
         tenant_id,
         user.id,
+        name.clone(),
+        description.clone(),
         config.credit_type(CreditKind::ProjectCreation),
     );
     if let Some(key) = key {

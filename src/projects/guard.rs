@@ -100,25 +100,29 @@ pub struct Guarded {
 }
 
 impl Guarded {
+    /// A new project named `name` in `tenant_id`, created by `user_id`.
     pub fn project(
-        project: project::ActiveModel,
         tenant_id: Uuid,
         user_id: Uuid,
+        name: String,
+        description: Option<String>,
         credit_type: CreditTypeConfig,
     ) -> Self {
-        let resource_id = match &project.id {
-            Set(id) => *id,
-            _ => Uuid::now_v7(),
-        };
-        let mut project = project;
-        project.id = Set(resource_id);
+        let resource_id = Uuid::now_v7();
         Guarded {
             tenant_id,
             user_id,
             resource_id,
             credit_type,
             key: None,
-            resource: Resource::Project(project),
+            resource: Resource::Project(project::ActiveModel {
+                id: Set(resource_id),
+                tenant_id: Set(tenant_id),
+                name: Set(name),
+                description: Set(description),
+                created_by: Set(user_id),
+                created_at: Set(Utc::now()),
+            }),
         }
     }
 
