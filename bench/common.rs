@@ -1,7 +1,8 @@
-//! What the benches share: a PostgreSQL database of their own, made and dropped, and the
-//! UNLIMITED plan the measured tenants are on.
+//! What the benches share: a PostgreSQL database of their own, made and dropped, the
+//! UNLIMITED plan the measured tenants are on, and a GraphQL-over-HTTP call.
 
 use sea_orm::{ConnectionTrait, Database as SeaDatabase};
+use serde_json::{Value, json};
 use tollgate::{
     config::{Config, PlanConfig, PlanFeatureConfig},
     credits::FeatureLimitType,
@@ -52,4 +53,27 @@ impl PgDropper {
             let _ = admin.execute_unprepared(&sql).await;
         }
     }
+}
+
+/// POSTs a GraphQL document to the server at `base`; the JSON answer.
+pub async fn gql(
+    client: &reqwest::Client,
+    base: &str,
+    token: Option<&str>,
+    query: &str,
+    variables: Value,
+) -> Value {
+    let mut request = client
+        .post(format!("{base}/graphql"))
+        .json(&json!({ "query": query, "variables": variables }));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json")
 }

@@ -11,6 +11,8 @@
 
 mod common;
 
+use common::gql;
+
 use std::time::{Duration, Instant};
 
 use chrono::{Datelike, TimeZone, Utc};
@@ -196,28 +198,6 @@ async fn measure(
     }
     samples.sort();
     (samples[SAMPLES / 2], samples[SAMPLES * 99 / 100])
-}
-
-async fn gql(
-    client: &reqwest::Client,
-    base: &str,
-    token: Option<&str>,
-    query: &str,
-    variables: Value,
-) -> Value {
-    let mut request = client
-        .post(format!("{base}/graphql"))
-        .json(&json!({ "query": query, "variables": variables }));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    request
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json")
 }
 
 fn month_start() -> chrono::DateTime<Utc> {

@@ -19,6 +19,8 @@
 
 mod common;
 
+use common::gql;
+
 use std::{
     fmt::Write as _,
     path::Path,
@@ -33,7 +35,7 @@ use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, Database as SeaDatabase, EntityTrait,
     QueryFilter,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 use tollgate::{
     config::Config,
     db::Database,
@@ -207,7 +209,7 @@ async fn run_database(
     let client = reqwest::Client::new();
     wait_ready(&client, &base).await;
 
-    let token = gql(&client, &base, None, "mutation { signUp(input: {email: \"bench@example.com\", password: \"benchmark\", name: \"Bench\"}) { token } }").await["data"]["signUp"]["token"].as_str().expect("token").to_owned();
+    let token = gql(&client, &base, None, "mutation { signUp(input: {email: \"bench@example.com\", password: \"benchmark\", name: \"Bench\"}) { token } }", json!({})).await["data"]["signUp"]["token"].as_str().expect("token").to_owned();
     let unlimited = tenant_with_project(&client, &base, &token, "unlimited").await;
     let limited = tenant_with_project(&client, &base, &token, "limited").await;
     move_to_plan(url, &limited.0, "limited").await;
@@ -379,22 +381,6 @@ async fn wait_ready(client: &reqwest::Client, base: &str) {
     panic!("server did not become ready");
 }
 
-async fn gql(client: &reqwest::Client, base: &str, token: Option<&str>, query: &str) -> Value {
-    let mut request = client
-        .post(format!("{base}/graphql"))
-        .json(&json!({ "query": query }));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    request
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json")
-}
-
 /// A tenant and a project in it: (tenant id, project id).
 async fn tenant_with_project(
     client: &reqwest::Client,
@@ -409,6 +395,7 @@ async fn tenant_with_project(
         &format!(
             "mutation {{ createTenant(input: {{name: \"{slug}\", slug: \"{slug}\"}}) {{ id }} }}"
         ),
+        json!({}),
     )
     .await;
     let tenant = tenant["data"]["createTenant"]["id"]
@@ -422,6 +409,7 @@ async fn tenant_with_project(
         &format!(
             "mutation {{ createProject(tenantId: \"{tenant}\", input: {{name: \"p\"}}) {{ id }} }}"
         ),
+        json!({}),
     )
     .await;
     (
