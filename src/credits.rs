@@ -108,17 +108,17 @@ impl FromStr for FeatureLimitType {
 
 /// What a tenant's plan allows of the `credits` feature now.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Entitlement {
-    pub kind: FeatureLimitType,
+struct Entitlement {
+    kind: FeatureLimitType,
     /// The limit, for `MONTHLY` and `MAX`.
-    pub value: i64,
+    value: i64,
     /// The period a spend now counts in.
-    pub period: Period,
+    period: Period,
 }
 
 /// The tenant's entitlement to spend credits at `now`; `FEATURE_NOT_INCLUDED` when it has
 /// none (no subscription, no such feature, or `NOT_INCLUDED`).
-pub async fn entitlement(
+async fn entitlement(
     conn: &impl ConnectionTrait,
     tenant_id: Uuid,
     now: DateTime<Utc>,

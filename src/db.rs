@@ -57,10 +57,6 @@ impl Database {
         self.read.ping().await
     }
 
-    pub fn backend(&self) -> sea_orm::DatabaseBackend {
-        self.read.get_database_backend()
-    }
-
     /// Starts a write transaction: `BEGIN IMMEDIATE` on SQLite, so that it holds the write
     /// lock from its first statement (another process's writer makes it wait, up to the busy
     /// timeout, instead of failing mid-transaction); a plain `BEGIN` on Postgres.
