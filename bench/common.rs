@@ -20,6 +20,7 @@ pub fn on_unlimited_plan(config: &mut Config) {
             kind: FeatureLimitType::Unlimited,
             value: 0,
         }],
+        stripe_price_ids: Vec::new(),
     }];
     config.default_plan = "unlimited".into();
 }

@@ -252,6 +252,8 @@ async fn seed_other_tenants(db: &DatabaseConnection) {
                 current_period_end: Set(None),
                 stripe_subscription_id: Set(None),
                 updated_at: Set(Utc::now()),
+                cancel_at_period_end: Set(false),
+                stripe_event_at: Set(None),
             }
         }))
         .exec_without_returning(&txn)

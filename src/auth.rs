@@ -315,6 +315,18 @@ pub async fn require_member(
     Ok((user.clone(), role))
 }
 
+/// The viewer if they are an OWNER or ADMIN of `tenant_id`; `FORBIDDEN` otherwise.
+pub async fn require_admin(
+    db: &impl ConnectionTrait,
+    viewer: &Viewer,
+    tenant_id: Uuid,
+) -> Result<user::Model, AppError> {
+    match require_member(db, viewer, tenant_id).await? {
+        (user, Role::Owner | Role::Admin) => Ok(user),
+        (_, Role::Member) => Err(AppError::Forbidden),
+    }
+}
+
 /// The project `project_id` if `user_id` is a member of its tenant: one query.
 pub async fn visible_project(
     db: &impl ConnectionTrait,

@@ -32,6 +32,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub database: DatabaseSettings,
     pub idempotency: IdempotencySettings,
+    /// Stripe: optional; without `secret_key` nothing is reported and no session is created.
+    pub stripe: StripeSettings,
     /// The plan every new tenant is subscribed to.
     pub default_plan: String,
     pub credit_types: Vec<CreditTypeConfig>,
@@ -69,6 +71,40 @@ pub struct IdempotencySettings {
     pub purge_interval_seconds: u64,
 }
 
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StripeSettings {
+    /// `sk_…`: turns reporting, checkout and the billing portal on. Never logged.
+    #[serde(default, skip_serializing)]
+    pub secret_key: Option<SecretString>,
+    /// `whsec_…`: turns `POST /webhooks/stripe` on. Never logged.
+    #[serde(default, skip_serializing)]
+    pub webhook_secret: Option<SecretString>,
+    /// Where the Stripe API is (tests point it at a fake on 127.0.0.1).
+    pub api_base: String,
+    /// How often the reporter looks for due usage events.
+    pub worker_interval_ms: u64,
+    /// Most usage events one reporter claims at a time.
+    pub batch_size: u64,
+    /// Most meter events one reporter has in flight at once.
+    pub concurrency: usize,
+    /// Deliveries tried before a usage event is marked `FAILED`.
+    pub max_attempts: i32,
+    /// How long one Stripe call may take.
+    pub request_timeout_ms: u64,
+    /// How long a claimed usage event belongs to its reporter (must exceed the request
+    /// timeout: then no two reporters ever send one event at the same time).
+    pub claim_seconds: u64,
+    /// First retry delay; doubled per attempt (with jitter) up to `backoff_max_ms`.
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Where Checkout sends the customer back to.
+    pub checkout_success_url: String,
+    pub checkout_cancel_url: String,
+    /// Where the billing portal's "return" link goes.
+    pub portal_return_url: String,
+}
+
 /// What one kind of action costs. `value` is fixed by code; the rest is configurable.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -77,6 +113,17 @@ pub struct CreditTypeConfig {
     pub name: String,
     pub description: String,
     pub amount: i64,
+    /// The Stripe meter this type's spends are reported to: resolved from
+    /// `usage_based_units` at validation, never configured here.
+    #[serde(skip)]
+    pub meter: Option<Meter>,
+}
+
+/// A usage-based unit that is billed through a Stripe Billing Meter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meter {
+    pub unit: String,
+    pub event_name: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
@@ -85,6 +132,17 @@ pub struct UsageBasedUnitConfig {
     pub name: String,
     pub title: String,
     pub title_plural: String,
+    /// The Stripe meter's `event_name` (defaults to `name` when credit types feed the unit).
+    #[serde(default)]
+    pub event_name: Option<String>,
+    /// The credit types whose spends are reported to this unit's meter (defaults:
+    /// `project-credits` ← credit-project-creation, `task-credits` ← credit-task-creation).
+    #[serde(default)]
+    pub credit_types: Vec<String>,
+    /// The metered Stripe price (`recurring[meter]` = this meter) Checkout adds to a
+    /// subscription, if any.
+    #[serde(default)]
+    pub stripe_price_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
@@ -96,6 +154,10 @@ pub struct PlanConfig {
     pub description: Option<String>,
     #[serde(default)]
     pub features: Vec<PlanFeatureConfig>,
+    /// The Stripe prices of this plan: a subscription webhook naming any of them puts the
+    /// tenant on this plan; Checkout sells the first.
+    #[serde(default)]
+    pub stripe_price_ids: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
@@ -154,6 +216,7 @@ impl Config {
             log_format: d.log_format,
             database: d.database,
             idempotency: d.idempotency,
+            stripe: d.stripe,
             default_plan: d.default_plan,
             credit_types: d.credit_types,
             usage_based_units: d.usage_based_units,
@@ -225,7 +288,81 @@ impl Config {
         if self.database.max_connections == 0 {
             bail!("invalid configuration: database.max_connections must be > 0");
         }
+        self.validate_stripe()
+    }
+
+    /// Stripe's part: settings that keep the reporter safe, prices naming one plan, and each
+    /// credit type feeding at most one meter (recorded on the credit type as its `meter`).
+    fn validate_stripe(&mut self) -> anyhow::Result<()> {
+        let s = &self.stripe;
+        if s.worker_interval_ms == 0 || s.batch_size == 0 || s.concurrency == 0 {
+            bail!(
+                "invalid configuration: stripe.worker_interval_ms, stripe.batch_size and stripe.concurrency must be > 0"
+            );
+        }
+        if s.max_attempts <= 0 {
+            bail!("invalid configuration: stripe.max_attempts must be > 0");
+        }
+        if s.claim_seconds.saturating_mul(1000) <= s.request_timeout_ms {
+            bail!(
+                "invalid configuration: stripe.claim_seconds must be longer than stripe.request_timeout_ms"
+            );
+        }
+        for (i, plan) in self.plans.iter().enumerate() {
+            for price in &plan.stripe_price_ids {
+                if let Some(other) = self.plans[..i]
+                    .iter()
+                    .find(|p| p.stripe_price_ids.contains(price))
+                {
+                    bail!(
+                        "invalid configuration: plans[{i}].stripe_price_ids: {price:?} is already a price of plan {:?}",
+                        other.slug
+                    );
+                }
+            }
+        }
+        for ct in &mut self.credit_types {
+            ct.meter = None;
+        }
+        for (i, unit) in self.usage_based_units.iter_mut().enumerate() {
+            if unit.credit_types.is_empty() {
+                unit.credit_types = default_feeds(&unit.name);
+            }
+            if unit.credit_types.is_empty() {
+                continue;
+            }
+            let event_name = unit.event_name.get_or_insert_with(|| unit.name.clone());
+            for value in &unit.credit_types {
+                let Some(ct) = self.credit_types.iter_mut().find(|c| &c.value == value) else {
+                    bail!(
+                        "invalid configuration: usage_based_units[{i}].credit_types: {value:?} is not a known credit type"
+                    );
+                };
+                if let Some(meter) = &ct.meter {
+                    bail!(
+                        "invalid configuration: usage_based_units[{i}].credit_types: {value:?} already feeds unit {:?}",
+                        meter.unit
+                    );
+                }
+                ct.meter = Some(Meter {
+                    unit: unit.name.clone(),
+                    event_name: event_name.clone(),
+                });
+            }
+        }
         Ok(())
+    }
+
+    /// Whether Stripe is configured (a secret key is set).
+    pub fn stripe_enabled(&self) -> bool {
+        self.stripe.secret_key.is_some()
+    }
+
+    /// The plan a Stripe price belongs to.
+    pub fn plan_for_price(&self, price_id: &str) -> Option<&PlanConfig> {
+        self.plans
+            .iter()
+            .find(|p| p.stripe_price_ids.iter().any(|id| id == price_id))
     }
 
     /// The credit type configured for `kind` (validation guarantees there is one).
@@ -252,6 +389,7 @@ struct Defaults {
     log_format: LogFormat,
     database: DatabaseSettings,
     idempotency: IdempotencySettings,
+    stripe: StripeSettings,
     default_plan: String,
     credit_types: Vec<CreditTypeConfig>,
     usage_based_units: Vec<UsageBasedUnitConfig>,
@@ -275,6 +413,22 @@ impl Default for Defaults {
             idempotency: IdempotencySettings {
                 retention_seconds: 24 * 3600,
                 purge_interval_seconds: 300,
+            },
+            stripe: StripeSettings {
+                secret_key: None,
+                webhook_secret: None,
+                api_base: "https://api.stripe.com/".into(),
+                worker_interval_ms: 1_000,
+                batch_size: 100,
+                concurrency: 8,
+                max_attempts: 12,
+                request_timeout_ms: 10_000,
+                claim_seconds: 60,
+                backoff_base_ms: 1_000,
+                backoff_max_ms: 3_600_000,
+                checkout_success_url: "http://localhost:3000/billing/success".into(),
+                checkout_cancel_url: "http://localhost:3000/billing".into(),
+                portal_return_url: "http://localhost:3000/billing".into(),
             },
             default_plan: "free".into(),
             credit_types: default_credit_types(),
@@ -301,6 +455,18 @@ fn unit(name: &str, title: &str, title_plural: &str) -> UsageBasedUnitConfig {
         name: name.into(),
         title: title.into(),
         title_plural: title_plural.into(),
+        event_name: None,
+        credit_types: default_feeds(name),
+        stripe_price_id: None,
+    }
+}
+
+/// The credit types that feed a unit when its config names none.
+fn default_feeds(unit: &str) -> Vec<String> {
+    match unit {
+        "project-credits" => vec![CreditKind::ProjectCreation.value().to_owned()],
+        "task-credits" => vec![CreditKind::TaskCreation.value().to_owned()],
+        _ => Vec::new(),
     }
 }
 
@@ -315,6 +481,7 @@ fn plan(slug: &str, title: &str, kind: FeatureLimitType, value: i64) -> PlanConf
             kind,
             value,
         }],
+        stripe_price_ids: Vec::new(),
     }
 }
 
@@ -331,6 +498,7 @@ impl CreditKind {
             name: name.into(),
             description: description.into(),
             amount,
+            meter: None,
         }
     }
 }

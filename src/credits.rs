@@ -34,7 +34,7 @@ mod usage;
 
 pub use audit::{Report, verify};
 pub use period::Period;
-pub use plans::{PlanWithFeatures, plans, subscribe, sync_plans, tenant_plan};
+pub use plans::{PlanWithFeatures, plans, subscribe, sync_plans, tenant_plan, tenant_subscription};
 pub use usage::{FeatureUsage, HistoryFilter, history, usage};
 
 /// The plan feature every credit type spends from.
@@ -193,9 +193,35 @@ WHERE credit_usage.used + excluded.used <= (SELECT p.lim FROM (PLAN) p)";
 const LEDGER: &str = "INSERT INTO credit (id, tenant_id, user_id, type, amount, object_id, \
 idempotency_key, feature, period_start, created_at) SELECT $7, $1, $8, $9, $4, $10, $11, $2, PERIOD, $6";
 
+/// The Stripe outbox row of a spend of a metered credit type, written only for a tenant with
+/// a Stripe customer. Its parameters are named here and numbered by the caller; `PAID` is
+/// how it learns the resource was inserted.
+const OUTBOX: &str = "INSERT INTO usage_event (id, tenant_id, credit_id, unit, event_name, \
+stripe_customer_id, quantity, identifier, status, attempts, next_attempt_at, created_at) \
+SELECT USAGE_ID, TENANT, LEDGER_ID, UNIT, EVENT_NAME, t.stripe_customer_id, QUANTITY, IDENTIFIER, \
+'PENDING', 0, NOW, NOW FROM tenant t WHERE t.id = TENANT AND t.stripe_customer_id IS NOT NULL AND PAID";
+
+/// `OUTBOX` with its parameters numbered: `[tenant, ledger id, quantity, now, usage id]`
+/// (unit, event name and identifier follow the usage id).
+fn outbox_sql(numbers: [usize; 5], paid: &str) -> String {
+    let [tenant, ledger, quantity, now, usage] = numbers;
+    OUTBOX
+        .replace("USAGE_ID", &format!("${usage}"))
+        .replace("UNIT", &format!("${}", usage + 1))
+        .replace("EVENT_NAME", &format!("${}", usage + 2))
+        .replace("IDENTIFIER", &format!("${}", usage + 3))
+        .replace("TENANT", &format!("${tenant}"))
+        .replace("LEDGER_ID", &format!("${ledger}"))
+        .replace("QUANTITY", &format!("${quantity}"))
+        .replace("NOW", &format!("${now}"))
+        .replace("PAID", paid)
+}
+
 /// The credits guard, in ONE database call inside the caller's open transaction: reads the
 /// tenant's plan, adds the cost to the period's counter only if it fits, and then — only
-/// then — appends the ledger row and inserts `paid`. On `Err` nothing was written. On
+/// then — appends the ledger row, inserts `paid` and, when the credit type is metered and
+/// the tenant has a Stripe customer, the usage event the reporter will send to Stripe (the
+/// outbox). On `Err` nothing was written. On
 /// Postgres that is one statement (data-modifying CTEs, each feeding the next); on SQLite one
 /// call of three statements, each later one conditional on the one before having written its
 /// row (`changes()`).
@@ -215,13 +241,25 @@ pub async fn consume(
     let table = paid.table;
     let plan = PLAN.replace("PERIOD_START", PERIOD_START);
     let spend_sql = SPEND.replace("PLAN", &plan);
+    let meter = spend.credit_type.meter.as_ref();
+    let first_outbox = first_paid + paid.columns.len();
     let sql = match backend {
-        DatabaseBackend::Postgres => format!(
-            "WITH spent AS ({spend_sql} RETURNING period_start), \
-             ledger AS ({} FROM spent RETURNING id) \
-             INSERT INTO {table} ({columns}) SELECT {placeholders} FROM ledger RETURNING CAST(1 AS BIGINT) AS created",
-            LEDGER.replace("PERIOD", "spent.period_start")
-        ),
+        DatabaseBackend::Postgres => {
+            let outbox = match meter {
+                Some(_) => format!(
+                    ", outbox AS ({})",
+                    outbox_sql([1, 7, 4, 6, first_outbox], "EXISTS (SELECT 1 FROM paid)")
+                ),
+                None => String::new(),
+            };
+            format!(
+                "WITH spent AS ({spend_sql} RETURNING period_start), \
+                 ledger AS ({} FROM spent RETURNING id), \
+                 paid AS (INSERT INTO {table} ({columns}) SELECT {placeholders} FROM ledger RETURNING 1){outbox} \
+                 SELECT CAST(1 AS BIGINT) AS created FROM paid",
+                LEDGER.replace("PERIOD", "spent.period_start")
+            )
+        }
         _ => format!(
             "{spend_sql}; {} WHERE changes() = 1; \
              INSERT INTO {table} ({columns}) SELECT {placeholders} WHERE changes() = 1; \
@@ -232,6 +270,7 @@ pub async fn consume(
             )
         ),
     };
+    let ledger_id = Uuid::now_v7();
     let mut values: Vec<sea_orm::Value> = vec![
         spend.tenant_id.into(),
         CREDITS_FEATURE.into(),
@@ -239,13 +278,25 @@ pub async fn consume(
         spend.credit_type.amount.into(),
         Period::lifetime().start.into(),
         now.into(),
-        Uuid::now_v7().into(),
+        ledger_id.into(),
         spend.user_id.into(),
         spend.credit_type.value.as_str().into(),
         Some(spend.object_id.clone()).into(),
         spend.idempotency_key.clone().into(),
     ];
     values.extend(paid.values);
+    let usage_id = Uuid::now_v7();
+    let usage_values = |meter: &crate::config::Meter| -> [sea_orm::Value; 4] {
+        [
+            usage_id.into(),
+            meter.unit.as_str().into(),
+            meter.event_name.as_str().into(),
+            crate::billing::identifier(usage_id).into(),
+        ]
+    };
+    if let (Some(meter), DatabaseBackend::Postgres) = (meter, backend) {
+        values.extend(usage_values(meter));
+    }
     let rows = txn
         .query_all_raw(db::statement(backend, &sql, values))
         .await?;
@@ -255,6 +306,20 @@ pub async fn consume(
     };
     if !created {
         return Err(refusal(txn, spend, now).await);
+    }
+    // SQLite: the outbox row is a second call. (In one call it would follow statements that
+    // skip parameter numbers, and sqlx-sqlite then binds its parameters to the wrong values.)
+    if let (Some(meter), DatabaseBackend::Sqlite) = (meter, backend) {
+        let mut values: Vec<sea_orm::Value> = vec![
+            spend.tenant_id.into(),
+            ledger_id.into(),
+            spend.credit_type.amount.into(),
+            now.into(),
+        ];
+        values.extend(usage_values(meter));
+        let sql = outbox_sql([1, 2, 3, 4, 5], "1 = 1");
+        txn.execute_raw(db::statement(backend, &sql, values))
+            .await?;
     }
     Ok(())
 }

@@ -17,7 +17,8 @@ use async_graphql::{
 };
 
 use crate::{
-    auth::Keys, auth::Viewer, config::Config, db::Database, error::AppError, projects::Writer,
+    auth::Keys, auth::Viewer, billing::StripeHttp, config::Config, db::Database, error::AppError,
+    projects::Writer,
 };
 
 pub use mutation::Mutation;
@@ -32,6 +33,8 @@ pub struct AppState {
     pub writer: Writer,
     pub config: Arc<Config>,
     pub keys: Arc<Keys>,
+    /// The Stripe client, when `stripe.secret_key` is configured.
+    pub stripe: Option<StripeHttp>,
 }
 
 /// The `Idempotency-Key` header of a request, when it has one.

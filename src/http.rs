@@ -11,7 +11,7 @@ use async_graphql_actix_web::GraphQLResponse;
 use serde_json::json;
 
 use crate::{
-    auth,
+    auth, billing,
     error::AppError,
     graphql::{AppState, IdempotencyHeader, TollgateSchema, loaders::UserLoader, with_code},
 };
@@ -22,6 +22,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(graphql_post))
             .route(web::get().to(graphql_get)),
     )
+    .route("/webhooks/stripe", web::post().to(billing::receive))
     .route("/healthz", web::get().to(healthz))
     .route("/readyz", web::get().to(readyz));
 }

@@ -3,6 +3,8 @@
 
 /// Who is calling: passwords, tokens, the viewer, membership checks.
 pub mod auth;
+/// Stripe: the usage outbox and its reporter, webhooks, Checkout and the billing portal.
+pub mod billing;
 /// The command line (`serve`, `migrate`, `print-schema`, `token`).
 pub mod cli;
 /// Typed configuration: defaults, TOML file, environment.

@@ -9,6 +9,7 @@ use tracing_actix_web::TracingLogger;
 
 use crate::{
     auth::Keys,
+    billing::{self, StripeHttp},
     config::Config,
     credits,
     db::Database,
@@ -39,8 +40,30 @@ impl Application {
             ),
             std::time::Duration::from_secs(config.idempotency.purge_interval_seconds),
         );
+        let stripe = match &config.stripe.secret_key {
+            Some(key) => {
+                let client = StripeHttp::new(
+                    key,
+                    &config.stripe.api_base,
+                    std::time::Duration::from_millis(config.stripe.request_timeout_ms),
+                )?;
+                billing::spawn_reporter(db.clone(), client.clone(), config.stripe.clone());
+                tracing::info!(api_base = %config.stripe.api_base, "Stripe usage reporting is on");
+                Some(client)
+            }
+            None => {
+                tracing::info!(
+                    "Stripe is not configured (no stripe.secret_key): no usage is reported, Checkout and the billing portal are off"
+                );
+                None
+            }
+        };
+        if config.stripe.webhook_secret.is_none() {
+            tracing::info!("Stripe webhooks are off (no stripe.webhook_secret)");
+        }
         let state = AppState {
             writer: Writer::spawn(db.clone(), config.database.max_batch),
+            stripe,
             db: db.clone(),
             config: Arc::new(config),
             keys: Arc::new(keys),

@@ -13,6 +13,10 @@ pub struct Model {
     pub current_period_end: Option<DateTimeUtc>,
     pub stripe_subscription_id: Option<String>,
     pub updated_at: DateTimeUtc,
+    /// Stripe will end the subscription when the current period ends.
+    pub cancel_at_period_end: bool,
+    /// When Stripe created the event that last changed this row: older events are ignored.
+    pub stripe_event_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

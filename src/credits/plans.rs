@@ -49,6 +49,16 @@ pub async fn tenant_plan(
     db: &impl ConnectionTrait,
     tenant_id: Uuid,
 ) -> Result<Option<PlanWithFeatures>, AppError> {
+    Ok(tenant_subscription(db, tenant_id)
+        .await?
+        .and_then(|(_, plan)| plan))
+}
+
+/// A tenant's subscription and the plan it is on.
+pub async fn tenant_subscription(
+    db: &impl ConnectionTrait,
+    tenant_id: Uuid,
+) -> Result<Option<(tenant_subscription::Model, Option<PlanWithFeatures>)>, AppError> {
     let Some(subscription) = tenant_subscription::Entity::find_by_id(tenant_id)
         .one(db)
         .await?
@@ -59,14 +69,17 @@ pub async fn tenant_plan(
         .one(db)
         .await?
     else {
-        return Ok(None);
+        return Ok(Some((subscription, None)));
     };
     let features = plan_feature::Entity::find()
         .filter(plan_feature::Column::PlanId.eq(plan.id))
         .order_by_asc(plan_feature::Column::Order)
         .all(db)
         .await?;
-    Ok(Some(PlanWithFeatures { plan, features }))
+    Ok(Some((
+        subscription,
+        Some(PlanWithFeatures { plan, features }),
+    )))
 }
 
 /// Subscribes a tenant to the plan `slug` (inside the caller's transaction).
@@ -89,6 +102,8 @@ pub async fn subscribe(
         current_period_end: Set(None),
         stripe_subscription_id: Set(None),
         updated_at: Set(now),
+        cancel_at_period_end: Set(false),
+        stripe_event_at: Set(None),
     }
     .insert(txn)
     .await?;

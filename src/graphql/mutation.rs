@@ -4,11 +4,13 @@ use async_graphql::{Context, ID, Object, ResultExt};
 
 use crate::{
     auth::{self, SignUp},
+    billing,
+    error::AppError,
     graphql::{
         IdempotencyHeader, state,
         types::{
-            AuthPayload, CreateProjectInput, CreateTaskInput, CreateTenantInput, Project,
-            SignUpInput, Task, Tenant, parse_id,
+            AuthPayload, BillingPortalSession, CheckoutSession, CreateProjectInput,
+            CreateTaskInput, CreateTenantInput, Project, SignUpInput, Task, Tenant, parse_id,
         },
         viewer,
     },
@@ -18,6 +20,14 @@ use crate::{
 
 /// What can be changed.
 pub struct Mutation;
+
+/// The Stripe client, or why there is none.
+fn stripe(state: &crate::graphql::AppState) -> Result<&billing::StripeHttp, AppError> {
+    state
+        .stripe
+        .as_ref()
+        .ok_or_else(|| AppError::bad_input("billing is not configured on this server"))
+}
 
 /// The request's `Idempotency-Key` header, used when the argument is not given.
 fn header_key(ctx: &Context<'_>) -> Option<String> {
@@ -138,5 +148,70 @@ impl Mutation {
         .await
         .extend()?;
         Ok(task.into())
+    }
+
+    /// A Stripe Checkout page where the tenant subscribes to `planSlug` (a plan with a Stripe
+    /// price). OWNER and ADMIN only. When the customer pays, Stripe's webhooks move the tenant
+    /// to the plan; nothing changes before that.
+    async fn create_checkout_session(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: ID,
+        plan_slug: String,
+    ) -> async_graphql::Result<CheckoutSession> {
+        let state = state(ctx)?;
+        let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
+        let user = auth::require_admin(&state.db.read, viewer(ctx), tenant_id)
+            .await
+            .extend()?;
+        let client = stripe(state).extend()?;
+        let tenant = tenants::find(&state.db.read, tenant_id)
+            .await
+            .extend()?
+            .ok_or(AppError::NotFound("tenant"))
+            .extend()?;
+        let url = billing::checkout(
+            client,
+            &state.config,
+            tenant_id,
+            tenant.stripe_customer_id.as_deref(),
+            &user.email,
+            &plan_slug,
+        )
+        .await
+        .extend()?;
+        Ok(CheckoutSession { url })
+    }
+
+    /// A Stripe billing portal page where the tenant's subscription, payment methods and
+    /// invoices are managed. OWNER and ADMIN only; the tenant must have subscribed first.
+    async fn create_billing_portal_session(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: ID,
+    ) -> async_graphql::Result<BillingPortalSession> {
+        let state = state(ctx)?;
+        let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
+        auth::require_admin(&state.db.read, viewer(ctx), tenant_id)
+            .await
+            .extend()?;
+        let client = stripe(state).extend()?;
+        let tenant = tenants::find(&state.db.read, tenant_id)
+            .await
+            .extend()?
+            .ok_or(AppError::NotFound("tenant"))
+            .extend()?;
+        let customer = tenant
+            .stripe_customer_id
+            .ok_or_else(|| {
+                AppError::bad_input(
+                    "the tenant has no Stripe customer yet: subscribe through Checkout first",
+                )
+            })
+            .extend()?;
+        let url = billing::portal(client, &state.config, &customer)
+            .await
+            .extend()?;
+        Ok(BillingPortalSession { url })
     }
 }

@@ -1,26 +1,26 @@
 //! Query resolvers: read arguments, call the domain, map the result.
 
-use async_graphql::{Context, ErrorExtensions, ID, Object, ResultExt};
+use async_graphql::{Context, ID, Object, ResultExt};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::Utc;
 use uuid::Uuid;
 
 use crate::{
-    auth,
+    auth, billing,
     credits::{self, HistoryFilter},
     error::AppError,
     graphql::{
         state,
         types::{
             Credit, CreditConnection, CreditHistoryFilter, CreditType, Plan, PlanFeatureUsage,
-            Tenant, UsageBasedUnit, User, parse_id,
+            Tenant, UsageBasedUnit, UsageReport, UsageReportConnection, User, parse_id,
         },
         viewer,
     },
     tenants,
 };
 
-/// Largest page `creditHistory` returns.
+/// Largest page `creditHistory` and `usageReports` return.
 const MAX_PAGE: i32 = 100;
 
 /// What can be read. Catalogue fields are public; tenant fields are for members.
@@ -101,13 +101,7 @@ impl Query {
     ) -> async_graphql::Result<CreditConnection> {
         let db = &state(ctx)?.db.read;
         let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
-        let first = first.unwrap_or(20);
-        if !(0..=MAX_PAGE).contains(&first) {
-            return Err(
-                AppError::bad_input(format!("first must be between 0 and {MAX_PAGE}")).extend(),
-            );
-        }
-        let after = after.as_deref().map(decode_cursor).transpose().extend()?;
+        let (first, after) = page(first, after.as_deref()).extend()?;
         let filter = filter.unwrap_or_default();
         let filter = HistoryFilter {
             credit_type: filter.kind,
@@ -122,10 +116,9 @@ impl Query {
         auth::require_member(db, viewer(ctx), tenant_id)
             .await
             .extend()?;
-        let (rows, more) =
-            credits::history(db, tenant_id, first.unsigned_abs().into(), after, &filter)
-                .await
-                .extend()?;
+        let (rows, more) = credits::history(db, tenant_id, first, after, &filter)
+            .await
+            .extend()?;
         let rows = rows
             .into_iter()
             .map(|row| (encode_cursor(row.id), Credit::from(row)))
@@ -133,6 +126,44 @@ impl Query {
         let connection = CreditConnection::new(rows, after.is_some(), more);
         Ok(connection)
     }
+
+    /// The tenant's billable usage as reported to Stripe, newest first, `first` (at most
+    /// 100) at a time: what was sent, what Stripe accepted, what failed and why. OWNER and
+    /// ADMIN only.
+    async fn usage_reports(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: ID,
+        #[graphql(default = 20)] first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<UsageReportConnection> {
+        let db = &state(ctx)?.db.read;
+        let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
+        let (first, after) = page(first, after.as_deref()).extend()?;
+        auth::require_admin(db, viewer(ctx), tenant_id)
+            .await
+            .extend()?;
+        let (rows, more) = billing::outbox::reports(db, tenant_id, first, after)
+            .await
+            .extend()?;
+        let rows = rows
+            .into_iter()
+            .map(|row| (encode_cursor(row.id), UsageReport::from(row)))
+            .collect();
+        Ok(UsageReportConnection::new(rows, after.is_some(), more))
+    }
+}
+
+/// A page's size and keyset position from `first` and `after`.
+fn page(first: Option<i32>, after: Option<&str>) -> Result<(u64, Option<Uuid>), AppError> {
+    let first = first.unwrap_or(20);
+    if !(0..=MAX_PAGE).contains(&first) {
+        return Err(AppError::bad_input(format!(
+            "first must be between 0 and {MAX_PAGE}"
+        )));
+    }
+    let after = after.map(decode_cursor).transpose()?;
+    Ok((first.unsigned_abs().into(), after))
 }
 
 /// Cursors are opaque to clients: a versioned encoding of the row id (the keyset position).

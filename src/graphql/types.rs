@@ -8,13 +8,17 @@ use uuid::Uuid;
 use crate::error::AppError;
 
 mod accounts;
+mod billing;
 mod catalog;
 mod ledger;
+mod page;
 mod resources;
 
 pub use accounts::*;
+pub use billing::*;
 pub use catalog::*;
 pub use ledger::*;
+pub use page::*;
 pub use resources::*;
 
 /// Saturates a stored 64-bit count into GraphQL's 32-bit `Int`.

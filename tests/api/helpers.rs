@@ -53,6 +53,7 @@ pub fn plan(slug: &str, kind: FeatureLimitType, value: i64) -> PlanConfig {
             kind,
             value,
         }],
+        stripe_price_ids: Vec::new(),
     }
 }
 
@@ -76,6 +77,9 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     config.database.acquire_timeout_ms = 30_000;
     configure(&mut config);
     config.validate().expect("valid test config");
+    if std::env::var_os("TEST_LOG").is_some() {
+        tollgate::telemetry::init(config.log_format);
+    }
     let app = Application::build(config).await.expect("server builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let database = app.database().clone();
@@ -146,6 +150,32 @@ impl TestApp {
         let (token, _) = self.sign_up(&format!("{slug}@example.com")).await;
         let tenant = self.create_tenant(&token, slug).await;
         (token, tenant)
+    }
+
+    /// Adds `user` to `tenant` with `role` (directly: inviting is not part of the API yet).
+    pub async fn add_member(&self, tenant: &str, user: &str, role: &str) {
+        let db = self.db().await;
+        let backend = db.get_database_backend();
+        let sql = match backend {
+            sea_orm::DatabaseBackend::Postgres => {
+                "INSERT INTO tenant_user (tenant_id, user_id, role, created_at) VALUES ($1, $2, $3, $4)"
+            }
+            _ => {
+                "INSERT INTO tenant_user (tenant_id, user_id, role, created_at) VALUES (?, ?, ?, ?)"
+            }
+        };
+        db.execute_raw(sea_orm::Statement::from_sql_and_values(
+            backend,
+            sql,
+            [
+                sea_orm::Value::from(uuid::Uuid::parse_str(tenant).expect("uuid")),
+                sea_orm::Value::from(uuid::Uuid::parse_str(user).expect("uuid")),
+                sea_orm::Value::from(role),
+                sea_orm::Value::from(chrono::Utc::now()),
+            ],
+        ))
+        .await
+        .expect("member added");
     }
 
     pub async fn create_project(&self, token: &str, tenant_id: &str, name: &str) -> Value {

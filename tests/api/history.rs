@@ -1,6 +1,5 @@
 //! `creditHistory`: keyset pages, filters, and users loaded in one batch.
 
-use sea_orm::{ConnectionTrait, Statement, Value};
 use serde_json::json;
 use tollgate::credits::FeatureLimitType;
 
@@ -155,30 +154,10 @@ async fn credit_users_are_loaded_in_one_query_for_the_whole_page() {
     let app = spawn_app_with_plan(FeatureLimitType::Unlimited, 0).await;
     let (owner, tenant) = app.owner_with_tenant("acme").await;
     let project = app.project_id(&owner, &tenant).await;
-    // Four more members (added directly: inviting is not part of the API yet), each spending.
-    let db = app.db().await;
-    let backend = db.get_database_backend();
-    let insert = match backend {
-        sea_orm::DatabaseBackend::Postgres => {
-            "INSERT INTO tenant_user (tenant_id, user_id, role, created_at) VALUES ($1, $2, 'MEMBER', $3)"
-        }
-        _ => {
-            "INSERT INTO tenant_user (tenant_id, user_id, role, created_at) VALUES (?, ?, 'MEMBER', ?)"
-        }
-    };
+    // Four more members, each spending.
     for i in 0..4 {
         let (token, user) = app.sign_up(&format!("member{i}@example.com")).await;
-        db.execute_raw(Statement::from_sql_and_values(
-            backend,
-            insert,
-            [
-                Value::from(uuid::Uuid::parse_str(&tenant).expect("uuid")),
-                Value::from(uuid::Uuid::parse_str(&user).expect("uuid")),
-                Value::from(chrono::Utc::now()),
-            ],
-        ))
-        .await
-        .expect("member added");
+        app.add_member(&tenant, &user, "MEMBER").await;
         for _ in 0..2 {
             let body = app.create_task(&token, &project, "mine").await;
             assert!(body["errors"].is_null(), "{body}");

@@ -5,6 +5,7 @@
 
 mod auth;
 mod errors;
+mod fake_stripe;
 mod guard;
 mod helpers;
 mod history;
@@ -12,4 +13,5 @@ mod idempotency;
 mod plans;
 mod resilience;
 mod schema;
+mod stripe;
 mod tenants;

@@ -218,6 +218,21 @@ async fn a_bad_config_file_stops_start_up_naming_the_key() {
             "[[credit_types]]\nvalue = \"credit-coffee\"\nname = \"C\"\ndescription = \"d\"\namount = 1\n",
             "credit_types[0].value",
         ),
+        (
+            "[[usage_based_units]]\nname = \"a\"\ntitle = \"A\"\ntitle_plural = \"As\"\ncredit_types = [\"credit-task-creation\"]\n\
+             [[usage_based_units]]\nname = \"b\"\ntitle = \"B\"\ntitle_plural = \"Bs\"\ncredit_types = [\"credit-task-creation\"]\n",
+            "usage_based_units[1].credit_types",
+        ),
+        (
+            "default_plan = \"x\"\n[[plans]]\nslug = \"x\"\ntitle = \"X\"\nstripe_price_ids = [\"price_1\"]\n\
+             [[plans]]\nslug = \"y\"\ntitle = \"Y\"\nstripe_price_ids = [\"price_1\"]\n",
+            "plans[1].stripe_price_ids",
+        ),
+        (
+            "[stripe]\nrequest_timeout_ms = 90000\nclaim_seconds = 60\n",
+            "stripe.claim_seconds",
+        ),
+        ("[stripe]\nsecret = \"sk_x\"\n", "secret"),
     ];
     for (i, (toml, key)) in cases.into_iter().enumerate() {
         let path = dir.path().join(format!("bad{i}.toml"));

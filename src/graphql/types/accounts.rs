@@ -3,7 +3,7 @@
 use async_graphql::{ComplexObject, Context, Enum, ErrorExtensions, ID, InputObject, SimpleObject};
 use entity::{tenant, user};
 
-use super::{Plan, parse_id};
+use super::{Plan, TenantSubscription, parse_id};
 use crate::{
     credits,
     graphql::{state, viewer},
@@ -119,6 +119,25 @@ impl Tenant {
             .await
             .map_err(|e| e.extend())?;
         Ok(plan.map(Plan::from))
+    }
+
+    /// The tenant's subscription: plan, status and, once Stripe manages it, the billing
+    /// period. Members only (as the tenant).
+    async fn subscription(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Option<TenantSubscription>> {
+        let id = parse_id(&self.id, "id").map_err(|e| e.extend())?;
+        let subscription = credits::tenant_subscription(&state(ctx)?.db.read, id)
+            .await
+            .map_err(|e| e.extend())?;
+        Ok(subscription.map(|(s, plan)| TenantSubscription {
+            plan: plan.map(Plan::from),
+            status: s.status,
+            current_period_start: s.current_period_start,
+            current_period_end: s.current_period_end,
+            cancel_at_period_end: s.cancel_at_period_end,
+        }))
     }
 }
 

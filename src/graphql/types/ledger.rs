@@ -130,59 +130,6 @@ impl Credit {
     }
 }
 
-/// A page of the credit ledger (a Relay connection), newest first.
-#[derive(SimpleObject, Clone, Debug)]
-pub struct CreditConnection {
-    /// The page's rows with their cursors.
-    pub edges: Vec<CreditEdge>,
-    /// The page's rows.
-    pub nodes: Vec<Credit>,
-    /// Where the page stands in the ledger.
-    pub page_info: PageInfo,
-}
-
-/// A ledger row and its cursor.
-#[derive(SimpleObject, Clone, Debug)]
-pub struct CreditEdge {
-    /// Pass as `after` to get the rows that follow this one.
-    pub cursor: String,
-    /// The ledger row.
-    pub node: Credit,
-}
-
-/// Relay page information.
-#[derive(SimpleObject, Clone, Debug)]
-pub struct PageInfo {
-    /// Whether rows follow this page.
-    pub has_next_page: bool,
-    /// Whether rows precede this page (true when `after` was given).
-    pub has_previous_page: bool,
-    /// The cursor of the first row of the page.
-    pub start_cursor: Option<String>,
-    /// The cursor of the last row of the page: pass it as `after` for the next page.
-    pub end_cursor: Option<String>,
-}
-
-impl CreditConnection {
-    /// A page from `(cursor, row)` pairs.
-    pub fn new(rows: Vec<(String, Credit)>, has_previous_page: bool, has_next_page: bool) -> Self {
-        let page_info = PageInfo {
-            has_next_page,
-            has_previous_page,
-            start_cursor: rows.first().map(|(c, _)| c.clone()),
-            end_cursor: rows.last().map(|(c, _)| c.clone()),
-        };
-        CreditConnection {
-            nodes: rows.iter().map(|(_, n)| n.clone()).collect(),
-            edges: rows
-                .into_iter()
-                .map(|(cursor, node)| CreditEdge { cursor, node })
-                .collect(),
-            page_info,
-        }
-    }
-}
-
 /// Filters for `creditHistory`.
 #[derive(InputObject, Clone, Debug, Default)]
 pub struct CreditHistoryFilter {

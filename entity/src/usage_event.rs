@@ -1,0 +1,39 @@
+//! The Stripe outbox: one billable usage event per guarded spend of a metered credit type by
+//! a tenant with a Stripe customer, written in the guard's transaction and reported to a
+//! Billing Meter by the reporter. Rows are never deleted: a row that cannot be delivered is
+//! kept as `FAILED` with its error.
+
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "usage_event")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    /// The ledger row this usage was charged in.
+    pub credit_id: Uuid,
+    /// The usage-based unit (`project-credits`, `task-credits`).
+    pub unit: String,
+    /// The Stripe meter's `event_name`.
+    pub event_name: String,
+    pub stripe_customer_id: String,
+    pub quantity: i64,
+    /// Stripe's deduplication key, derived from `id` (`tollgate-<id>`).
+    #[sea_orm(unique)]
+    pub identifier: String,
+    /// `PENDING`, `DELIVERED` or `FAILED`.
+    pub status: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub next_attempt_at: DateTimeUtc,
+    /// While in the future, one reporter owns the row.
+    pub claimed_until: Option<DateTimeUtc>,
+    pub reported_at: Option<DateTimeUtc>,
+    pub created_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

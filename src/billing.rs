@@ -1,0 +1,29 @@
+//! Stripe billing, all optional: without `stripe.secret_key` nothing here runs (the guard
+//! still writes usage events for tenants that have a Stripe customer, so nothing is lost if
+//! the key is added later).
+//!
+//! - Usage goes out through an outbox: the guard writes a `usage_event` row in its own
+//!   transaction (`credits::consume`); the reporter sends each row to a Billing Meter exactly
+//!   once (`reporter`, `outbox`).
+//! - Plans and periods come in as signed webhooks (`webhooks`).
+//! - Checkout and the billing portal are Stripe-hosted pages (`sessions`).
+
+mod client;
+pub mod outbox;
+mod reporter;
+mod sessions;
+mod webhooks;
+
+use uuid::Uuid;
+
+pub use client::{StripeFailure, StripeHttp};
+pub use outbox::UsageStatus;
+pub use reporter::spawn_reporter;
+pub use sessions::{TENANT_METADATA_KEY, checkout, portal};
+pub use webhooks::receive;
+
+/// The meter-event `identifier` of a usage event: derived from its id alone, so every send of
+/// the row — after a crash, by another replica — carries the same one, and Stripe keeps one.
+pub fn identifier(usage_event_id: Uuid) -> String {
+    format!("tollgate-{usage_event_id}")
+}

@@ -1,0 +1,177 @@
+//! The usage-event outbox: rows the guard wrote (see `credits::consume`), claimed by a
+//! reporter for a while, and marked with what Stripe said. A claim is a time (`claimed_until`)
+//! written in the claiming transaction, so any number of reporters in any number of processes
+//! share the rows: on Postgres the claim skips rows another reporter is claiming
+//! (`FOR UPDATE SKIP LOCKED`); on SQLite write transactions are serialized anyway.
+
+use chrono::{DateTime, Utc};
+use entity::usage_event;
+use sea_orm::{
+    ConnectionTrait, DatabaseBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    prelude::*,
+};
+
+use crate::{db, db::Database, error::AppError};
+
+/// Where a usage event stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UsageStatus {
+    /// Not yet accepted by Stripe (maybe waiting for a retry).
+    Pending,
+    /// Accepted by Stripe (or found already there: a duplicate identifier).
+    Delivered,
+    /// Can never be delivered: see `last_error`.
+    Failed,
+}
+
+impl UsageStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsageStatus::Pending => "PENDING",
+            UsageStatus::Delivered => "DELIVERED",
+            UsageStatus::Failed => "FAILED",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        [
+            UsageStatus::Pending,
+            UsageStatus::Delivered,
+            UsageStatus::Failed,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == value)
+    }
+}
+
+/// A usage event a reporter has claimed, with what it needs to send it.
+#[derive(Clone, Debug)]
+pub struct Claimed {
+    pub id: Uuid,
+    pub identifier: String,
+    pub event_name: String,
+    pub stripe_customer_id: String,
+    pub quantity: i64,
+    pub attempts: i32,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Claims up to `limit` due events until `until`: pending, due, and not claimed by anyone
+/// else (or their claim has run out — the reporter holding it died).
+pub async fn claim(
+    db: &Database,
+    now: DateTime<Utc>,
+    until: DateTime<Utc>,
+    limit: u64,
+) -> Result<Vec<Claimed>, DbErr> {
+    let txn = db.begin_write().await?;
+    let backend = txn.get_database_backend();
+    let lock = match backend {
+        DatabaseBackend::Postgres => " FOR UPDATE SKIP LOCKED",
+        _ => "",
+    };
+    let sql = format!(
+        "UPDATE usage_event SET claimed_until = $2 WHERE id IN (\
+         SELECT id FROM usage_event WHERE status = 'PENDING' AND next_attempt_at <= $1 \
+         AND (claimed_until IS NULL OR claimed_until <= $1) \
+         ORDER BY next_attempt_at LIMIT $3{lock}) \
+         RETURNING id, identifier, event_name, stripe_customer_id, quantity, attempts, created_at"
+    );
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = txn
+        .query_all_raw(db::statement(
+            backend,
+            &sql,
+            [now.into(), until.into(), limit.into()],
+        ))
+        .await?;
+    txn.commit().await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Claimed {
+                id: row.try_get("", "id")?,
+                identifier: row.try_get("", "identifier")?,
+                event_name: row.try_get("", "event_name")?,
+                stripe_customer_id: row.try_get("", "stripe_customer_id")?,
+                quantity: row.try_get("", "quantity")?,
+                attempts: row.try_get("", "attempts")?,
+                created_at: row.try_get("", "created_at")?,
+            })
+        })
+        .collect()
+}
+
+/// What became of one claimed event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stripe has it.
+    Delivered,
+    /// Try again at the given time; the error is kept.
+    Retry { error: String, at: DateTime<Utc> },
+    /// Give up; the error is kept.
+    Failed { error: String },
+}
+
+/// Records the outcomes of a batch, in one transaction. `sent` says whether the event went
+/// to Stripe (an attempt) or was judged without sending (too old). Only pending events
+/// change: a row another reporter already settled stays as it is.
+pub async fn settle(
+    db: &Database,
+    now: DateTime<Utc>,
+    outcomes: &[(Uuid, bool, Outcome)],
+) -> Result<(), DbErr> {
+    if outcomes.is_empty() {
+        return Ok(());
+    }
+    let txn = db.begin_write().await?;
+    let backend = txn.get_database_backend();
+    for (id, sent, outcome) in outcomes {
+        let attempts = if *sent { 1 } else { 0 };
+        let (sql, values): (&str, Vec<sea_orm::Value>) = match outcome {
+            Outcome::Delivered => (
+                "UPDATE usage_event SET status = 'DELIVERED', attempts = attempts + $2, \
+                 reported_at = $3, claimed_until = NULL WHERE id = $1 AND status = 'PENDING'",
+                vec![(*id).into(), attempts.into(), now.into()],
+            ),
+            Outcome::Retry { error, at } => (
+                "UPDATE usage_event SET attempts = attempts + $2, last_error = $3, \
+                 next_attempt_at = $4, claimed_until = NULL WHERE id = $1 AND status = 'PENDING'",
+                vec![
+                    (*id).into(),
+                    attempts.into(),
+                    error.as_str().into(),
+                    (*at).into(),
+                ],
+            ),
+            Outcome::Failed { error } => (
+                "UPDATE usage_event SET status = 'FAILED', attempts = attempts + $2, \
+                 last_error = $3, claimed_until = NULL WHERE id = $1 AND status = 'PENDING'",
+                vec![(*id).into(), attempts.into(), error.as_str().into()],
+            ),
+        };
+        txn.execute_raw(db::statement(backend, sql, values)).await?;
+    }
+    txn.commit().await
+}
+
+/// A tenant's usage events, newest first, `first` after the event `after` (keyset). The bool
+/// says whether more follow.
+pub async fn reports(
+    db: &impl ConnectionTrait,
+    tenant_id: Uuid,
+    first: u64,
+    after: Option<Uuid>,
+) -> Result<(Vec<usage_event::Model>, bool), AppError> {
+    let mut query = usage_event::Entity::find().filter(usage_event::Column::TenantId.eq(tenant_id));
+    if let Some(after) = after {
+        query = query.filter(usage_event::Column::Id.lt(after));
+    }
+    let mut rows = query
+        .order_by_desc(usage_event::Column::Id)
+        .limit(first + 1)
+        .all(db)
+        .await?;
+    let more = rows.len() as u64 > first;
+    rows.truncate(usize::try_from(first).unwrap_or(usize::MAX));
+    Ok((rows, more))
+}

@@ -1,0 +1,309 @@
+//! `POST /webhooks/stripe`: Stripe tells Tollgate about subscriptions and completed
+//! Checkouts. The signature is checked on the raw body before anything is parsed (HMAC-SHA256,
+//! 300 s tolerance: async-stripe-webhook's `construct_event`). Each event is processed once,
+//! in one transaction with the record of its id: a replay is answered 200 and changes
+//! nothing. An event older than the one that last changed a subscription is ignored, so
+//! Stripe's retries and reordering never put a tenant back on an older state.
+
+use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
+use chrono::{DateTime, Utc};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, prelude::*};
+use secrecy::ExposeSecret;
+use serde_json::json;
+use stripe_shared::{CheckoutSession, Subscription};
+use stripe_webhook::{EventObject, Webhook, WebhookError};
+
+use super::sessions::TENANT_METADATA_KEY;
+use crate::{config::Config, db, graphql::AppState};
+
+/// The handler of `POST /webhooks/stripe`.
+pub async fn receive(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> HttpResponse {
+    let Some(secret) = &state.config.stripe.webhook_secret else {
+        return answer(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "Stripe webhooks are not configured on this server",
+        );
+    };
+    let Some(signature) = req
+        .headers()
+        .get("stripe-signature")
+        .and_then(|v| v.to_str().ok())
+    else {
+        return answer(
+            StatusCode::BAD_REQUEST,
+            "BAD_USER_INPUT",
+            "missing Stripe-Signature header",
+        );
+    };
+    let Ok(payload) = std::str::from_utf8(&body) else {
+        return answer(
+            StatusCode::BAD_REQUEST,
+            "BAD_USER_INPUT",
+            "the body is not UTF-8",
+        );
+    };
+    let event = match Webhook::construct_event(payload, signature, secret.expose_secret()) {
+        Ok(event) => event,
+        Err(e) => {
+            let message = match e {
+                WebhookError::BadTimestamp(_) => {
+                    "the signature's timestamp is more than 300 s away from now"
+                }
+                WebhookError::BadParse(_) => "the body is not a Stripe event",
+                WebhookError::BadKey | WebhookError::BadHeader(_) | WebhookError::BadSignature => {
+                    "the Stripe-Signature does not match the body"
+                }
+            };
+            tracing::warn!(error = %e, "Stripe webhook rejected");
+            return answer(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", message);
+        }
+    };
+    let created = DateTime::from_timestamp(event.created, 0).unwrap_or_else(Utc::now);
+    let received = Received {
+        id: event.id.as_str(),
+        kind: event.type_.as_str(),
+        created,
+    };
+    match process(&state, &received, event.data.object).await {
+        Ok(effect) => {
+            tracing::info!(
+                event_id = received.id,
+                event_type = received.kind,
+                effect,
+                "Stripe webhook"
+            );
+            HttpResponse::Ok().json(json!({ "received": true, "effect": effect }))
+        }
+        Err(e) => {
+            // Not acknowledged: Stripe sends it again later.
+            tracing::error!(event_id = received.id, error = %e, "Stripe webhook could not be processed");
+            answer(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL_SERVER_ERROR",
+                "the event could not be processed; Stripe will retry",
+            )
+        }
+    }
+}
+
+fn answer(status: StatusCode, code: &str, message: &str) -> HttpResponse {
+    HttpResponse::build(status).json(json!({ "error": { "code": code, "message": message } }))
+}
+
+struct Received<'a> {
+    id: &'a str,
+    kind: &'a str,
+    created: DateTime<Utc>,
+}
+
+/// Records the event and applies it, in one transaction. Returns what it did.
+async fn process(
+    state: &AppState,
+    event: &Received<'_>,
+    object: EventObject,
+) -> Result<&'static str, DbErr> {
+    let txn = state.db.begin_write().await?;
+    let backend = txn.get_database_backend();
+    let first = txn
+        .execute_raw(db::statement(
+            backend,
+            "INSERT INTO stripe_event (id, type, created_at, processed_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (id) DO NOTHING",
+            [
+                event.id.into(),
+                event.kind.into(),
+                event.created.into(),
+                Utc::now().into(),
+            ],
+        ))
+        .await?
+        .rows_affected()
+        == 1;
+    if !first {
+        txn.rollback().await?;
+        return Ok("replay ignored");
+    }
+    let effect = match object {
+        EventObject::CustomerSubscriptionCreated(s)
+        | EventObject::CustomerSubscriptionUpdated(s) => {
+            subscription_changed(&txn, &state.config, &s, false, event.created).await?
+        }
+        EventObject::CustomerSubscriptionDeleted(s) => {
+            subscription_changed(&txn, &state.config, &s, true, event.created).await?
+        }
+        EventObject::CheckoutSessionCompleted(s) => checkout_completed(&txn, &s).await?,
+        _ => "event type ignored",
+    };
+    txn.commit().await?;
+    Ok(effect)
+}
+
+/// `checkout.session.completed`: the session's `client_reference_id` is the tenant (Tollgate
+/// sets it); its customer becomes the tenant's Stripe customer.
+async fn checkout_completed(
+    txn: &DatabaseTransaction,
+    session: &CheckoutSession,
+) -> Result<&'static str, DbErr> {
+    let tenant = session
+        .client_reference_id
+        .as_deref()
+        .and_then(|id| Uuid::parse_str(id).ok());
+    let (Some(tenant), Some(customer)) = (tenant, &session.customer) else {
+        return Ok("checkout without a tenant or a customer ignored");
+    };
+    let linked = link_customer(txn, tenant, customer.id().as_str()).await?;
+    Ok(if linked {
+        "customer linked to tenant"
+    } else {
+        "checkout for an unknown tenant ignored"
+    })
+}
+
+async fn link_customer(
+    txn: &DatabaseTransaction,
+    tenant: Uuid,
+    customer: &str,
+) -> Result<bool, DbErr> {
+    let backend = txn.get_database_backend();
+    let result = txn
+        .execute_raw(db::statement(
+            backend,
+            "UPDATE tenant SET stripe_customer_id = $2 WHERE id = $1",
+            [tenant.into(), customer.into()],
+        ))
+        .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// `customer.subscription.*`: the tenant (by the subscription's metadata, else by its
+/// customer) moves to the plan of the first item whose price a plan names, with that item's
+/// period; a deleted subscription puts it back on `default_plan` with calendar months.
+async fn subscription_changed(
+    txn: &DatabaseTransaction,
+    config: &Config,
+    subscription: &Subscription,
+    deleted: bool,
+    event_at: DateTime<Utc>,
+) -> Result<&'static str, DbErr> {
+    let backend = txn.get_database_backend();
+    let customer = subscription.customer.id().as_str();
+    let by_metadata = subscription
+        .metadata
+        .get(TENANT_METADATA_KEY)
+        .and_then(|id| Uuid::parse_str(id).ok());
+    let tenant: Option<Uuid> = match by_metadata {
+        Some(tenant) if link_customer_if_missing(txn, tenant, customer).await? => Some(tenant),
+        _ => {
+            let row = txn
+                .query_one_raw(db::statement(
+                    backend,
+                    "SELECT id FROM tenant WHERE stripe_customer_id = $1 ORDER BY created_at LIMIT 1",
+                    [customer.into()],
+                ))
+                .await?;
+            row.map(|r| r.try_get("", "id")).transpose()?
+        }
+    };
+    let Some(tenant) = tenant else {
+        tracing::warn!(
+            subscription = subscription.id.as_str(),
+            "subscription of no known tenant ignored"
+        );
+        return Ok("subscription of an unknown customer ignored");
+    };
+    let item = subscription
+        .items
+        .data
+        .iter()
+        .find(|item| config.plan_for_price(item.price.id.as_str()).is_some());
+    let (plan, period, subscription_id, cancel_at_period_end) = if deleted {
+        (Some(config.default_plan.clone()), None, None, false)
+    } else {
+        let plan = item
+            .and_then(|i| config.plan_for_price(i.price.id.as_str()))
+            .map(|p| p.slug.clone());
+        let period = item.or(subscription.items.data.first()).and_then(|i| {
+            Some((
+                DateTime::from_timestamp(i.current_period_start, 0)?,
+                DateTime::from_timestamp(i.current_period_end, 0)?,
+            ))
+        });
+        if plan.is_none() {
+            tracing::warn!(
+                subscription = subscription.id.as_str(),
+                "no price of the subscription names a configured plan; the plan is kept"
+            );
+        }
+        (
+            plan,
+            period,
+            Some(subscription.id.as_str().to_owned()),
+            subscription.cancel_at_period_end,
+        )
+    };
+    // The conditions make it safe against reordering: an older event changes nothing, and
+    // the deletion of a subscription other than the tenant's current one changes nothing.
+    let mut sql = String::from(
+        "UPDATE tenant_subscription SET \
+         plan_id = COALESCE((SELECT id FROM plan WHERE slug = $2), plan_id), \
+         status = $3, current_period_start = $4, current_period_end = $5, \
+         stripe_subscription_id = $6, cancel_at_period_end = $7, stripe_event_at = $8, updated_at = $9 \
+         WHERE tenant_id = $1 AND (stripe_event_at IS NULL OR stripe_event_at <= $8)",
+    );
+    if deleted {
+        sql.push_str(" AND (stripe_subscription_id IS NULL OR stripe_subscription_id = $10)");
+    }
+    let mut values: Vec<sea_orm::Value> = vec![
+        tenant.into(),
+        plan.into(),
+        subscription.status.as_str().into(),
+        period.map(|p| p.0).into(),
+        period.map(|p| p.1).into(),
+        subscription_id.into(),
+        cancel_at_period_end.into(),
+        event_at.into(),
+        Utc::now().into(),
+    ];
+    if deleted {
+        values.push(subscription.id.as_str().into());
+    }
+    let changed = txn
+        .execute_raw(db::statement(backend, &sql, values))
+        .await?
+        .rows_affected()
+        == 1;
+    Ok(match (changed, deleted) {
+        (false, _) => "older than the subscription's state; ignored",
+        (true, false) => "subscription updated",
+        (true, true) => "subscription ended; back on the default plan",
+    })
+}
+
+/// Links `customer` to `tenant` when the tenant has no customer yet; whether the tenant
+/// exists.
+async fn link_customer_if_missing(
+    txn: &DatabaseTransaction,
+    tenant: Uuid,
+    customer: &str,
+) -> Result<bool, DbErr> {
+    let backend = txn.get_database_backend();
+    txn.execute_raw(db::statement(
+        backend,
+        "UPDATE tenant SET stripe_customer_id = $2 WHERE id = $1 AND stripe_customer_id IS NULL",
+        [tenant.into(), customer.into()],
+    ))
+    .await?;
+    let exists = txn
+        .query_one_raw(db::statement(
+            backend,
+            "SELECT 1 AS one FROM tenant WHERE id = $1",
+            [tenant.into()],
+        ))
+        .await?;
+    Ok(exists.is_some())
+}

@@ -1,0 +1,99 @@
+//! Billing: a tenant's Stripe subscription, the Stripe-hosted pages, and the usage reported
+//! to Stripe.
+
+use async_graphql::{Enum, ID, SimpleObject};
+use chrono::{DateTime, Utc};
+use entity::usage_event;
+
+use super::{Plan, int};
+use crate::billing::UsageStatus;
+
+/// A tenant's subscription: its plan and, once Stripe manages it, its billing period.
+#[derive(SimpleObject, Clone, Debug)]
+pub struct TenantSubscription {
+    /// The plan the tenant is on.
+    pub plan: Option<Plan>,
+    /// `active` for the default plan; else Stripe's status (`active`, `trialing`,
+    /// `past_due`, `canceled`, …).
+    pub status: String,
+    /// Start of the current billing period (inclusive), when Stripe knows one.
+    pub current_period_start: Option<DateTime<Utc>>,
+    /// End of the current billing period (exclusive): when MONTHLY usage resets.
+    pub current_period_end: Option<DateTime<Utc>>,
+    /// Whether Stripe ends the subscription when the period ends.
+    pub cancel_at_period_end: bool,
+}
+
+/// A Stripe Checkout page: send the customer's browser to `url`.
+#[derive(SimpleObject, Clone, Debug)]
+pub struct CheckoutSession {
+    /// The page's address (Stripe-hosted).
+    pub url: String,
+}
+
+/// A Stripe billing portal page: send the customer's browser to `url`.
+#[derive(SimpleObject, Clone, Debug)]
+pub struct BillingPortalSession {
+    /// The page's address (Stripe-hosted).
+    pub url: String,
+}
+
+/// Where a usage report stands.
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UsageReportStatus {
+    /// Not yet accepted by Stripe (perhaps waiting to be retried).
+    Pending,
+    /// Accepted by Stripe.
+    Delivered,
+    /// Can never be delivered; `lastError` says why.
+    Failed,
+}
+
+impl From<UsageStatus> for UsageReportStatus {
+    fn from(s: UsageStatus) -> Self {
+        match s {
+            UsageStatus::Pending => UsageReportStatus::Pending,
+            UsageStatus::Delivered => UsageReportStatus::Delivered,
+            UsageStatus::Failed => UsageReportStatus::Failed,
+        }
+    }
+}
+
+/// Billable usage reported to a Stripe Billing Meter: one per guarded action of a metered
+/// credit type.
+#[derive(SimpleObject, Clone, Debug)]
+pub struct UsageReport {
+    /// The report's id.
+    pub id: ID,
+    /// The usage-based unit (e.g. `task-credits`).
+    pub unit: String,
+    /// The meter event's value (the credits spent).
+    pub quantity: i32,
+    /// Where the report stands.
+    pub status: UsageReportStatus,
+    /// Sends to Stripe so far.
+    pub attempts: i32,
+    /// What went wrong last, if anything.
+    pub last_error: Option<String>,
+    /// When Stripe accepted it.
+    pub reported_at: Option<DateTime<Utc>>,
+    /// When the usage happened (the meter event's timestamp).
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<usage_event::Model> for UsageReport {
+    fn from(e: usage_event::Model) -> Self {
+        UsageReport {
+            id: ID(e.id.to_string()),
+            unit: e.unit,
+            quantity: int(e.quantity),
+            status: UsageStatus::parse(&e.status)
+                .unwrap_or(UsageStatus::Pending)
+                .into(),
+            attempts: e.attempts,
+            last_error: e.last_error,
+            reported_at: e.reported_at,
+            created_at: e.created_at,
+        }
+    }
+}
