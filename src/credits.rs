@@ -263,7 +263,8 @@ pub async fn consume(
         _ => format!(
             "{spend_sql}; {} WHERE changes() = 1; \
              INSERT INTO {table} ({columns}) SELECT {placeholders} WHERE changes() = 1; \
-             SELECT changes() AS created",
+             SELECT changes() AS created, EXISTS (SELECT 1 FROM tenant \
+             WHERE id = $1 AND stripe_customer_id IS NOT NULL) AS billable",
             LEDGER.replace(
                 "PERIOD",
                 &format!("(SELECT p.period_start FROM ({plan}) p)")
@@ -300,16 +301,21 @@ pub async fn consume(
     let rows = txn
         .query_all_raw(db::statement(backend, &sql, values))
         .await?;
-    let created = match rows.last() {
-        Some(row) => row.try_get_by_index::<i64>(0)? == 1,
-        None => false,
+    let (created, billable) = match rows.last() {
+        Some(row) if backend == DatabaseBackend::Sqlite => (
+            row.try_get_by_index::<i64>(0)? == 1,
+            row.try_get_by_index::<bool>(1)?,
+        ),
+        Some(row) => (row.try_get_by_index::<i64>(0)? == 1, false),
+        None => (false, false),
     };
     if !created {
         return Err(refusal(txn, spend, now).await);
     }
-    // SQLite: the outbox row is a second call. (In one call it would follow statements that
-    // skip parameter numbers, and sqlx-sqlite then binds its parameters to the wrong values.)
-    if let (Some(meter), DatabaseBackend::Sqlite) = (meter, backend) {
+    // SQLite: the outbox row is a second call, made only when the first said the tenant is
+    // billable. (In one call it would follow statements that skip parameter numbers, and
+    // sqlx-sqlite then binds its parameters to the wrong values.)
+    if let (Some(meter), true) = (meter, billable) {
         let mut values: Vec<sea_orm::Value> = vec![
             spend.tenant_id.into(),
             ledger_id.into(),

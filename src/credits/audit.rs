@@ -1,6 +1,8 @@
 //! Invariant 3 checked over a whole database (`tollgate verify`): for every tenant, feature
 //! and period, the ledger sums to the counter; every guarded resource has exactly one ledger
-//! row, and every ledger row names a resource that exists. Read-only; safe on a live database.
+//! row, and every ledger row names a resource that exists. And for Stripe's outbox: every
+//! usage event is of one ledger row, of the same tenant and amount, and no ledger row is
+//! reported twice. Read-only; safe on a live database.
 
 use std::{collections::BTreeMap, fmt};
 
@@ -22,6 +24,7 @@ pub struct Report {
     pub ledger_rows: i64,
     pub counters: usize,
     pub resources: i64,
+    pub usage_events: i64,
     pub problems: Vec<String>,
 }
 
@@ -35,8 +38,8 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "checked {} ledger rows, {} usage counters, {} guarded resources",
-            self.ledger_rows, self.counters, self.resources
+            "checked {} ledger rows, {} usage counters, {} guarded resources, {} usage events",
+            self.ledger_rows, self.counters, self.resources, self.usage_events
         )?;
         if self.is_clean() {
             return writeln!(f, "ok: ledger = counters = resources");
@@ -58,7 +61,35 @@ pub async fn verify(db: &impl ConnectionTrait) -> Result<Report, DbErr> {
     for kind in CreditKind::ALL {
         check_resources(db, kind, &mut report).await?;
     }
+    check_outbox(db, &mut report).await?;
     Ok(report)
+}
+
+async fn check_outbox(db: &impl ConnectionTrait, report: &mut Report) -> Result<(), DbErr> {
+    report.usage_events = scalar(db, "SELECT CAST(COUNT(*) AS BIGINT) FROM usage_event").await?;
+    let unmatched = scalar(
+        db,
+        "SELECT CAST(COUNT(*) AS BIGINT) FROM usage_event u LEFT JOIN credit c ON c.id = u.credit_id \
+         WHERE c.id IS NULL OR c.tenant_id <> u.tenant_id OR c.amount <> u.quantity",
+    )
+    .await?;
+    if unmatched > 0 {
+        report.problems.push(format!(
+            "{unmatched} usage events match no ledger row of their tenant and amount"
+        ));
+    }
+    let twice = scalar(
+        db,
+        "SELECT CAST(COUNT(*) AS BIGINT) FROM (SELECT credit_id FROM usage_event \
+         GROUP BY credit_id HAVING COUNT(*) > 1) d",
+    )
+    .await?;
+    if twice > 0 {
+        report.problems.push(format!(
+            "{twice} ledger rows have more than one usage event"
+        ));
+    }
+    Ok(())
 }
 
 async fn check_counters(db: &impl ConnectionTrait, report: &mut Report) -> Result<(), DbErr> {

@@ -343,6 +343,8 @@ fn server_base(url: &str) -> String {
 /// A `tollgate serve` process of its own (for crash and multi-replica tests); killed on drop.
 pub struct ServerProcess {
     pub url: String,
+    /// Its stdout and stderr.
+    pub log: std::path::PathBuf,
     child: std::process::Child,
 }
 
@@ -354,13 +356,16 @@ impl TestApp {
             .expect("free port")
             .port();
         let mut command = self.command(&["serve", "--addr", &format!("127.0.0.1:{port}")]);
+        let log = self.dir.path().join(format!("server-{port}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
         command
             .envs(env.iter().copied())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file);
         let child = command.spawn().expect("tollgate serve starts");
         let server = ServerProcess {
             url: format!("http://127.0.0.1:{port}"),
+            log,
             child,
         };
         for _ in 0..200 {

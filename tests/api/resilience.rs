@@ -15,7 +15,7 @@ use crate::helpers::{TestApp, error_code, spawn_app_with_plan};
 const CREATE_TASK: &str =
     "mutation($p: ID!) { createTask(projectId: $p, input: {title: \"load\"}) { id } }";
 
-fn verify(app: &TestApp) -> (bool, String) {
+pub fn verify(app: &TestApp) -> (bool, String) {
     let out = app.cli(&["verify"]);
     (
         out.status.success(),

@@ -11,6 +11,7 @@ use tollgate::config::Config;
 use crate::{
     fake_stripe::{Answer, FakeStripe, fixture},
     helpers::{TestApp, error_code, spawn_app_with},
+    resilience::verify,
 };
 
 const WEBHOOK_SECRET: &str = "whsec_test_0123456789abcdef";
@@ -407,7 +408,10 @@ async fn a_reporter_killed_between_sending_and_marking_is_resent_and_stripe_keep
     let (token, tenant) = app.owner_with_tenant("crashy").await;
     let project_id = app.project_id(&token, &tenant).await;
     link_customer(&app, &tenant, "cus_crashy").await;
-    let env = reporter_env(&fake, "2");
+    let mut env = reporter_env(&fake, "2");
+    // Verbose logs, to show the keys are not in them.
+    env.push(("RUST_LOG", "debug".to_owned()));
+    env.push(("TOLLGATE_STRIPE__WEBHOOK_SECRET", WEBHOOK_SECRET.to_owned()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut reporter = app.start_server(&env).await;
     app.create_task(&token, &project_id, "in flight").await;
@@ -421,11 +425,19 @@ async fn a_reporter_killed_between_sending_and_marking_is_resent_and_stripe_keep
         pending.iter().any(|r| r["status"] == "PENDING"),
         "the outcome was never recorded: {pending:?}"
     );
-    let _restarted = app.start_server(&env).await;
+    let restarted = app.start_server(&env).await;
     eventually("the event is delivered", || {
         all_delivered(&app, &token, &tenant, 1)
     })
     .await;
+    for log in [&reporter.log, &restarted.log] {
+        let text = std::fs::read_to_string(log).unwrap();
+        assert!(text.contains("Stripe usage reporting is on"), "{text}");
+        assert!(
+            !text.contains(SECRET_KEY) && !text.contains(WEBHOOK_SECRET),
+            "a key was logged"
+        );
+    }
     let (accepted, duplicates) = fake.with(|r| (r.accepted.len(), r.duplicates));
     assert_eq!(accepted, 1, "Stripe keeps one copy");
     assert_eq!(
@@ -470,6 +482,24 @@ async fn two_reporters_on_one_database_never_send_an_event_twice() {
     assert_eq!(accepted as i64, events);
     assert_eq!(duplicates, 0, "no event was sent twice");
     assert_eq!(requests as i64, events);
+    // The books and the outbox agree; a tampered usage event is found.
+    let (sound, report) = verify(&app);
+    assert!(
+        sound && report.contains(&format!("{events} usage events")),
+        "{report}"
+    );
+    sea_orm::ConnectionTrait::execute_unprepared(
+        &app.db().await,
+        "UPDATE usage_event SET quantity = 99 WHERE quantity = 2",
+    )
+    .await
+    .unwrap();
+    let (sound, report) = verify(&app);
+    assert!(!sound, "{report}");
+    assert!(
+        report.contains("8 usage events match no ledger row"),
+        "{report}"
+    );
 }
 
 const SUBSCRIPTION: &str = "query($t: ID!) { tenant(id: $t) { subscription {
