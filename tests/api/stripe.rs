@@ -483,7 +483,7 @@ async fn two_reporters_on_one_database_never_send_an_event_twice() {
     assert_eq!(duplicates, 0, "no event was sent twice");
     assert_eq!(requests as i64, events);
     // The books and the outbox agree; a tampered usage event is found.
-    let (sound, report) = verify(&app);
+    let (sound, report) = verify(app);
     assert!(
         sound && report.contains(&format!("{events} usage events")),
         "{report}"
@@ -494,7 +494,7 @@ async fn two_reporters_on_one_database_never_send_an_event_twice() {
     )
     .await
     .unwrap();
-    let (sound, report) = verify(&app);
+    let (sound, report) = verify(app);
     assert!(!sound, "{report}");
     assert!(
         report.contains("8 usage events match no ledger row"),
