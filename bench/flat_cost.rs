@@ -79,6 +79,7 @@ async fn run(
     ));
     config.data_dir = dir.path().to_path_buf();
     common::on_unlimited_plan(&mut config);
+    config.rate_limit.enabled = false;
     config.validate().expect("config");
     let app = Application::build(config).await.expect("server");
     let base = format!("http://127.0.0.1:{}", app.port());

@@ -1,6 +1,7 @@
-//! Who is calling: password hashing (argon2), access tokens (HS256 JWT), the `Viewer` taken
-//! from `Authorization: Bearer`, and membership checks. A token that is present but invalid
-//! is an error, never an anonymous caller.
+//! Who is calling: password hashing (argon2), access tokens (HS256 JWT with `exp`, `iss` and
+//! `aud` required; optionally RS256 tokens of an external identity provider), the `Viewer`
+//! taken from `Authorization: Bearer`, and membership checks. A token that is present but
+//! invalid is an error, never an anonymous caller.
 
 use std::path::Path;
 
@@ -18,7 +19,12 @@ use sea_orm::{ActiveValue::Set, ConnectionTrait, EntityTrait, QueryFilter, prelu
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use crate::{config::Config, db, error::AppError, tenants::Role};
+use crate::{
+    config::{Config, ExternalIdp},
+    db,
+    error::AppError,
+    tenants::Role,
+};
 
 /// Bounds on sign-up input; the password cap keeps argon2's work per request bounded.
 const MIN_PASSWORD: usize = 8;
@@ -30,7 +36,30 @@ pub(crate) const MAX_NAME: usize = 100;
 struct Claims {
     sub: String,
     exp: i64,
+    #[serde(default)]
     iat: i64,
+    iss: String,
+    aud: String,
+}
+
+/// What Tollgate reads from an external identity provider's token.
+#[derive(Debug, Deserialize)]
+struct ExternalClaims {
+    sub: String,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    email_verified: Option<bool>,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// Who a valid token says the caller is.
+enum Identity {
+    /// A Tollgate user, by id.
+    User(Uuid),
+    /// A user of the external identity provider.
+    External(ExternalClaims),
 }
 
 /// Signing and verifying keys for access tokens.
@@ -40,6 +69,71 @@ pub struct Keys {
     decoding: DecodingKey,
     validation: Validation,
     ttl_seconds: i64,
+    issuer: String,
+    audience: String,
+    external: Option<External>,
+}
+
+/// The external identity provider's keys (by `kid` when it has several) and its rules.
+#[derive(Clone)]
+struct External {
+    keys: Vec<(Option<String>, DecodingKey)>,
+    validation: Validation,
+}
+
+impl External {
+    fn load(idp: &ExternalIdp, leeway: u64) -> anyhow::Result<Self> {
+        let keys = match (&idp.public_key_file, &idp.jwks_file) {
+            (Some(pem), _) => {
+                let bytes = std::fs::read(pem).with_context(|| {
+                    format!("cannot read jwt.external.public_key_file {}", pem.display())
+                })?;
+                let key = DecodingKey::from_rsa_pem(&bytes).map_err(|e| {
+                    anyhow::anyhow!("invalid configuration: jwt.external.public_key_file is not an RSA public key: {e}")
+                })?;
+                vec![(None, key)]
+            }
+            (None, Some(jwks)) => {
+                let text = std::fs::read_to_string(jwks).with_context(|| {
+                    format!("cannot read jwt.external.jwks_file {}", jwks.display())
+                })?;
+                let set: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&text).map_err(|e| {
+                    anyhow::anyhow!(
+                        "invalid configuration: jwt.external.jwks_file is not a JWK set: {e}"
+                    )
+                })?;
+                set.keys
+                    .iter()
+                    .filter_map(|jwk| {
+                        let key = DecodingKey::from_jwk(jwk).ok()?;
+                        Some((jwk.common.key_id.clone(), key))
+                    })
+                    .collect()
+            }
+            (None, None) => Vec::new(),
+        };
+        if keys.is_empty() {
+            anyhow::bail!("invalid configuration: jwt.external has no usable RSA key");
+        }
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
+        validation.set_issuer(&[&idp.issuer]);
+        validation.set_audience(&[&idp.audience]);
+        validation.leeway = leeway;
+        Ok(External { keys, validation })
+    }
+
+    fn key(&self, kid: Option<&str>) -> Option<&DecodingKey> {
+        match kid {
+            Some(kid) => self
+                .keys
+                .iter()
+                .find(|(id, _)| id.as_deref() == Some(kid))
+                .map(|(_, key)| key),
+            None if self.keys.len() == 1 => self.keys.first().map(|(_, key)| key),
+            None => None,
+        }
+    }
 }
 
 impl Keys {
@@ -53,14 +147,25 @@ impl Keys {
         if bytes.len() < 32 {
             anyhow::bail!("invalid configuration: jwt_secret must be at least 32 bytes");
         }
+        let jwt = &config.jwt;
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        validation.leeway = 30;
+        validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
+        validation.set_issuer(&[&jwt.issuer]);
+        validation.set_audience(&[&jwt.audience]);
+        validation.leeway = jwt.leeway_seconds;
+        let external = jwt
+            .external
+            .as_ref()
+            .map(|idp| External::load(idp, jwt.leeway_seconds))
+            .transpose()?;
         Ok(Keys {
             encoding: EncodingKey::from_secret(bytes),
             decoding: DecodingKey::from_secret(bytes),
             validation,
             ttl_seconds: i64::try_from(config.token_ttl_seconds).unwrap_or(i64::MAX),
+            issuer: jwt.issuer.clone(),
+            audience: jwt.audience.clone(),
+            external,
         })
     }
 
@@ -71,16 +176,32 @@ impl Keys {
             sub: user_id.to_string(),
             iat: now,
             exp: now.saturating_add(self.ttl_seconds),
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| AppError::Internal(e.into()))
     }
 
-    fn verify(&self, token: &str) -> Result<Uuid, AppError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|_| AppError::Unauthenticated("invalid or expired token"))?;
-        Uuid::parse_str(&data.claims.sub)
-            .map_err(|_| AppError::Unauthenticated("invalid or expired token"))
+    fn verify(&self, token: &str) -> Result<Identity, AppError> {
+        const INVALID: AppError = AppError::Unauthenticated("invalid or expired token");
+        let header = jsonwebtoken::decode_header(token).map_err(|_| INVALID)?;
+        match (header.alg, &self.external) {
+            (Algorithm::HS256, _) => {
+                let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+                    .map_err(|_| INVALID)?;
+                Uuid::parse_str(&data.claims.sub)
+                    .map(Identity::User)
+                    .map_err(|_| INVALID)
+            }
+            (Algorithm::RS256, Some(external)) => {
+                let key = external.key(header.kid.as_deref()).ok_or(INVALID)?;
+                let data = jsonwebtoken::decode::<ExternalClaims>(token, key, &external.validation)
+                    .map_err(|_| INVALID)?;
+                Ok(Identity::External(data.claims))
+            }
+            _ => Err(INVALID),
+        }
     }
 }
 
@@ -154,12 +275,71 @@ pub async fn authenticate(
         .ok_or(AppError::Unauthenticated(
             "the Authorization header must be `Bearer <token>`",
         ))?;
-    let user_id = keys.verify(token)?;
-    let user = user::Entity::find_by_id(user_id)
-        .one(db)
-        .await?
-        .ok_or(AppError::Unauthenticated("invalid or expired token"))?;
+    let user = match keys.verify(token)? {
+        Identity::User(id) => user::Entity::find_by_id(id).one(db).await?,
+        Identity::External(claims) => external_user(db, claims).await?,
+    };
+    let user = user.ok_or(AppError::Unauthenticated("invalid or expired token"))?;
     Ok(Viewer(Some(user)))
+}
+
+/// The user an external identity provider's `sub` signs in: found by the `sub`; else, on a
+/// first visit with a verified `email` claim, the account with that email (linked now, if no
+/// other provider user has it) or a new one. Without a verified email, nobody.
+async fn external_user(
+    db: &impl ConnectionTrait,
+    claims: ExternalClaims,
+) -> Result<Option<user::Model>, AppError> {
+    let by_subject = || {
+        user::Entity::find()
+            .filter(user::Column::ExternalSubject.eq(claims.sub.as_str()))
+            .one(db)
+    };
+    if let Some(user) = by_subject().await? {
+        return Ok(Some(user));
+    }
+    let (Some(email), Some(true)) = (&claims.email, claims.email_verified) else {
+        return Ok(None);
+    };
+    let Ok(email) = normalize_email(email) else {
+        return Ok(None);
+    };
+    let written = match find_by_email(db, &email).await? {
+        Some(existing) if existing.external_subject.is_some() => return Ok(None),
+        Some(existing) => {
+            let mut linked: user::ActiveModel = existing.into();
+            linked.external_subject = Set(Some(claims.sub.clone()));
+            linked.update(db).await.map(Some)
+        }
+        None => {
+            let name = claims
+                .name
+                .as_deref()
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(|n| n.chars().take(MAX_NAME).collect());
+            user::ActiveModel {
+                id: Set(Uuid::now_v7()),
+                email: Set(email),
+                name: Set(name),
+                // No password: this user signs in through the provider only.
+                password_hash: Set(dummy_hash()),
+                created_at: Set(Utc::now()),
+                external_subject: Set(Some(claims.sub.clone())),
+            }
+            .insert(db)
+            .await
+            .map(Some)
+        }
+    };
+    match written {
+        Ok(user) => Ok(user),
+        // Two first requests of one user raced: the other one wrote it.
+        Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+            Ok(by_subject().await?)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub struct SignUp {
@@ -199,6 +379,7 @@ pub async fn sign_up(
         name: Set(Some(name)),
         password_hash: Set(password_hash),
         created_at: Set(Utc::now()),
+        external_subject: Set(None),
     }
     .insert(db)
     .await;

@@ -34,6 +34,14 @@ pub struct Config {
     pub idempotency: IdempotencySettings,
     /// Stripe: optional; without `secret_key` nothing is reported and no session is created.
     pub stripe: StripeSettings,
+    /// What one GraphQL request may ask for.
+    pub graphql: GraphqlSettings,
+    /// HTTP: body size, CORS, client addresses.
+    pub http: HttpSettings,
+    /// Requests per client, in this process.
+    pub rate_limit: RateLimitSettings,
+    /// Access tokens: issuer, audience, leeway; optionally an external identity provider.
+    pub jwt: JwtSettings,
     /// The plan every new tenant is subscribed to.
     pub default_plan: String,
     pub credit_types: Vec<CreditTypeConfig>,
@@ -69,6 +77,84 @@ pub struct IdempotencySettings {
     pub retention_seconds: u64,
     /// How often expired keys are deleted.
     pub purge_interval_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphqlSettings {
+    /// Deepest selection nesting.
+    pub max_depth: usize,
+    /// Most fields a request may select in all (each field counts 1, lists included).
+    pub max_complexity: usize,
+    /// Most aliased fields in one document.
+    pub max_aliases: usize,
+    /// Most fields at the root of one operation.
+    pub max_root_fields: usize,
+    /// Most operations in one batched (JSON array) request.
+    pub max_batch: usize,
+    /// Longest document, in bytes.
+    pub max_query_bytes: usize,
+    /// Whether the schema can be introspected (GraphiQL needs it).
+    pub introspection: bool,
+    /// Whether `GET /graphql` serves the GraphiQL page.
+    pub graphiql: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Largest request body; past it, 413.
+    pub max_body_bytes: usize,
+    /// Origins browsers may call the API from (`https://app.example.com`), or `["*"]` for
+    /// any. Empty: no CORS headers, so only same-origin pages can.
+    pub cors_allowed_origins: Vec<String>,
+    /// Take the client address from `X-Forwarded-For` (only behind a proxy that sets it).
+    pub trust_forwarded_for: bool,
+    /// How long a stopping server waits for requests in flight.
+    pub shutdown_timeout_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSettings {
+    pub enabled: bool,
+    /// `signIn` and `signUp` per client address, per minute (against password guessing).
+    pub auth_per_minute: u32,
+    /// Requests per signed-in user (anonymous: per address), per second, sustained…
+    pub requests_per_second: u32,
+    /// …and in a burst.
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSettings {
+    /// The `iss` Tollgate puts in its tokens and requires.
+    pub issuer: String,
+    /// The `aud` Tollgate puts in its tokens and requires.
+    pub audience: String,
+    /// Clock skew tolerated on `exp`, in seconds.
+    pub leeway_seconds: u64,
+    /// An external identity provider whose RS256 tokens are accepted too (optional).
+    #[serde(default)]
+    pub external: Option<ExternalIdp>,
+}
+
+/// An identity provider (Auth0, Keycloak, …) whose RS256 tokens Tollgate accepts. Users are
+/// found by the token's `sub`; a new `sub` with a verified `email` claim gets an account.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalIdp {
+    /// The `iss` of its tokens (required).
+    pub issuer: String,
+    /// The `aud` its tokens must carry (required).
+    pub audience: String,
+    /// Its RS256 public key, PEM.
+    #[serde(default)]
+    pub public_key_file: Option<PathBuf>,
+    /// Its JSON Web Key Set (as served at `/.well-known/jwks.json`), saved to a file.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -217,6 +303,10 @@ impl Config {
             database: d.database,
             idempotency: d.idempotency,
             stripe: d.stripe,
+            graphql: d.graphql,
+            http: d.http,
+            rate_limit: d.rate_limit,
+            jwt: d.jwt,
             default_plan: d.default_plan,
             credit_types: d.credit_types,
             usage_based_units: d.usage_based_units,
@@ -287,6 +377,34 @@ impl Config {
         }
         if self.database.max_connections == 0 {
             bail!("invalid configuration: database.max_connections must be > 0");
+        }
+        let r = &self.rate_limit;
+        if r.enabled && (r.auth_per_minute == 0 || r.requests_per_second == 0 || r.burst == 0) {
+            bail!(
+                "invalid configuration: rate_limit.auth_per_minute, rate_limit.requests_per_second and rate_limit.burst must be > 0 (or rate_limit.enabled = false)"
+            );
+        }
+        let g = &self.graphql;
+        if [
+            g.max_depth,
+            g.max_complexity,
+            g.max_root_fields,
+            g.max_batch,
+            g.max_query_bytes,
+        ]
+        .contains(&0)
+        {
+            bail!("invalid configuration: graphql limits must be > 0");
+        }
+        if self.http.max_body_bytes < 1024 {
+            bail!("invalid configuration: http.max_body_bytes must be at least 1024");
+        }
+        if let Some(idp) = &self.jwt.external
+            && idp.public_key_file.is_none() == idp.jwks_file.is_none()
+        {
+            bail!(
+                "invalid configuration: jwt.external needs exactly one of public_key_file and jwks_file"
+            );
         }
         self.validate_stripe()
     }
@@ -390,6 +508,10 @@ struct Defaults {
     database: DatabaseSettings,
     idempotency: IdempotencySettings,
     stripe: StripeSettings,
+    graphql: GraphqlSettings,
+    http: HttpSettings,
+    rate_limit: RateLimitSettings,
+    jwt: JwtSettings,
     default_plan: String,
     credit_types: Vec<CreditTypeConfig>,
     usage_based_units: Vec<UsageBasedUnitConfig>,
@@ -429,6 +551,34 @@ impl Default for Defaults {
                 checkout_success_url: "http://localhost:3000/billing/success".into(),
                 checkout_cancel_url: "http://localhost:3000/billing".into(),
                 portal_return_url: "http://localhost:3000/billing".into(),
+            },
+            graphql: GraphqlSettings {
+                max_depth: 12,
+                max_complexity: 500,
+                max_aliases: 30,
+                max_root_fields: 20,
+                max_batch: 10,
+                max_query_bytes: 16 * 1024,
+                introspection: true,
+                graphiql: true,
+            },
+            http: HttpSettings {
+                max_body_bytes: 64 * 1024,
+                cors_allowed_origins: Vec::new(),
+                trust_forwarded_for: false,
+                shutdown_timeout_seconds: 30,
+            },
+            rate_limit: RateLimitSettings {
+                enabled: true,
+                auth_per_minute: 10,
+                requests_per_second: 50,
+                burst: 100,
+            },
+            jwt: JwtSettings {
+                issuer: "tollgate".into(),
+                audience: "tollgate".into(),
+                leeway_seconds: 30,
+                external: None,
             },
             default_plan: "free".into(),
             credit_types: default_credit_types(),

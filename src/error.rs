@@ -43,6 +43,8 @@ pub enum AppError {
     FeatureNotIncluded { feature: String },
     #[error("this idempotency key was already used with different input")]
     IdempotencyKeyReused,
+    #[error("too many requests: try again in {retry_after} s")]
+    RateLimited { retry_after: u64 },
     #[error("internal server error")]
     Internal(#[source] anyhow::Error),
 }
@@ -58,6 +60,7 @@ impl AppError {
             AppError::InsufficientCredits(_) => "INSUFFICIENT_CREDITS",
             AppError::FeatureNotIncluded { .. } => "FEATURE_NOT_INCLUDED",
             AppError::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
+            AppError::RateLimited { .. } => "RATE_LIMITED",
             AppError::Internal(_) => "INTERNAL_SERVER_ERROR",
         }
     }
@@ -110,6 +113,7 @@ impl ErrorExtensions for AppError {
                     );
                 }
                 AppError::FeatureNotIncluded { feature } => e.set("feature", feature.as_str()),
+                AppError::RateLimited { retry_after } => e.set("retryAfter", *retry_after),
                 _ => {}
             }
         })

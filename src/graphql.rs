@@ -2,8 +2,10 @@
 //! state resolvers reach through the context, and the extension that gives parse and
 //! validation errors their `extensions.code`.
 
+mod limits;
 pub mod loaders;
 mod mutation;
+mod observe;
 mod query;
 pub mod types;
 
@@ -18,7 +20,7 @@ use async_graphql::{
 
 use crate::{
     auth::Keys, auth::Viewer, billing::StripeHttp, config::Config, db::Database, error::AppError,
-    projects::Writer,
+    metrics::Metrics, projects::Writer, rate_limit::RateLimits,
 };
 
 pub use mutation::Mutation;
@@ -35,15 +37,32 @@ pub struct AppState {
     pub keys: Arc<Keys>,
     /// The Stripe client, when `stripe.secret_key` is configured.
     pub stripe: Option<StripeHttp>,
+    pub metrics: Metrics,
+    pub limits: Arc<RateLimits>,
 }
+
+/// The client's address (for per-address rate limits).
+pub struct ClientAddress(pub std::net::IpAddr);
 
 /// The `Idempotency-Key` header of a request, when it has one.
 pub struct IdempotencyHeader(pub String);
 
-/// The schema; without `state` it can only describe itself (`print-schema`).
+/// The schema; without `state` it can only describe itself (`print-schema`). With it, the
+/// configured limits apply: document length, aliases, root fields, depth, complexity, and
+/// introspection on or off.
 pub fn build_schema(state: Option<AppState>) -> TollgateSchema {
     let mut builder = Schema::build(Query, Mutation, EmptySubscription).extension(ErrorCodes);
     if let Some(state) = state {
+        let limits = &state.config.graphql;
+        builder = builder
+            .extension(observe::Observe(state.metrics.clone()))
+            .extension(limits::Limits::new(limits))
+            .limit_depth(limits.max_depth)
+            .limit_complexity(limits.max_complexity)
+            .limit_recursive_depth(64);
+        if !limits.introspection {
+            builder = builder.disable_introspection();
+        }
         builder = builder.data(state);
     }
     builder.finish()

@@ -1,20 +1,38 @@
 //! The HTTP surface: `POST /graphql`, `GET /graphql` (GraphiQL, or queries — never
-//! mutations), `GET /healthz` and `GET /readyz`. Errors raised before GraphQL runs (a body
-//! that is not JSON, a bad token) get the same JSON shape and codes as GraphQL errors.
+//! mutations), `GET /healthz`, `GET /readyz`, `GET /metrics` and `POST /webhooks/stripe`.
+//! Errors raised before GraphQL runs (a body that is too big or not JSON, a bad token, too
+//! many requests) get the same JSON shape and codes as GraphQL errors.
+//!
+//! Against cross-site requests: a POST must say it is JSON (`Content-Type:
+//! application/json`), which a form or a `text/plain` fetch from another site cannot do
+//! without a CORS preflight; and GET never runs a mutation.
 
-use actix_web::{HttpRequest, HttpResponse, Responder, http::StatusCode, http::header, web};
+use std::net::IpAddr;
+
+use actix_web::{
+    HttpRequest, HttpResponse, Responder,
+    http::{StatusCode, header},
+    web,
+};
 use async_graphql::{
     BatchRequest, BatchResponse, Request, dataloader::DataLoader, http::GraphiQLSource,
     parser::types::OperationType,
 };
 use async_graphql_actix_web::GraphQLResponse;
+use futures::StreamExt;
 use serde_json::json;
 
 use crate::{
     auth, billing,
     error::AppError,
-    graphql::{AppState, IdempotencyHeader, TollgateSchema, loaders::UserLoader, with_code},
+    graphql::{
+        AppState, ClientAddress, IdempotencyHeader, TollgateSchema, loaders::UserLoader, with_code,
+    },
+    rate_limit::Client,
 };
+
+/// The GraphiQL release the playground page loads (from unpkg).
+const GRAPHIQL_VERSION: &str = "3.9.0";
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -24,29 +42,100 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     )
     .route("/webhooks/stripe", web::post().to(billing::receive))
     .route("/healthz", web::get().to(healthz))
-    .route("/readyz", web::get().to(readyz));
+    .route("/readyz", web::get().to(readyz))
+    .route("/metrics", web::get().to(metrics));
 }
 
 async fn graphql_post(
     schema: web::Data<TollgateSchema>,
     state: web::Data<AppState>,
     req: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> HttpResponse {
+    if !is_json(&req) {
+        return state.reject(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "BAD_USER_INPUT",
+            "POST /graphql takes Content-Type: application/json",
+        );
+    }
+    let limit = state.config.http.max_body_bytes;
+    let Some(body) = read_body(&req, payload, limit).await else {
+        return state.reject(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "BAD_USER_INPUT",
+            &format!("the body is larger than {limit} bytes"),
+        );
+    };
+    let max_batch = state.config.graphql.max_batch;
     match serde_json::from_slice::<BatchRequest>(&body) {
         // serde reads `[]` and `{}` as a request with no query.
-        Ok(BatchRequest::Single(request)) if request.query.is_empty() => reject(
+        Ok(BatchRequest::Single(request)) if request.query.is_empty() => state.reject(
             StatusCode::BAD_REQUEST,
             "GRAPHQL_PARSE_FAILED",
             "the request has no query",
         ),
+        Ok(BatchRequest::Batch(requests)) if requests.len() > max_batch => state.reject(
+            StatusCode::BAD_REQUEST,
+            "BAD_USER_INPUT",
+            &format!("a batch may hold at most {max_batch} operations"),
+        ),
         Ok(batch) => execute(&schema, &state, &req, batch).await,
-        Err(e) => reject(
+        Err(e) => state.reject(
             StatusCode::BAD_REQUEST,
             "GRAPHQL_PARSE_FAILED",
             &format!("the body is not a GraphQL request in JSON: {e}"),
         ),
     }
+}
+
+/// Whether the request declares a JSON body.
+fn is_json(req: &HttpRequest) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| {
+            let mime = mime.trim();
+            mime.eq_ignore_ascii_case("application/json")
+                || mime.eq_ignore_ascii_case("application/graphql-response+json")
+        })
+}
+
+/// The body, or `None` when it is longer than `limit` (by its `Content-Length`, or as it
+/// arrives).
+async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Option<Vec<u8>> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return None;
+    }
+    let mut body = Vec::with_capacity(declared.unwrap_or(0));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.ok()?;
+        if body.len() + chunk.len() > limit {
+            return None;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Some(body)
+}
+
+/// The client's address: the connection's peer, or the first `X-Forwarded-For` address
+/// when `http.trust_forwarded_for` is set.
+fn client_address(req: &HttpRequest, trust_forwarded_for: bool) -> IpAddr {
+    let forwarded = trust_forwarded_for
+        .then(|| req.headers().get("x-forwarded-for"))
+        .flatten()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.trim().parse().ok());
+    forwarded
+        .or_else(|| req.peer_addr().map(|a| a.ip()))
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]))
 }
 
 async fn graphql_get(
@@ -55,9 +144,17 @@ async fn graphql_get(
     req: HttpRequest,
 ) -> HttpResponse {
     if req.query_string().is_empty() {
+        if !state.config.graphql.graphiql {
+            return state.reject(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                "GraphiQL is turned off on this server; POST GraphQL requests here",
+            );
+        }
         let page = GraphiQLSource::build()
             .endpoint("/graphql")
             .title("Tollgate GraphiQL")
+            .version(GRAPHIQL_VERSION)
             .finish();
         return HttpResponse::Ok()
             .content_type("text/html; charset=utf-8")
@@ -66,7 +163,7 @@ async fn graphql_get(
     let request = match async_graphql::http::parse_query_string(req.query_string()) {
         Ok(request) => request,
         Err(e) => {
-            return reject(
+            return state.reject(
                 StatusCode::BAD_REQUEST,
                 "GRAPHQL_PARSE_FAILED",
                 &format!("the query string is not a GraphQL request: {e}"),
@@ -75,7 +172,7 @@ async fn graphql_get(
     };
     if has_mutation(&request) {
         // A link or an <img> must never spend credits (CSRF).
-        return reject(
+        return state.reject(
             StatusCode::METHOD_NOT_ALLOWED,
             "BAD_USER_INPUT",
             "mutations are not allowed over GET: use POST",
@@ -111,19 +208,36 @@ async fn execute(
                 AppError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };
-            return reject(status, e.code(), &e.to_string());
+            return state.reject(status, e.code(), &e.to_string());
         }
     };
+    let address = client_address(req, state.config.http.trust_forwarded_for);
+    let client = match viewer.user() {
+        Some(user) => Client::User(user.id),
+        None => Client::Address(address),
+    };
+    if let Err(AppError::RateLimited { retry_after }) = state.limits.check_request(&client) {
+        state.metrics.error("RATE_LIMITED");
+        return HttpResponse::TooManyRequests()
+            .insert_header((header::RETRY_AFTER, retry_after.to_string()))
+            .json(json!({ "errors": [{
+                "message": format!("too many requests: try again in {retry_after} s"),
+                "extensions": { "code": "RATE_LIMITED", "retryAfter": retry_after },
+            }] }));
+    }
     let idempotency_key = req
         .headers()
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let prepare = |request: Request| {
-        let request = request.data(viewer.clone()).data(DataLoader::new(
-            UserLoader(state.db.read.clone()),
-            tokio::spawn,
-        ));
+        let request = request
+            .data(viewer.clone())
+            .data(ClientAddress(address))
+            .data(DataLoader::new(
+                UserLoader(state.db.read.clone()),
+                tokio::spawn,
+            ));
         match &idempotency_key {
             Some(key) => request.data(IdempotencyHeader(key.clone())),
             None => request,
@@ -162,11 +276,27 @@ fn with_default_codes(response: BatchResponse) -> BatchResponse {
     }
 }
 
-/// A GraphQL-shaped error response for requests refused before execution.
-fn reject(status: StatusCode, code: &str, message: &str) -> HttpResponse {
-    HttpResponse::build(status).json(json!({
-        "errors": [{ "message": message, "extensions": { "code": code } }]
-    }))
+impl AppState {
+    /// A GraphQL-shaped error response for a request refused before execution (counted).
+    fn reject(&self, status: StatusCode, code: &str, message: &str) -> HttpResponse {
+        self.metrics.error(code);
+        HttpResponse::build(status).json(json!({
+            "errors": [{ "message": message, "extensions": { "code": code } }]
+        }))
+    }
+}
+
+/// Prometheus text exposition.
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    match state.metrics.render(&state.db).await {
+        Ok(text) => HttpResponse::Ok()
+            .content_type("text/plain; version=0.0.4; charset=utf-8")
+            .body(text),
+        Err(e) => {
+            tracing::warn!(error.cause = %e, "metrics could not read the database");
+            HttpResponse::ServiceUnavailable().finish()
+        }
+    }
 }
 
 async fn healthz() -> HttpResponse {

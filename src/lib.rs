@@ -21,8 +21,12 @@ pub mod graphql;
 pub mod http;
 /// Idempotency keys of guarded mutations: claim, replay, purge.
 pub mod idempotency;
+/// Prometheus metrics (`GET /metrics`).
+pub mod metrics;
 /// Guarded resources: projects and tasks, each created with its credit spend.
 pub mod projects;
+/// Per-client rate limits (governor), per process.
+pub mod rate_limit;
 /// Connect, migrate, serve.
 pub mod startup;
 /// Logging set-up.

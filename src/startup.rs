@@ -1,10 +1,20 @@
 //! Start-up: connect, migrate, upsert the configured plans, bind, and serve. `build` returns a
-//! value tests can start on port 0 and ask which port it got.
+//! value tests can start on port 0 and ask which port it got. Stopping (SIGTERM, SIGINT):
+//! the server stops accepting, lets the requests in flight finish (up to
+//! `http.shutdown_timeout_seconds`), then the usage reporter finishes its round and stops.
 
 use std::{net::TcpListener, sync::Arc};
 
-use actix_web::{App, HttpServer, dev::Server, web};
+use actix_cors::Cors;
+use actix_web::{
+    App, HttpServer,
+    dev::Server,
+    http::header,
+    middleware::{Condition, from_fn},
+    web,
+};
 use migration::{Migrator, MigratorTrait};
+use tokio::{sync::watch, task::JoinHandle};
 use tracing_actix_web::TracingLogger;
 
 use crate::{
@@ -15,13 +25,18 @@ use crate::{
     db::Database,
     graphql::{self, AppState},
     http, idempotency,
+    metrics::Metrics,
     projects::Writer,
+    rate_limit::RateLimits,
+    telemetry::{self, RootSpan},
 };
 
 pub struct Application {
     port: u16,
     server: Server,
     db: Database,
+    stop: watch::Sender<bool>,
+    reporter: Option<JoinHandle<()>>,
 }
 
 impl Application {
@@ -40,46 +55,71 @@ impl Application {
             ),
             std::time::Duration::from_secs(config.idempotency.purge_interval_seconds),
         );
-        let stripe = match &config.stripe.secret_key {
+        let (stop, stopped) = watch::channel(false);
+        let (stripe, reporter) = match &config.stripe.secret_key {
             Some(key) => {
                 let client = StripeHttp::new(
                     key,
                     &config.stripe.api_base,
                     std::time::Duration::from_millis(config.stripe.request_timeout_ms),
                 )?;
-                billing::spawn_reporter(db.clone(), client.clone(), config.stripe.clone());
+                let reporter = billing::spawn_reporter(
+                    db.clone(),
+                    client.clone(),
+                    config.stripe.clone(),
+                    stopped,
+                );
                 tracing::info!(api_base = %config.stripe.api_base, "Stripe usage reporting is on");
-                Some(client)
+                (Some(client), Some(reporter))
             }
             None => {
                 tracing::info!(
                     "Stripe is not configured (no stripe.secret_key): no usage is reported, Checkout and the billing portal are off"
                 );
-                None
+                (None, None)
             }
         };
+        let limits = RateLimits::new(&config.rate_limit);
+        limits.spawn_cleanup();
+        let cors_origins = config.http.cors_allowed_origins.clone();
+        let shutdown_timeout = config.http.shutdown_timeout_seconds;
         if config.stripe.webhook_secret.is_none() {
             tracing::info!("Stripe webhooks are off (no stripe.webhook_secret)");
         }
+        let metrics = Metrics::new()?;
         let state = AppState {
-            writer: Writer::spawn(db.clone(), config.database.max_batch),
+            writer: Writer::spawn(db.clone(), config.database.max_batch, metrics.clone()),
             stripe,
             db: db.clone(),
             config: Arc::new(config),
             keys: Arc::new(keys),
+            metrics,
+            limits,
         };
         let schema = web::Data::new(graphql::build_schema(Some(state.clone())));
         let state = web::Data::new(state);
         let server = HttpServer::new(move || {
             App::new()
-                .wrap(TracingLogger::default())
+                .wrap(Condition::new(
+                    !cors_origins.is_empty(),
+                    cors(&cors_origins),
+                ))
+                .wrap(TracingLogger::<RootSpan>::new())
+                .wrap(from_fn(telemetry::request_id))
                 .app_data(schema.clone())
                 .app_data(state.clone())
                 .configure(http::routes)
         })
+        .shutdown_timeout(shutdown_timeout)
         .listen(listener)?
         .run();
-        Ok(Application { port, server, db })
+        Ok(Application {
+            port,
+            server,
+            db,
+            stop,
+            reporter,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -91,10 +131,45 @@ impl Application {
         &self.db
     }
 
+    /// Serves until SIGTERM or SIGINT; then drains and stops the background work.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         tracing::info!(port = self.port, "Tollgate listening; GraphiQL at /graphql");
-        self.server.await
+        let served = self.server.await;
+        tracing::info!("server stopped; stopping background work");
+        let _ = self.stop.send(true);
+        if let Some(reporter) = self.reporter {
+            let _ = reporter.await;
+        }
+        tracing::info!("Tollgate stopped");
+        served
     }
+}
+
+/// CORS for the configured origins (`*`: any). Browsers may send `Authorization`,
+/// `Content-Type`, `Idempotency-Key` and `X-Request-Id`, and read `X-Request-Id` and
+/// `Retry-After`; cookies are never involved.
+fn cors(origins: &[String]) -> Cors {
+    let mut cors = Cors::default()
+        .allowed_methods(["GET", "POST"])
+        .allowed_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::HeaderName::from_static("idempotency-key"),
+            header::HeaderName::from_static("x-request-id"),
+        ])
+        .expose_headers([
+            header::HeaderName::from_static("x-request-id"),
+            header::RETRY_AFTER,
+        ])
+        .max_age(600);
+    for origin in origins {
+        cors = if origin == "*" {
+            cors.allow_any_origin()
+        } else {
+            cors.allowed_origin(origin)
+        };
+    }
+    cors
 }
 
 /// Applies pending migrations.

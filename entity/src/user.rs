@@ -12,6 +12,9 @@ pub struct Model {
     pub name: Option<String>,
     pub password_hash: String,
     pub created_at: DateTimeUtc,
+    /// The `sub` of an external identity provider that signs this user in, if any.
+    #[sea_orm(unique)]
+    pub external_subject: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261125_000001_core;
 mod m20261125_000002_idempotency;
 mod m20261125_000003_stripe;
+mod m20261125_000004_external_subject;
 
 pub struct Migrator;
 
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000001_core::Migration),
             Box::new(m20261125_000002_idempotency::Migration),
             Box::new(m20261125_000003_stripe::Migration),
+            Box::new(m20261125_000004_external_subject::Migration),
         ]
     }
 }

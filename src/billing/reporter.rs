@@ -17,7 +17,7 @@ use std::{collections::HashMap, time::Duration};
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, stream};
 use stripe_billing::billing_meter_event::CreateBillingMeterEvent;
-use tokio::task::JoinHandle;
+use tokio::{sync::watch, task::JoinHandle};
 
 use super::{
     StripeFailure, StripeHttp,
@@ -29,23 +29,29 @@ use crate::{config::StripeSettings, db::Database};
 /// for the time the send takes.
 const OLDEST_REPORTABLE: chrono::Duration = chrono::Duration::hours(35 * 24 - 1);
 
-/// Starts the reporter; it runs until the process ends or the handle is aborted.
+/// Starts the reporter. It runs until `stop` turns true; then it finishes the round in hand
+/// (every event it sent gets its outcome recorded) and ends.
 pub fn spawn_reporter(
     db: Database,
     client: StripeHttp,
     settings: StripeSettings,
+    mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let interval = Duration::from_millis(settings.worker_interval_ms);
-        loop {
+        while !*stop.borrow() {
             match round(&db, &client, &settings).await {
                 // A full batch: more may be due at once.
                 Ok(claimed) if claimed as u64 >= settings.batch_size => continue,
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "usage reporting round failed; will retry"),
             }
-            tokio::time::sleep(interval).await;
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = stop.changed() => {}
+            }
         }
+        tracing::info!("usage reporter stopped");
     })
 }
 

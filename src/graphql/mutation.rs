@@ -7,7 +7,7 @@ use crate::{
     billing,
     error::AppError,
     graphql::{
-        IdempotencyHeader, state,
+        ClientAddress, IdempotencyHeader, state,
         types::{
             AuthPayload, BillingPortalSession, CheckoutSession, CreateProjectInput,
             CreateTaskInput, CreateTenantInput, Project, SignUpInput, Task, Tenant, parse_id,
@@ -29,6 +29,15 @@ fn stripe(state: &crate::graphql::AppState) -> Result<&billing::StripeHttp, AppE
         .ok_or_else(|| AppError::bad_input("billing is not configured on this server"))
 }
 
+/// One sign-in or sign-up attempt from the request's address: `RATE_LIMITED` past
+/// `rate_limit.auth_per_minute`.
+fn auth_attempt(ctx: &Context<'_>, state: &crate::graphql::AppState) -> Result<(), AppError> {
+    match ctx.data_opt::<ClientAddress>() {
+        Some(address) => state.limits.check_auth(address.0),
+        None => Ok(()),
+    }
+}
+
 /// The request's `Idempotency-Key` header, used when the argument is not given.
 fn header_key(ctx: &Context<'_>) -> Option<String> {
     ctx.data_opt::<IdempotencyHeader>().map(|h| h.0.clone())
@@ -44,6 +53,7 @@ impl Mutation {
         input: SignUpInput,
     ) -> async_graphql::Result<AuthPayload> {
         let state = state(ctx)?;
+        auth_attempt(ctx, state).extend()?;
         let input = SignUp {
             email: input.email,
             password: input.password,
@@ -66,6 +76,7 @@ impl Mutation {
         password: String,
     ) -> async_graphql::Result<AuthPayload> {
         let state = state(ctx)?;
+        auth_attempt(ctx, state).extend()?;
         let (user, token) = auth::sign_in(&state.db.read, &state.keys, &email, password)
             .await
             .extend()?;

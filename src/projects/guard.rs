@@ -84,6 +84,14 @@ pub enum Created {
     Task(task::Model),
 }
 
+/// What a guard's writes did: the resource, and whether credits were spent for it now (not
+/// on an idempotent replay).
+#[derive(Debug)]
+pub struct Written {
+    pub created: Created,
+    pub charged: bool,
+}
+
 struct Key {
     value: String,
     fingerprint: Fingerprint,
@@ -165,6 +173,11 @@ impl Guarded {
         self.tenant_id
     }
 
+    /// What the guard spends: its credit type and amount.
+    pub(super) fn credit_type(&self) -> &CreditTypeConfig {
+        &self.credit_type
+    }
+
     /// Whether the guard can share a transaction with others: a refused guard writes
     /// nothing, but a refused keyed guard would leave its key claimed without a savepoint.
     pub(super) fn batchable(&self) -> bool {
@@ -174,7 +187,7 @@ impl Guarded {
     /// The guard's writes inside `txn`: claim the key, consume the credits, insert the
     /// resource. On a refusal (`INSUFFICIENT_CREDITS`, `FEATURE_NOT_INCLUDED`) it has written
     /// nothing, except a key claim, which its caller must roll back.
-    pub(super) async fn write(&self, txn: &impl ConnectionTrait) -> Result<Created, AppError> {
+    pub(super) async fn write(&self, txn: &impl ConnectionTrait) -> Result<Written, AppError> {
         let now = Utc::now();
         if let Some(key) = &self.key {
             let claim = idempotency::claim(
@@ -188,7 +201,10 @@ impl Guarded {
             )
             .await?;
             if let Claim::Replay(original) = claim {
-                return self.load(txn, original).await;
+                return Ok(Written {
+                    created: self.load(txn, original).await?,
+                    charged: false,
+                });
             }
         }
         let spend = Spend {
@@ -200,12 +216,15 @@ impl Guarded {
         };
         let (paid, created) = self.resource.paid()?;
         credits::consume(txn, &spend, now, paid).await?;
-        Ok(created)
+        Ok(Written {
+            created,
+            charged: true,
+        })
     }
 
     /// The guard in a transaction of its own, again if the database aborted it for
     /// contention (a Postgres serialization failure or deadlock, SQLite busy).
-    pub async fn run_alone(&self, db: &Database) -> Result<Created, AppError> {
+    pub async fn run_alone(&self, db: &Database) -> Result<Written, AppError> {
         let mut attempt = 1;
         loop {
             let outcome = async {

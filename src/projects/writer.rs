@@ -12,38 +12,45 @@
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Created, Guarded};
-use crate::{db::Database, error::AppError};
+use super::{Created, Guarded, guard::Written};
+use crate::{db::Database, error::AppError, metrics::Metrics};
 
-type Reply = oneshot::Sender<Result<Created, AppError>>;
+type Reply = oneshot::Sender<Result<Written, AppError>>;
 
 /// A handle to the process's guard writer.
 #[derive(Clone)]
 pub struct Writer {
     db: Database,
     jobs: mpsc::Sender<(Guarded, Reply)>,
+    metrics: Metrics,
 }
 
 impl Writer {
     /// Starts the writer task; it runs until every handle is dropped.
-    pub fn spawn(db: Database, max_batch: usize) -> Self {
+    pub fn spawn(db: Database, max_batch: usize, metrics: Metrics) -> Self {
         let (jobs, queue) = mpsc::channel(4 * max_batch.max(1));
         tokio::spawn(run(db.clone(), queue, max_batch.max(1)));
-        Writer { db, jobs }
+        Writer { db, jobs, metrics }
     }
 
     /// Runs `guarded` and answers once its writes are committed (or refused).
     pub async fn submit(&self, guarded: Guarded) -> Result<Created, AppError> {
-        if !guarded.batchable() {
-            return guarded.run_alone(&self.db).await;
+        let credit_type = guarded.credit_type().clone();
+        let written = if guarded.batchable() {
+            let (reply, answer) = oneshot::channel();
+            let stopped = || AppError::Internal(anyhow::anyhow!("the guard writer has stopped"));
+            self.jobs
+                .send((guarded, reply))
+                .await
+                .map_err(|_| stopped())?;
+            answer.await.map_err(|_| stopped())??
+        } else {
+            guarded.run_alone(&self.db).await?
+        };
+        if written.charged {
+            self.metrics.credits(&credit_type.value, credit_type.amount);
         }
-        let (reply, answer) = oneshot::channel();
-        let stopped = || AppError::Internal(anyhow::anyhow!("the guard writer has stopped"));
-        self.jobs
-            .send((guarded, reply))
-            .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        Ok(written.created)
     }
 }
 
@@ -72,7 +79,7 @@ async fn run(db: Database, mut queue: mpsc::Receiver<(Guarded, Reply)>, max_batc
 async fn write_batch(
     db: &Database,
     batch: &[(Guarded, Reply)],
-) -> Result<Vec<Result<Created, AppError>>, anyhow::Error> {
+) -> Result<Vec<Result<Written, AppError>>, anyhow::Error> {
     let txn = db.begin_write().await?;
     let mut outcomes = Vec::with_capacity(batch.len());
     for (guarded, _) in batch {

@@ -129,25 +129,44 @@ async fn every_invalid_token_is_unauthenticated_never_anonymous() {
         URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#),
         URL_SAFE_NO_PAD.encode(json!({ "sub": id, "exp": now + 600 }).to_string())
     );
+    let claims = |sub: &str, exp: i64| json!({ "sub": sub, "exp": exp, "iss": "tollgate", "aud": "tollgate" });
+    let without = |key: &str| {
+        let mut c = claims(&id, now + 600);
+        c.as_object_mut().unwrap().remove(key);
+        c
+    };
+    let with = |key: &str, value: &str| {
+        let mut c = claims(&id, now + 600);
+        c[key] = json!(value);
+        c
+    };
+    // The control: a token made like Tollgate's own is accepted.
+    let good = sign(claims(&id, now + 600), JWT_SECRET);
+    let body = app.gql(Some(&good), "{ me { id } }", json!({})).await;
+    assert_eq!(body["data"]["me"]["id"], json!(id), "{body}");
     let cases = [
         ("garbage", "not.a.token".to_owned()),
         (
             "wrong key",
             sign(
-                json!({ "sub": id, "exp": now + 600 }),
+                claims(&id, now + 600),
                 "another-secret-another-secret-another-secret",
             ),
         ),
         ("alg none", unsigned),
+        ("expired", sign(claims(&id, now - 3600), JWT_SECRET)),
+        ("no exp", sign(without("exp"), JWT_SECRET)),
+        ("no iss", sign(without("iss"), JWT_SECRET)),
+        ("no aud", sign(without("aud"), JWT_SECRET)),
+        ("another issuer", sign(with("iss", "evil"), JWT_SECRET)),
         (
-            "expired",
-            sign(json!({ "sub": id, "exp": now - 3600 }), JWT_SECRET),
+            "another audience",
+            sign(with("aud", "other-api"), JWT_SECRET),
         ),
-        ("no exp", sign(json!({ "sub": id }), JWT_SECRET)),
         (
             "unknown user",
             sign(
-                json!({ "sub": uuid::Uuid::now_v7().to_string(), "exp": now + 600 }),
+                claims(&uuid::Uuid::now_v7().to_string(), now + 600),
                 JWT_SECRET,
             ),
         ),

@@ -75,6 +75,8 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     config.data_dir = dir.path().to_path_buf();
     config.database.max_connections = 8;
     config.database.acquire_timeout_ms = 30_000;
+    // Tests send many requests from one address and user; the rate-limit tests turn it on.
+    config.rate_limit.enabled = false;
     configure(&mut config);
     config.validate().expect("valid test config");
     if std::env::var_os("TEST_LOG").is_some() {
@@ -247,6 +249,7 @@ impl TestApp {
             .args(args)
             .env("DATABASE_URL", &self.database_url)
             .env("TOLLGATE_JWT_SECRET", JWT_SECRET)
+            .env("TOLLGATE_RATE_LIMIT__ENABLED", "false")
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());

@@ -1,0 +1,179 @@
+//! Prometheus metrics, served as text at `GET /metrics`: requests and their latency by
+//! operation, errors by code (denials included), credits consumed by credit type, the Stripe
+//! outbox (pending events, the oldest one's age, failed events), the database pools, and the
+//! statements sent. Counters live in this process; the outbox figures are read from the
+//! database at each scrape, so every replica reports the same ones.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr, Statement};
+
+use crate::db::Database;
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    errors: IntCounterVec,
+    credits: IntCounterVec,
+    outbox: IntGaugeVec,
+    pool: IntGaugeVec,
+    statements: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("tollgate".into()), None)?;
+        let requests = IntCounterVec::new(
+            Opts::new("graphql_requests_total", "GraphQL operations, by operation"),
+            &["operation"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "graphql_request_duration_seconds",
+                "Time to answer a GraphQL operation, by operation",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["operation"],
+        )?;
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "graphql_errors_total",
+                "Errors answered, by code (INSUFFICIENT_CREDITS, RATE_LIMITED, …)",
+            ),
+            &["code"],
+        )?;
+        let credits = IntCounterVec::new(
+            Opts::new("credits_consumed_total", "Credits spent, by credit type"),
+            &["credit_type"],
+        )?;
+        let outbox = IntGaugeVec::new(
+            Opts::new(
+                "usage_events",
+                "Stripe outbox: `pending`, `failed`, and `oldest_pending_age_seconds`",
+            ),
+            &["measure"],
+        )?;
+        let pool = IntGaugeVec::new(
+            Opts::new(
+                "db_pool_connections",
+                "Database connections, by pool and state",
+            ),
+            &["pool", "state"],
+        )?;
+        let statements = IntCounter::new("db_statements_total", "SQL statements sent")?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(errors.clone()))?;
+        registry.register(Box::new(credits.clone()))?;
+        registry.register(Box::new(outbox.clone()))?;
+        registry.register(Box::new(pool.clone()))?;
+        registry.register(Box::new(statements.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            latency,
+            errors,
+            credits,
+            outbox,
+            pool,
+            statements,
+        })
+    }
+
+    /// One GraphQL operation answered in `elapsed`.
+    pub fn request(&self, operation: &str, elapsed: Duration) {
+        self.requests.with_label_values(&[operation]).inc();
+        self.latency
+            .with_label_values(&[operation])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// One error answered with `code`.
+    pub fn error(&self, code: &str) {
+        self.errors.with_label_values(&[code]).inc();
+    }
+
+    /// `amount` credits of `credit_type` spent.
+    pub fn credits(&self, credit_type: &str, amount: i64) {
+        self.credits
+            .with_label_values(&[credit_type])
+            .inc_by(u64::try_from(amount).unwrap_or(0));
+    }
+
+    /// The text exposition, with the database figures read now.
+    pub async fn render(&self, db: &Database) -> Result<String, DbErr> {
+        let (pending, failed, oldest) = outbox_figures(&db.read).await?;
+        self.outbox.with_label_values(&["pending"]).set(pending);
+        self.outbox.with_label_values(&["failed"]).set(failed);
+        let age = oldest.map_or(0, |t| (Utc::now() - t).num_seconds().max(0));
+        self.outbox
+            .with_label_values(&["oldest_pending_age_seconds"])
+            .set(age);
+        for (name, conn) in [("read", &db.read), ("write", &db.write)] {
+            let (size, idle) = pool_figures(conn);
+            self.pool.with_label_values(&[name, "open"]).set(size);
+            self.pool.with_label_values(&[name, "idle"]).set(idle);
+        }
+        let sent = db.statements();
+        self.statements
+            .inc_by(sent.saturating_sub(self.statements.get()));
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .map_err(|e| DbErr::Custom(e.to_string()))?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+}
+
+async fn outbox_figures(
+    db: &DatabaseConnection,
+) -> Result<(i64, i64, Option<DateTime<Utc>>), DbErr> {
+    let backend = db.get_database_backend();
+    let row = db
+        .query_one_raw(Statement::from_string(
+            backend,
+            "SELECT CAST(COUNT(*) AS BIGINT) AS n, MIN(created_at) AS oldest \
+             FROM usage_event WHERE status = 'PENDING'",
+        ))
+        .await?;
+    let (pending, oldest) = match row {
+        Some(row) => (
+            row.try_get::<i64>("", "n")?,
+            row.try_get::<Option<DateTime<Utc>>>("", "oldest")?,
+        ),
+        None => (0, None),
+    };
+    let failed = db
+        .query_one_raw(Statement::from_string(
+            backend,
+            "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM usage_event WHERE status = 'FAILED'",
+        ))
+        .await?
+        .map(|row| row.try_get::<i64>("", "n"))
+        .transpose()?
+        .unwrap_or(0);
+    Ok((pending, failed, oldest))
+}
+
+fn pool_figures(conn: &DatabaseConnection) -> (i64, i64) {
+    let (size, idle) = match conn.get_database_backend() {
+        DatabaseBackend::Postgres => {
+            let pool = conn.get_postgres_connection_pool();
+            (pool.size(), pool.num_idle())
+        }
+        _ => {
+            let pool = conn.get_sqlite_connection_pool();
+            (pool.size(), pool.num_idle())
+        }
+    };
+    (i64::from(size), i64::try_from(idle).unwrap_or(i64::MAX))
+}
