@@ -3,7 +3,7 @@ use chrono::Utc;
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::json;
 
-use crate::helpers::{JWT_SECRET, error_code, spawn_app};
+use crate::helpers::{JWT_SECRET, error_code, spawn_app, spawn_app_with};
 
 const ME: &str = "{ me { id email name } }";
 
@@ -206,4 +206,167 @@ async fn the_token_command_mints_a_token_for_an_existing_user() {
     assert_eq!(me["data"]["me"]["id"], id.as_str());
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no user"));
+}
+
+/// An RSA key pair made with openssl: (private PEM, public PEM).
+fn rsa_pair(dir: &std::path::Path) -> (Vec<u8>, Vec<u8>) {
+    let private = dir.join("idp.key");
+    let public = dir.join("idp.pub");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["genrsa", "-out", private.to_str().unwrap(), "2048"]);
+    run(&[
+        "rsa",
+        "-in",
+        private.to_str().unwrap(),
+        "-pubout",
+        "-out",
+        public.to_str().unwrap(),
+    ]);
+    (
+        std::fs::read(private).unwrap(),
+        std::fs::read(public).unwrap(),
+    )
+}
+
+fn idp_token(private: &[u8], kid: Option<&str>, claims: serde_json::Value) -> String {
+    let mut header = Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &EncodingKey::from_rsa_pem(private).expect("RSA key"),
+    )
+    .expect("token encodes")
+}
+
+#[tokio::test]
+async fn tokens_of_an_external_identity_provider_sign_users_in_by_sub() {
+    let dir = tempfile::tempdir().unwrap();
+    let (private, _) = rsa_pair(dir.path());
+    let key_path = dir.path().join("idp.pub");
+    let app = spawn_app_with(move |c| {
+        c.jwt.external = Some(tollgate::config::ExternalIdp {
+            issuer: "https://idp.example".into(),
+            audience: "tollgate-api".into(),
+            public_key_file: Some(key_path),
+            jwks_file: None,
+        });
+    })
+    .await;
+    let now = Utc::now().timestamp();
+    let claims = |sub: &str, email: &str, verified: bool| {
+        json!({ "sub": sub, "exp": now + 600, "iss": "https://idp.example", "aud": "tollgate-api",
+                "email": email, "email_verified": verified, "name": "Idp User" })
+    };
+    // First visit: an account is made for the provider's user.
+    let token = idp_token(&private, None, claims("idp|42", "Idp@Example.com", true));
+    let first = app.gql(Some(&token), ME, json!({})).await;
+    assert_eq!(first["data"]["me"]["email"], "idp@example.com", "{first}");
+    assert_eq!(first["data"]["me"]["name"], "Idp User");
+    // Later visits: the same account, by `sub` (the email may even change at the provider).
+    let token = idp_token(
+        &private,
+        None,
+        claims("idp|42", "renamed@example.com", true),
+    );
+    let again = app.gql(Some(&token), ME, json!({})).await;
+    assert_eq!(again["data"]["me"]["id"], first["data"]["me"]["id"]);
+    // The provider's user can do what any user can.
+    let tenant = app.create_tenant(&token, "idp-tenant").await;
+    assert!(!tenant.is_empty());
+    // A Tollgate account with a verified email is linked on first visit; not without.
+    let (_, ann) = app.sign_up("ann@example.com").await;
+    let unverified = idp_token(&private, None, claims("idp|7", "ann@example.com", false));
+    let response = app
+        .client
+        .post(format!("{}/graphql", app.address))
+        .bearer_auth(&unverified)
+        .json(&json!({ "query": ME }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    let verified = idp_token(&private, None, claims("idp|7", "ann@example.com", true));
+    let linked = app.gql(Some(&verified), ME, json!({})).await;
+    assert_eq!(linked["data"]["me"]["id"], json!(ann), "{linked}");
+
+    // Refused: another audience, another issuer, expired, HS256 claiming the provider.
+    let mut wrong_aud = claims("idp|42", "idp@example.com", true);
+    wrong_aud["aud"] = json!("another-api");
+    let mut wrong_iss = claims("idp|42", "idp@example.com", true);
+    wrong_iss["iss"] = json!("https://evil.example");
+    let mut expired = claims("idp|42", "idp@example.com", true);
+    expired["exp"] = json!(now - 3600);
+    let other = tempfile::tempdir().unwrap();
+    let (other_private, _) = rsa_pair(other.path());
+    let forged = idp_token(
+        &other_private,
+        None,
+        claims("idp|42", "idp@example.com", true),
+    );
+    for (case, token) in [
+        ("audience", idp_token(&private, None, wrong_aud)),
+        ("issuer", idp_token(&private, None, wrong_iss)),
+        ("expired", idp_token(&private, None, expired)),
+        ("another key", forged),
+    ] {
+        let response = app
+            .client
+            .post(format!("{}/graphql", app.address))
+            .bearer_auth(&token)
+            .json(&json!({ "query": ME }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 401, "{case}");
+    }
+}
+
+#[tokio::test]
+async fn an_external_provider_can_be_given_as_a_jwks_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (private, _) = rsa_pair(dir.path());
+    let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(
+        &EncodingKey::from_rsa_pem(&private).unwrap(),
+        jsonwebtoken::Algorithm::RS256,
+    )
+    .unwrap();
+    jwk.common.key_id = Some("key-2026".into());
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, json!({ "keys": [jwk] }).to_string()).unwrap();
+    let app = spawn_app_with(move |c| {
+        c.jwt.external = Some(tollgate::config::ExternalIdp {
+            issuer: "https://idp.example".into(),
+            audience: "tollgate-api".into(),
+            public_key_file: None,
+            jwks_file: Some(jwks),
+        });
+    })
+    .await;
+    let now = Utc::now().timestamp();
+    let claims = json!({ "sub": "idp|1", "exp": now + 600, "iss": "https://idp.example",
+                         "aud": "tollgate-api", "email": "jwks@example.com", "email_verified": true });
+    let token = idp_token(&private, Some("key-2026"), claims.clone());
+    let body = app.gql(Some(&token), "{ me { email } }", json!({})).await;
+    assert_eq!(body["data"]["me"]["email"], "jwks@example.com", "{body}");
+    let unknown_kid = idp_token(&private, Some("key-1999"), claims);
+    let response = app
+        .client
+        .post(format!("{}/graphql", app.address))
+        .bearer_auth(&unknown_kid)
+        .json(&json!({ "query": "{ me { email } }" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
 }

@@ -40,6 +40,8 @@ pub struct Recorded {
     pub checkout_failure: Option<u16>,
     /// Delay for every accepted meter event (to keep reporters busy).
     pub latency: Option<Duration>,
+    /// Delay before every Checkout answer.
+    pub checkout_latency: Option<Duration>,
 }
 
 #[derive(Clone)]
@@ -159,11 +161,18 @@ async fn checkout_session(
     form: web::Form<Vec<(String, String)>>,
 ) -> HttpResponse {
     let form: HashMap<String, String> = form.into_inner().into_iter().collect();
-    let (n, failure) = {
+    let (n, failure, latency) = {
         let mut r = recorded.lock().unwrap();
         r.checkout_requests.push(form.clone());
-        (r.checkout_requests.len(), r.checkout_failure)
+        (
+            r.checkout_requests.len(),
+            r.checkout_failure,
+            r.checkout_latency,
+        )
     };
+    if let Some(latency) = latency {
+        tokio::time::sleep(latency).await;
+    }
     if let Some(status) = failure {
         return stripe_error(
             status,

@@ -343,6 +343,67 @@ fn server_base(url: &str) -> String {
     }
 }
 
+/// A database outage made by a test: Postgres refuses connections to the app's database
+/// (and drops the open ones). An open SQLite file cannot go away under a process, so there
+/// another connection holds the write lock instead: writes fail, reads still work.
+pub struct Outage {
+    admin: DatabaseConnection,
+    postgres_name: Option<String>,
+}
+
+impl TestApp {
+    pub fn is_postgres(&self) -> bool {
+        self._postgres.is_some()
+    }
+
+    pub async fn database_outage(&self) -> Outage {
+        match &self._postgres {
+            Some(pg) => {
+                let admin = SeaDatabase::connect(&pg.admin_url).await.expect("admin");
+                admin
+                    .execute_unprepared(&format!(
+                        "ALTER DATABASE \"{0}\" ALLOW_CONNECTIONS false; \
+                         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{0}'",
+                        pg.name
+                    ))
+                    .await
+                    .expect("outage starts");
+                Outage {
+                    admin,
+                    postgres_name: Some(pg.name.clone()),
+                }
+            }
+            None => {
+                let mut options = sea_orm::ConnectOptions::new(self.database_url.clone());
+                options.max_connections(1).min_connections(1);
+                let admin = SeaDatabase::connect(options).await.expect("locker");
+                admin
+                    .execute_unprepared("PRAGMA busy_timeout = 10000; BEGIN IMMEDIATE")
+                    .await
+                    .expect("outage starts");
+                Outage {
+                    admin,
+                    postgres_name: None,
+                }
+            }
+        }
+    }
+}
+
+impl Outage {
+    pub async fn end(self) {
+        let sql = match &self.postgres_name {
+            Some(name) => format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true"),
+            None => "COMMIT".to_owned(),
+        };
+        self.admin
+            .execute_unprepared(&sql)
+            .await
+            .expect("outage ends");
+        let _ = self.admin.close().await;
+    }
+}
+
 /// A `tollgate serve` process of its own (for crash and multi-replica tests); killed on drop.
 pub struct ServerProcess {
     pub url: String,
@@ -405,6 +466,20 @@ impl TestApp {
 }
 
 impl ServerProcess {
+    /// SIGTERM, then waits (up to 30 s) for the process to exit; its exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "SIGTERM sent");
+        for _ in 0..300 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("the server did not stop within 30 s of SIGTERM");
+    }
+
     /// SIGKILL: no shutdown, no flush, no goodbye.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

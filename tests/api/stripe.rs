@@ -15,8 +15,8 @@ use crate::{
 };
 
 const WEBHOOK_SECRET: &str = "whsec_test_0123456789abcdef";
-const SECRET_KEY: &str = "sk_test_fake_key";
-const PRO_PRICE: &str = "price_pro_monthly";
+pub(crate) const SECRET_KEY: &str = "sk_test_fake_key";
+pub(crate) const PRO_PRICE: &str = "price_pro_monthly";
 
 /// A server reporting to `fake` quickly (50 ms rounds, short backoff), with webhooks on and
 /// the `pro` plan sold at `PRO_PRICE`.
@@ -40,7 +40,7 @@ async fn stripe_app(fake: &FakeStripe, configure: impl FnOnce(&mut Config)) -> T
 }
 
 /// Waits (up to 20 s) until `check` holds.
-async fn eventually<F, Fut>(what: &str, mut check: F)
+pub(crate) async fn eventually<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -125,7 +125,7 @@ async fn deliver_signed(app: &TestApp, body: &str) -> (u16, Value) {
 }
 
 /// Makes `customer` the tenant's Stripe customer, as a completed Checkout does.
-async fn link_customer(app: &TestApp, tenant: &str, customer: &str) {
+pub(crate) async fn link_customer(app: &TestApp, tenant: &str, customer: &str) {
     let body = event(
         &format!("evt_link_{tenant}"),
         "checkout.session.completed",
@@ -143,7 +143,7 @@ const REPORTS: &str = "query($t: ID!, $first: Int, $after: String) {
         pageInfo { hasNextPage endCursor }
     } }";
 
-async fn reports(app: &TestApp, token: &str, tenant: &str) -> Vec<Value> {
+pub(crate) async fn reports(app: &TestApp, token: &str, tenant: &str) -> Vec<Value> {
     let body = app
         .gql(Some(token), REPORTS, json!({ "t": tenant, "first": 100 }))
         .await;
@@ -379,7 +379,7 @@ async fn usage_older_than_stripe_accepts_is_marked_failed_without_sending() {
 }
 
 /// Server-process settings for the reporter tests: Stripe at `fake`, quick rounds.
-fn reporter_env(fake: &FakeStripe, claim_seconds: &str) -> Vec<(&'static str, String)> {
+pub(crate) fn reporter_env(fake: &FakeStripe, claim_seconds: &str) -> Vec<(&'static str, String)> {
     vec![
         ("TOLLGATE_STRIPE__SECRET_KEY", SECRET_KEY.to_owned()),
         ("TOLLGATE_STRIPE__API_BASE", fake.url.clone()),
@@ -391,7 +391,10 @@ fn reporter_env(fake: &FakeStripe, claim_seconds: &str) -> Vec<(&'static str, St
 }
 
 /// A server without a reporter: webhooks and GraphQL only (the reporters run in processes).
-async fn webhook_only_app(fake: &FakeStripe, configure: impl FnOnce(&mut Config)) -> TestApp {
+pub(crate) async fn webhook_only_app(
+    fake: &FakeStripe,
+    configure: impl FnOnce(&mut Config),
+) -> TestApp {
     stripe_app(fake, |c| {
         c.stripe.secret_key = None;
         configure(c);
@@ -690,7 +693,7 @@ async fn webhooks_are_off_without_a_webhook_secret() {
     assert_eq!(status, 404, "{answer}");
 }
 
-const CHECKOUT: &str = "mutation($t: ID!, $p: String!) {
+pub(crate) const CHECKOUT: &str = "mutation($t: ID!, $p: String!) {
     createCheckoutSession(tenantId: $t, planSlug: $p) { url } }";
 const PORTAL: &str = "mutation($t: ID!) { createBillingPortalSession(tenantId: $t) { url } }";
 

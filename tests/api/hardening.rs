@@ -1,0 +1,374 @@
+//! A public endpoint that spends money, against hostile clients: limits on what one request
+//! may ask, JSON-only POSTs, CORS, rate limits, and request ids.
+
+use reqwest::header::{CONTENT_TYPE, HeaderMap};
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, error_code, spawn_app, spawn_app_with};
+
+/// POSTs `body` with `content_type` (none when `None`); returns status, headers and JSON body.
+async fn post_raw(
+    app: &TestApp,
+    content_type: Option<&str>,
+    body: impl Into<reqwest::Body>,
+) -> (u16, HeaderMap, Value) {
+    let mut request = app
+        .client
+        .post(format!("{}/graphql", app.address))
+        .body(body);
+    if let Some(ct) = content_type {
+        request = request.header(CONTENT_TYPE, ct);
+    }
+    let response = request.send().await.expect("sent");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (
+        status,
+        headers,
+        response.json().await.unwrap_or(Value::Null),
+    )
+}
+
+async fn post_json(app: &TestApp, body: &Value) -> (u16, Value) {
+    let (status, _, json) = post_raw(app, Some("application/json"), body.to_string()).await;
+    (status, json)
+}
+
+fn nested(levels: usize) -> String {
+    // Introspection nests as deep as a client likes: `ofType { ofType { … } }`.
+    let mut query = String::from("{ __schema { types { fields { type ");
+    for _ in 0..levels {
+        query.push_str("{ ofType ");
+    }
+    query.push_str("{ name }");
+    for _ in 0..levels {
+        query.push('}');
+    }
+    query.push_str(" } } } }");
+    query
+}
+
+fn aliased(n: usize) -> String {
+    let fields: Vec<String> = (0..n)
+        .map(|i| format!("a{i}: creditTypes {{ value }}"))
+        .collect();
+    format!("{{ {} }}", fields.join(" "))
+}
+
+#[tokio::test]
+async fn hostile_requests_get_their_code_and_never_a_500() {
+    let app = spawn_app().await;
+    let big = "x".repeat(100 * 1024);
+    let long_query = format!("{{ creditTypes {{ value }} }} #{}", "x".repeat(20 * 1024));
+    let wide = format!(
+        "{{ creditTypes {{ {} }} }}",
+        "value name description amount ".repeat(150)
+    );
+    let root_fields = format!(
+        "{{ {} }}",
+        (0..25)
+            .map(|_| "creditTypes { value }")
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let batch: Vec<Value> = (0..1000)
+        .map(|_| json!({ "query": "{ creditTypes { value } }" }))
+        .collect();
+    let cases: Vec<(&str, Value, u16, &str)> = vec![
+        ("huge body", json!({ "query": big }), 413, "BAD_USER_INPUT"),
+        (
+            "oversized variables",
+            json!({ "query": "query($x: String) { creditTypes { value } }", "variables": { "x": big } }),
+            413,
+            "BAD_USER_INPUT",
+        ),
+        (
+            "deep nesting",
+            json!({ "query": nested(40) }),
+            200,
+            "GRAPHQL_VALIDATION_FAILED",
+        ),
+        (
+            "nesting deeper than the parser goes",
+            json!({ "query": format!("{}{}", "{ a ".repeat(3000), "}".repeat(3000)) }),
+            200,
+            "GRAPHQL_PARSE_FAILED",
+        ),
+        (
+            "alias bomb",
+            json!({ "query": aliased(100) }),
+            200,
+            "GRAPHQL_VALIDATION_FAILED",
+        ),
+        (
+            "too many root fields",
+            json!({ "query": root_fields }),
+            200,
+            "GRAPHQL_VALIDATION_FAILED",
+        ),
+        (
+            "too complex",
+            json!({ "query": wide }),
+            200,
+            "GRAPHQL_VALIDATION_FAILED",
+        ),
+        (
+            "document too long",
+            json!({ "query": long_query }),
+            200,
+            "GRAPHQL_VALIDATION_FAILED",
+        ),
+        ("batch of 1000", Value::Array(batch), 400, "BAD_USER_INPUT"),
+    ];
+    for (case, body, status, code) in cases {
+        let (got, answer) = post_json(&app, &body).await;
+        assert_eq!(got, status, "{case}: {answer}");
+        let first = match &answer {
+            Value::Array(items) => items[0].clone(),
+            other => other.clone(),
+        };
+        assert_eq!(error_code(&first), Some(code), "{case}: {answer}");
+    }
+    // Requests a form or a `text/plain` fetch could send from another site never run.
+    let mutation = json!({ "query": "mutation { signUp(input: {email: \"csrf@example.com\", password: \"password1\", name: \"C\"}) { token } }" }).to_string();
+    for content_type in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+        None,
+    ] {
+        let (status, _, answer) = post_raw(&app, content_type, mutation.clone()).await;
+        assert_eq!(status, 415, "{content_type:?}: {answer}");
+        assert_eq!(error_code(&answer), Some("BAD_USER_INPUT"));
+    }
+    let (status, _, answer) = post_raw(
+        &app,
+        Some("application/json; charset=utf-8"),
+        vec![0xff, 0xfe, 0x00],
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&answer)),
+        (400, Some("GRAPHQL_PARSE_FAILED"))
+    );
+    // A GET never runs a mutation.
+    let response = app
+        .client
+        .get(format!("{}/graphql", app.address))
+        .query(&[("query", "mutation { signUp(input: {email: \"get@example.com\", password: \"password1\", name: \"G\"}) { token } }")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 405);
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM \"user\"").await,
+        0,
+        "nothing ran"
+    );
+    // And the server still answers.
+    let body = app.gql(None, "{ creditTypes { value } }", json!({})).await;
+    assert!(body["errors"].is_null(), "{body}");
+}
+
+#[tokio::test]
+async fn limits_introspection_and_graphiql_follow_the_config() {
+    let app = spawn_app_with(|c| {
+        c.graphql.max_depth = 3;
+        c.graphql.max_aliases = 2;
+        c.graphql.max_batch = 2;
+        c.graphql.introspection = false;
+        c.graphql.graphiql = false;
+        c.http.max_body_bytes = 2048;
+    })
+    .await;
+    let (_, body) = post_json(&app, &json!({ "query": aliased(3) })).await;
+    assert_eq!(
+        error_code(&body),
+        Some("GRAPHQL_VALIDATION_FAILED"),
+        "{body}"
+    );
+    let (_, body) = post_json(&app, &json!({ "query": aliased(2) })).await;
+    assert!(body["errors"].is_null(), "{body}");
+    let (_, body) = post_json(
+        &app,
+        &json!({ "query": "{ plans { features { name } } me { memberships { tenant { plan { slug } } } } }" }),
+    )
+    .await;
+    assert_eq!(
+        error_code(&body),
+        Some("GRAPHQL_VALIDATION_FAILED"),
+        "{body}"
+    );
+    let three = Value::Array(vec![json!({ "query": "{ plans { slug } }" }); 3]);
+    assert_eq!(post_json(&app, &three).await.0, 400);
+    let (status, _) = post_json(&app, &json!({ "query": "x".repeat(3000) })).await;
+    assert_eq!(status, 413);
+    let (_, body) = post_json(&app, &json!({ "query": "{ __schema { types { name } } }" })).await;
+    assert!(
+        body["data"]["__schema"].is_null(),
+        "introspection is off: {body}"
+    );
+    let page = app
+        .client
+        .get(format!("{}/graphql", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status().as_u16(), 404);
+}
+
+#[tokio::test]
+async fn cors_answers_only_the_configured_origins() {
+    let app =
+        spawn_app_with(|c| c.http.cors_allowed_origins = vec!["https://app.example.com".into()])
+            .await;
+    let preflight = |origin: &'static str| {
+        app.client
+            .request(reqwest::Method::OPTIONS, format!("{}/graphql", app.address))
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "POST")
+            .header(
+                "Access-Control-Request-Headers",
+                "content-type, authorization",
+            )
+            .send()
+    };
+    let allowed = preflight("https://app.example.com").await.unwrap();
+    assert!(allowed.status().is_success());
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    let refused = preflight("https://evil.example").await.unwrap();
+    assert!(
+        !refused
+            .headers()
+            .contains_key("access-control-allow-origin")
+    );
+    let post = app
+        .client
+        .post(format!("{}/graphql", app.address))
+        .header("Origin", "https://app.example.com")
+        .json(&json!({ "query": "{ plans { slug } }" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        post.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert!(
+        post.headers()["access-control-expose-headers"]
+            .to_str()
+            .unwrap()
+            .contains("x-request-id")
+    );
+
+    // Without configured origins, no browser on another origin may read an answer.
+    let closed = spawn_app().await;
+    let post = closed
+        .client
+        .post(format!("{}/graphql", closed.address))
+        .header("Origin", "https://app.example.com")
+        .json(&json!({ "query": "{ plans { slug } }" }))
+        .send()
+        .await
+        .unwrap();
+    assert!(!post.headers().contains_key("access-control-allow-origin"));
+}
+
+const SIGN_IN: &str =
+    "mutation($e: String!, $p: String!) { signIn(email: $e, password: $p) { token } }";
+
+#[tokio::test]
+async fn sign_in_and_sign_up_are_limited_per_address_and_requests_per_user() {
+    let app = spawn_app_with(|c| {
+        c.rate_limit.enabled = true;
+        c.rate_limit.auth_per_minute = 3;
+        c.rate_limit.requests_per_second = 1;
+        c.rate_limit.burst = 5;
+    })
+    .await;
+    let (token, _) = app.sign_up("ann@example.com").await; // attempt 1
+    for _ in 0..2 {
+        let body = app
+            .gql(
+                None,
+                SIGN_IN,
+                json!({ "e": "ann@example.com", "p": "wrong password" }),
+            )
+            .await;
+        assert_eq!(error_code(&body), Some("UNAUTHENTICATED"), "{body}");
+    }
+    // The 4th attempt from this address within a minute, even with the right password.
+    let body = app
+        .gql(
+            None,
+            SIGN_IN,
+            json!({ "e": "ann@example.com", "p": "correct horse" }),
+        )
+        .await;
+    assert_eq!(error_code(&body), Some("RATE_LIMITED"), "{body}");
+    let retry = body["errors"][0]["extensions"]["retryAfter"]
+        .as_u64()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "{body}");
+
+    // A signed-in user: a burst of 5, then 1 a second; 429 with Retry-After past it.
+    let mut limited = None;
+    for _ in 0..8 {
+        let response = app
+            .client
+            .post(format!("{}/graphql", app.address))
+            .bearer_auth(&token)
+            .json(&json!({ "query": "{ me { id } }" }))
+            .send()
+            .await
+            .unwrap();
+        if response.status().as_u16() == 429 {
+            limited = Some(response);
+            break;
+        }
+    }
+    let limited = limited.expect("the burst ran out");
+    assert_eq!(limited.headers()["retry-after"], "1");
+    let body: Value = limited.json().await.unwrap();
+    assert_eq!(error_code(&body), Some("RATE_LIMITED"));
+    assert_eq!(body["errors"][0]["extensions"]["retryAfter"], 1);
+    // Another client is not affected.
+    let body = app.gql(None, "{ plans { slug } }", json!({})).await;
+    assert!(body["errors"].is_null(), "{body}");
+}
+
+#[tokio::test]
+async fn every_response_carries_a_request_id() {
+    let app = spawn_app().await;
+    let send = |id: Option<&'static str>| {
+        let mut request = app
+            .client
+            .post(format!("{}/graphql", app.address))
+            .json(&json!({ "query": "{ plans { slug } }" }));
+        if let Some(id) = id {
+            request = request.header("X-Request-Id", id);
+        }
+        request.send()
+    };
+    let echoed = send(Some("trace-abc_123.4")).await.unwrap();
+    assert_eq!(echoed.headers()["x-request-id"], "trace-abc_123.4");
+    let generated = send(None).await.unwrap();
+    let id = generated.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+    let replaced = send(Some("no spaces or <html> please")).await.unwrap();
+    let id = replaced.headers()["x-request-id"].to_str().unwrap();
+    assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
+    let health = app
+        .client
+        .get(format!("{}/healthz", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert!(health.headers().contains_key("x-request-id"));
+}
