@@ -19,7 +19,12 @@ use crate::config::LogFormat;
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,sea_orm=warn"));
-    let builder = fmt().with_env_filter(filter).with_target(false);
+    // A line when each request's span closes: the access log, with the request id, the
+    // GraphQL operation, the status and the time taken.
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_span_events(fmt::format::FmtSpan::CLOSE);
     let _ = match format {
         LogFormat::Pretty => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -81,6 +86,7 @@ impl RootSpanBuilder for RootSpan {
             http.target = %request.path(),
             request_id = %id,
             graphql.operation = tracing::field::Empty,
+            graphql.operation_name = tracing::field::Empty,
             http.status_code = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
             exception.message = tracing::field::Empty,

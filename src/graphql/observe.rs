@@ -109,6 +109,15 @@ impl Extension for ObserveRequest {
         request: Request,
         next: NextPrepareRequest<'_>,
     ) -> ServerResult<Request> {
+        if let Some(name) = &request.operation_name {
+            // The client's name for it, for the logs (bounded; never a metrics label).
+            let name: String = name
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .take(64)
+                .collect();
+            tracing::Span::current().record("graphql.operation_name", name.as_str());
+        }
         self.seen().operation_name = request.operation_name.clone();
         next.run(ctx, request).await
     }

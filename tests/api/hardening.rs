@@ -264,6 +264,26 @@ async fn cors_answers_only_the_configured_origins() {
             .contains("x-request-id")
     );
 
+    // The same from the environment, as a deployment sets it.
+    let server = app
+        .start_server(&[(
+            "TOLLGATE_HTTP__CORS_ALLOWED_ORIGINS",
+            "[\"https://app.example.com\", \"https://admin.example.com\"]",
+        )])
+        .await;
+    let allowed = app
+        .client
+        .request(reqwest::Method::OPTIONS, format!("{}/graphql", server.url))
+        .header("Origin", "https://admin.example.com")
+        .header("Access-Control-Request-Method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://admin.example.com"
+    );
+
     // Without configured origins, no browser on another origin may read an answer.
     let closed = spawn_app().await;
     let post = closed
@@ -371,4 +391,32 @@ async fn every_response_carries_a_request_id() {
         .await
         .unwrap();
     assert!(health.headers().contains_key("x-request-id"));
+
+    // In production logs (JSON): one line per request with its id and GraphQL operation.
+    let server = app
+        .start_server(&[("TOLLGATE_LOG_FORMAT", "json"), ("RUST_LOG", "info")])
+        .await;
+    app.client
+        .post(format!("{}/graphql", server.url))
+        .header("X-Request-Id", "req-42")
+        .json(&json!({ "query": "query Pricing { plans { slug } }", "operationName": "Pricing" }))
+        .send()
+        .await
+        .unwrap();
+    let mut line = None;
+    for _ in 0..50 {
+        let log = std::fs::read_to_string(&server.log).unwrap();
+        line = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|l| l["span"]["request_id"] == "req-42");
+        if line.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let line = line.expect("a JSON log line for the request");
+    assert_eq!(line["span"]["graphql.operation"], "query plans", "{line}");
+    assert_eq!(line["span"]["graphql.operation_name"], "Pricing", "{line}");
+    assert_eq!(line["span"]["http.status_code"], 200, "{line}");
 }

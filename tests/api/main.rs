@@ -4,8 +4,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod auth;
+mod browser;
 mod errors;
 mod fake_stripe;
+mod fuzz;
 mod guard;
 mod hardening;
 mod helpers;
