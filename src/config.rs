@@ -108,7 +108,8 @@ pub struct HttpSettings {
     /// Origins browsers may call the API from (`https://app.example.com`), or `["*"]` for
     /// any. Empty: no CORS headers, so only same-origin pages can.
     pub cors_allowed_origins: Vec<String>,
-    /// Take the client address from `X-Forwarded-For` (only behind a proxy that sets it).
+    /// Take the client address from `X-Forwarded-For` (its last address: the one the proxy
+    /// in front appended). Only behind such a proxy.
     pub trust_forwarded_for: bool,
     /// How long a stopping server waits for requests in flight.
     pub shutdown_timeout_seconds: u64,

@@ -60,12 +60,22 @@ async fn graphql_post(
         );
     }
     let limit = state.config.http.max_body_bytes;
-    let Some(body) = read_body(&req, payload, limit).await else {
-        return state.reject(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "BAD_USER_INPUT",
-            &format!("the body is larger than {limit} bytes"),
-        );
+    let body = match read_body(&req, payload, limit).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => {
+            return state.reject(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "BAD_USER_INPUT",
+                &format!("the body is larger than {limit} bytes"),
+            );
+        }
+        Err(BodyError::Broken) => {
+            return state.reject(
+                StatusCode::BAD_REQUEST,
+                "BAD_USER_INPUT",
+                "the body could not be read",
+            );
+        }
     };
     let max_batch = state.config.graphql.max_batch;
     match serde_json::from_slice::<BatchRequest>(&body) {
@@ -102,36 +112,47 @@ fn is_json(req: &HttpRequest) -> bool {
         })
 }
 
-/// The body, or `None` when it is longer than `limit` (by its `Content-Length`, or as it
-/// arrives).
-async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Option<Vec<u8>> {
+enum BodyError {
+    /// Longer than the limit (by its `Content-Length`, or as it arrived).
+    TooLarge,
+    /// The connection failed mid-body.
+    Broken,
+}
+
+/// The body, read up to `limit` bytes.
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Vec<u8>, BodyError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
-        return None;
+        return Err(BodyError::TooLarge);
     }
     let mut body = Vec::with_capacity(declared.unwrap_or(0));
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.ok()?;
+        let chunk = chunk.map_err(|_| BodyError::Broken)?;
         if body.len() + chunk.len() > limit {
-            return None;
+            return Err(BodyError::TooLarge);
         }
         body.extend_from_slice(&chunk);
     }
-    Some(body)
+    Ok(body)
 }
 
-/// The client's address: the connection's peer, or the first `X-Forwarded-For` address
-/// when `http.trust_forwarded_for` is set.
+/// The client's address: the connection's peer, or — when `http.trust_forwarded_for` is set
+/// — the last `X-Forwarded-For` address, the one the proxy in front appended (the earlier
+/// ones are whatever the client claimed).
 fn client_address(req: &HttpRequest, trust_forwarded_for: bool) -> IpAddr {
     let forwarded = trust_forwarded_for
         .then(|| req.headers().get("x-forwarded-for"))
         .flatten()
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.rsplit(',').next())
         .and_then(|v| v.trim().parse().ok());
     forwarded
         .or_else(|| req.peer_addr().map(|a| a.ip()))

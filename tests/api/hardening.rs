@@ -420,3 +420,39 @@ async fn every_response_carries_a_request_id() {
     assert_eq!(line["span"]["graphql.operation_name"], "Pricing", "{line}");
     assert_eq!(line["span"]["http.status_code"], 200, "{line}");
 }
+
+#[tokio::test]
+async fn behind_a_proxy_the_address_it_appended_is_what_is_limited() {
+    let app = spawn_app_with(|c| {
+        c.rate_limit.enabled = true;
+        c.rate_limit.auth_per_minute = 2;
+        c.http.trust_forwarded_for = true;
+    })
+    .await;
+    let attempt = |forwarded: &'static str| {
+        app.client
+            .post(format!("{}/graphql", app.address))
+            .header("X-Forwarded-For", forwarded)
+            .json(&json!({ "query": SIGN_IN, "variables": { "e": "x@example.com", "p": "password1" } }))
+            .send()
+    };
+    let code = |body: Value| error_code(&body).map(str::to_owned);
+    for forwarded in ["1.1.1.1, 10.0.0.1", "2.2.2.2, 10.0.0.1"] {
+        let body: Value = attempt(forwarded).await.unwrap().json().await.unwrap();
+        assert_eq!(code(body).as_deref(), Some("UNAUTHENTICATED"));
+    }
+    // What the client put first does not matter: the proxy saw 10.0.0.1 three times.
+    let body: Value = attempt("3.3.3.3, 10.0.0.1")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(code(body).as_deref(), Some("RATE_LIMITED"));
+    let body: Value = attempt("10.0.0.2").await.unwrap().json().await.unwrap();
+    assert_eq!(
+        code(body).as_deref(),
+        Some("UNAUTHENTICATED"),
+        "another client"
+    );
+}

@@ -827,4 +827,8 @@ async fn without_stripe_keys_billing_is_off_and_everything_else_works() {
     let project = app.create_project(&token, &tenant, "P").await;
     assert!(project["errors"].is_null(), "{project}");
     assert!(reports(&app, &token, &tenant).await.is_empty());
+    // And it says so, once, when it starts.
+    let server = app.start_server(&[("RUST_LOG", "info")]).await;
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert_eq!(log.matches("Stripe is not configured").count(), 1, "{log}");
 }
