@@ -84,6 +84,13 @@ pub fn statement(
     Statement::from_sql_and_values(backend, sql, values)
 }
 
+/// A keyset page from `first + 1` rows read: the first `first`, and whether more follow.
+pub fn page<T>(mut rows: Vec<T>, first: u64) -> (Vec<T>, bool) {
+    let more = rows.len() as u64 > first;
+    rows.truncate(usize::try_from(first).unwrap_or(usize::MAX));
+    (rows, more)
+}
+
 /// Whether `err` is worth retrying the whole transaction for: a Postgres serialization
 /// failure or deadlock, or SQLite's busy/locked after its timeout.
 pub fn is_transient(err: &DbErr) -> bool {

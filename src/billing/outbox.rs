@@ -166,12 +166,10 @@ pub async fn reports(
     if let Some(after) = after {
         query = query.filter(usage_event::Column::Id.lt(after));
     }
-    let mut rows = query
+    let rows = query
         .order_by_desc(usage_event::Column::Id)
         .limit(first + 1)
         .all(db)
         .await?;
-    let more = rows.len() as u64 > first;
-    rows.truncate(usize::try_from(first).unwrap_or(usize::MAX));
-    Ok((rows, more))
+    Ok(db::page(rows, first))
 }

@@ -6,7 +6,7 @@ use entity::{credit, plan_feature};
 use sea_orm::{ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, prelude::*};
 
 use super::{FeatureLimitType, Period, PlanFeatureRow, subscribed_feature};
-use crate::error::AppError;
+use crate::{db, error::AppError};
 
 /// Where a tenant stands on one feature of its plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -133,12 +133,10 @@ pub async fn history(
     if let Some(to) = filter.to {
         query = query.filter(credit::Column::CreatedAt.lt(to));
     }
-    let mut rows = query
+    let rows = query
         .order_by_desc(credit::Column::Id)
         .limit(first + 1)
         .all(db)
         .await?;
-    let more = rows.len() as u64 > first;
-    rows.truncate(usize::try_from(first).unwrap_or(usize::MAX));
-    Ok((rows, more))
+    Ok(db::page(rows, first))
 }

@@ -114,12 +114,7 @@ impl Extension for Limits {
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
         let refused = |message: String| {
-            let mut error = ServerError::new(message, None);
-            error
-                .extensions
-                .get_or_insert_with(Default::default)
-                .set("code", "GRAPHQL_VALIDATION_FAILED");
-            error
+            super::with_code(ServerError::new(message, None), "GRAPHQL_VALIDATION_FAILED")
         };
         if query.len() > self.max_query_bytes {
             return Err(refused(format!(

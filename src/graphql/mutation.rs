@@ -21,12 +21,30 @@ use crate::{
 /// What can be changed.
 pub struct Mutation;
 
-/// The Stripe client, or why there is none.
-fn stripe(state: &crate::graphql::AppState) -> Result<&billing::StripeHttp, AppError> {
-    state
+/// For a billing mutation on `tenant_id`: the viewer (an OWNER or ADMIN of it), the tenant,
+/// and the Stripe client (`BAD_USER_INPUT` when Stripe is not configured).
+async fn billing_access<'a>(
+    ctx: &Context<'_>,
+    state: &'a crate::graphql::AppState,
+    tenant_id: &ID,
+) -> Result<
+    (
+        entity::user::Model,
+        entity::tenant::Model,
+        &'a billing::StripeHttp,
+    ),
+    AppError,
+> {
+    let tenant_id = parse_id(tenant_id, "tenantId")?;
+    let user = auth::require_admin(&state.db.read, viewer(ctx), tenant_id).await?;
+    let client = state
         .stripe
         .as_ref()
-        .ok_or_else(|| AppError::bad_input("billing is not configured on this server"))
+        .ok_or_else(|| AppError::bad_input("billing is not configured on this server"))?;
+    let tenant = tenants::find(&state.db.read, tenant_id)
+        .await?
+        .ok_or(AppError::NotFound("tenant"))?;
+    Ok((user, tenant, client))
 }
 
 /// One sign-in or sign-up attempt from the request's address: `RATE_LIMITED` past
@@ -171,20 +189,11 @@ impl Mutation {
         plan_slug: String,
     ) -> async_graphql::Result<CheckoutSession> {
         let state = state(ctx)?;
-        let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
-        let user = auth::require_admin(&state.db.read, viewer(ctx), tenant_id)
-            .await
-            .extend()?;
-        let client = stripe(state).extend()?;
-        let tenant = tenants::find(&state.db.read, tenant_id)
-            .await
-            .extend()?
-            .ok_or(AppError::NotFound("tenant"))
-            .extend()?;
+        let (user, tenant, client) = billing_access(ctx, state, &tenant_id).await.extend()?;
         let url = billing::checkout(
             client,
             &state.config,
-            tenant_id,
+            tenant.id,
             tenant.stripe_customer_id.as_deref(),
             &user.email,
             &plan_slug,
@@ -202,16 +211,7 @@ impl Mutation {
         tenant_id: ID,
     ) -> async_graphql::Result<BillingPortalSession> {
         let state = state(ctx)?;
-        let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
-        auth::require_admin(&state.db.read, viewer(ctx), tenant_id)
-            .await
-            .extend()?;
-        let client = stripe(state).extend()?;
-        let tenant = tenants::find(&state.db.read, tenant_id)
-            .await
-            .extend()?
-            .ok_or(AppError::NotFound("tenant"))
-            .extend()?;
+        let (_, tenant, client) = billing_access(ctx, state, &tenant_id).await.extend()?;
         let customer = tenant
             .stripe_customer_id
             .ok_or_else(|| {

@@ -15,6 +15,17 @@ use crate::{
 };
 use tollgate::credits::FeatureLimitType;
 
+async fn metrics_page(app: &crate::helpers::TestApp) -> String {
+    app.client
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// The value of the sample `name{labels}` in a Prometheus text page.
 fn sample(page: &str, series: &str) -> Option<f64> {
     page.lines()
@@ -33,15 +44,7 @@ async fn metrics_count_operations_credits_denials_and_the_outbox() {
     let refused = app.create_task(&token, &project, "three").await;
     assert_eq!(error_code(&refused), Some("INSUFFICIENT_CREDITS"));
     app.gql(None, "{ nope }", json!({})).await;
-    let page = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = metrics_page(&app).await;
     let at = |series: &str| sample(&page, series).unwrap_or_else(|| panic!("{series} in\n{page}"));
     assert_eq!(
         at("tollgate_graphql_requests_total{operation=\"mutation createTask\"}"),
@@ -93,15 +96,7 @@ async fn the_outbox_backlog_shows_in_the_metrics() {
     link_customer(&app, &tenant, "cus_backlog").await;
     app.project_id(&token, &tenant).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let page = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = metrics_page(&app).await;
     assert_eq!(
         sample(&page, "tollgate_usage_events{measure=\"pending\"}"),
         Some(1.0)
