@@ -443,6 +443,10 @@ impl Config {
         for ct in &mut self.credit_types {
             ct.meter = None;
         }
+        // Without any Stripe key there is no billing: the guard writes no usage events at all
+        // (with only the webhook secret, events are kept until a secret key sends them).
+        let billing = s.secret_key.is_some() || s.webhook_secret.is_some();
+        let mut fed: Vec<(String, String)> = Vec::new();
         for (i, unit) in self.usage_based_units.iter_mut().enumerate() {
             if unit.credit_types.is_empty() {
                 unit.credit_types = default_feeds(&unit.name);
@@ -457,24 +461,21 @@ impl Config {
                         "invalid configuration: usage_based_units[{i}].credit_types: {value:?} is not a known credit type"
                     );
                 };
-                if let Some(meter) = &ct.meter {
+                if let Some((_, other)) = fed.iter().find(|(v, _)| v == value) {
                     bail!(
-                        "invalid configuration: usage_based_units[{i}].credit_types: {value:?} already feeds unit {:?}",
-                        meter.unit
+                        "invalid configuration: usage_based_units[{i}].credit_types: {value:?} already feeds unit {other:?}"
                     );
                 }
-                ct.meter = Some(Meter {
-                    unit: unit.name.clone(),
-                    event_name: event_name.clone(),
-                });
+                fed.push((value.clone(), unit.name.clone()));
+                if billing {
+                    ct.meter = Some(Meter {
+                        unit: unit.name.clone(),
+                        event_name: event_name.clone(),
+                    });
+                }
             }
         }
         Ok(())
-    }
-
-    /// Whether Stripe is configured (a secret key is set).
-    pub fn stripe_enabled(&self) -> bool {
-        self.stripe.secret_key.is_some()
     }
 
     /// The plan a Stripe price belongs to.
