@@ -44,7 +44,9 @@ pub fn spawn_reporter(
                 // A full batch: more may be due at once.
                 Ok(claimed) if claimed as u64 >= settings.batch_size => continue,
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "usage reporting round failed; will retry"),
+                Err(e) => {
+                    tracing::warn!(error.cause = %e, "usage reporting round failed; will retry")
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
@@ -90,12 +92,12 @@ async fn round(
         .await;
     for (id, _, outcome) in &outcomes {
         match outcome {
-            Outcome::Delivered => tracing::debug!(%id, "usage event delivered"),
+            Outcome::Delivered => tracing::debug!(usage_event.id = %id, "usage event delivered"),
             Outcome::Retry { error, at } => {
-                tracing::info!(%id, %error, retry_at = %at, "usage event not delivered; will retry")
+                tracing::info!(usage_event.id = %id, error.cause = %error, retry_at = %at, "usage event not delivered; will retry")
             }
             Outcome::Failed { error } => {
-                tracing::error!(%id, %error, "usage event can never be delivered; marked FAILED")
+                tracing::error!(usage_event.id = %id, error.cause = %error, "usage event can never be delivered; marked FAILED")
             }
         }
     }

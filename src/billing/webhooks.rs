@@ -59,7 +59,7 @@ pub async fn receive(
                     "the Stripe-Signature does not match the body"
                 }
             };
-            tracing::warn!(error = %e, "Stripe webhook rejected");
+            tracing::warn!(error.cause = %e, "Stripe webhook rejected");
             return answer(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", message);
         }
     };
@@ -72,8 +72,8 @@ pub async fn receive(
     match process(&state, &received, event.data.object).await {
         Ok(effect) => {
             tracing::info!(
-                event_id = received.id,
-                event_type = received.kind,
+                stripe.event.id = received.id,
+                stripe.event.type = received.kind,
                 effect,
                 "Stripe webhook"
             );
@@ -81,7 +81,7 @@ pub async fn receive(
         }
         Err(e) => {
             // Not acknowledged: Stripe sends it again later.
-            tracing::error!(event_id = received.id, error = %e, "Stripe webhook could not be processed");
+            tracing::error!(stripe.event.id = received.id, error.cause = %e, "Stripe webhook could not be processed");
             answer(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "INTERNAL_SERVER_ERROR",
@@ -211,7 +211,7 @@ async fn subscription_changed(
     };
     let Some(tenant) = tenant else {
         tracing::warn!(
-            subscription = subscription.id.as_str(),
+            stripe.subscription.id = subscription.id.as_str(),
             "subscription of no known tenant ignored"
         );
         return Ok("subscription of an unknown customer ignored");
@@ -235,7 +235,7 @@ async fn subscription_changed(
         });
         if plan.is_none() {
             tracing::warn!(
-                subscription = subscription.id.as_str(),
+                stripe.subscription.id = subscription.id.as_str(),
                 "no price of the subscription names a configured plan; the plan is kept"
             );
         }
