@@ -237,13 +237,13 @@ async fn execute(
         Some(user) => Client::User(user.id),
         None => Client::Address(address),
     };
-    if let Err(AppError::RateLimited { retry_after }) = state.limits.check_request(&client) {
-        state.metrics.error("RATE_LIMITED");
+    if let Err(e @ AppError::RateLimited { retry_after }) = state.limits.check_request(&client) {
+        state.metrics.error(e.code());
         return HttpResponse::TooManyRequests()
             .insert_header((header::RETRY_AFTER, retry_after.to_string()))
             .json(json!({ "errors": [{
-                "message": format!("too many requests: try again in {retry_after} s"),
-                "extensions": { "code": "RATE_LIMITED", "retryAfter": retry_after },
+                "message": e.to_string(),
+                "extensions": { "code": e.code(), "retryAfter": retry_after },
             }] }));
     }
     let idempotency_key = req

@@ -4,7 +4,10 @@
 //! statements sent. Counters live in this process; the outbox figures are read from the
 //! database at each scrape, so every replica reports the same ones.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
 use prometheus::{
@@ -25,6 +28,9 @@ pub struct Metrics {
     outbox: IntGaugeVec,
     pool: IntGaugeVec,
     statements: IntCounter,
+    /// Held while `statements` catches up with the database's own count, so two scrapes at
+    /// once do not both add the same difference.
+    catching_up: Arc<Mutex<()>>,
 }
 
 impl Metrics {
@@ -86,6 +92,7 @@ impl Metrics {
             outbox,
             pool,
             statements,
+            catching_up: Arc::default(),
         })
     }
 
@@ -123,9 +130,15 @@ impl Metrics {
             self.pool.with_label_values(&[name, "open"]).set(size);
             self.pool.with_label_values(&[name, "idle"]).set(idle);
         }
-        let sent = db.statements();
-        self.statements
-            .inc_by(sent.saturating_sub(self.statements.get()));
+        {
+            let _alone = self
+                .catching_up
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let sent = db.statements();
+            self.statements
+                .inc_by(sent.saturating_sub(self.statements.get()));
+        }
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
@@ -134,34 +147,27 @@ impl Metrics {
     }
 }
 
+/// Pending and failed usage events, and when the oldest pending one was created: one query.
 async fn outbox_figures(
     db: &DatabaseConnection,
 ) -> Result<(i64, i64, Option<DateTime<Utc>>), DbErr> {
-    let backend = db.get_database_backend();
     let row = db
         .query_one_raw(Statement::from_string(
-            backend,
-            "SELECT CAST(COUNT(*) AS BIGINT) AS n, MIN(created_at) AS oldest \
-             FROM usage_event WHERE status = 'PENDING'",
+            db.get_database_backend(),
+            "SELECT CAST(SUM(CASE WHEN status = 'PENDING' THEN 1 ELSE 0 END) AS BIGINT) AS pending, \
+             CAST(SUM(CASE WHEN status = 'FAILED' THEN 1 ELSE 0 END) AS BIGINT) AS failed, \
+             MIN(CASE WHEN status = 'PENDING' THEN created_at END) AS oldest \
+             FROM usage_event WHERE status IN ('PENDING', 'FAILED')",
         ))
         .await?;
-    let (pending, oldest) = match row {
-        Some(row) => (
-            row.try_get::<i64>("", "n")?,
-            row.try_get::<Option<DateTime<Utc>>>("", "oldest")?,
-        ),
-        None => (0, None),
+    let Some(row) = row else {
+        return Ok((0, 0, None));
     };
-    let failed = db
-        .query_one_raw(Statement::from_string(
-            backend,
-            "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM usage_event WHERE status = 'FAILED'",
-        ))
-        .await?
-        .map(|row| row.try_get::<i64>("", "n"))
-        .transpose()?
-        .unwrap_or(0);
-    Ok((pending, failed, oldest))
+    Ok((
+        row.try_get::<Option<i64>>("", "pending")?.unwrap_or(0),
+        row.try_get::<Option<i64>>("", "failed")?.unwrap_or(0),
+        row.try_get::<Option<DateTime<Utc>>>("", "oldest")?,
+    ))
 }
 
 fn pool_figures(conn: &DatabaseConnection) -> (i64, i64) {

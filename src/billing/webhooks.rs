@@ -156,7 +156,7 @@ async fn checkout_completed(
     let (Some(tenant), Some(customer)) = (tenant, &session.customer) else {
         return Ok("checkout without a tenant or a customer ignored");
     };
-    let linked = link_customer(txn, tenant, customer.id().as_str()).await?;
+    let linked = link_customer(txn, tenant, customer.id().as_str(), true).await?;
     Ok(if linked {
         "customer linked to tenant"
     } else {
@@ -164,16 +164,24 @@ async fn checkout_completed(
     })
 }
 
+/// Makes `customer` the tenant's Stripe customer — always (`replace`), or only when it has
+/// none yet. Whether the tenant exists.
 async fn link_customer(
     txn: &DatabaseTransaction,
     tenant: Uuid,
     customer: &str,
+    replace: bool,
 ) -> Result<bool, DbErr> {
-    let backend = txn.get_database_backend();
+    let value = if replace {
+        "$2"
+    } else {
+        "COALESCE(stripe_customer_id, $2)"
+    };
+    let sql = format!("UPDATE tenant SET stripe_customer_id = {value} WHERE id = $1");
     let result = txn
         .execute_raw(db::statement(
-            backend,
-            "UPDATE tenant SET stripe_customer_id = $2 WHERE id = $1",
+            txn.get_database_backend(),
+            &sql,
             [tenant.into(), customer.into()],
         ))
         .await?;
@@ -197,7 +205,7 @@ async fn subscription_changed(
         .get(TENANT_METADATA_KEY)
         .and_then(|id| Uuid::parse_str(id).ok());
     let tenant: Option<Uuid> = match by_metadata {
-        Some(tenant) if link_customer_if_missing(txn, tenant, customer).await? => Some(tenant),
+        Some(tenant) if link_customer(txn, tenant, customer, false).await? => Some(tenant),
         _ => {
             let row = txn
                 .query_one_raw(db::statement(
@@ -282,28 +290,4 @@ async fn subscription_changed(
         (true, false) => "subscription updated",
         (true, true) => "subscription ended; back on the default plan",
     })
-}
-
-/// Links `customer` to `tenant` when the tenant has no customer yet; whether the tenant
-/// exists.
-async fn link_customer_if_missing(
-    txn: &DatabaseTransaction,
-    tenant: Uuid,
-    customer: &str,
-) -> Result<bool, DbErr> {
-    let backend = txn.get_database_backend();
-    txn.execute_raw(db::statement(
-        backend,
-        "UPDATE tenant SET stripe_customer_id = $2 WHERE id = $1 AND stripe_customer_id IS NULL",
-        [tenant.into(), customer.into()],
-    ))
-    .await?;
-    let exists = txn
-        .query_one_raw(db::statement(
-            backend,
-            "SELECT 1 AS one FROM tenant WHERE id = $1",
-            [tenant.into()],
-        ))
-        .await?;
-    Ok(exists.is_some())
 }

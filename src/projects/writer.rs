@@ -35,7 +35,11 @@ impl Writer {
 
     /// Runs `guarded` and answers once its writes are committed (or refused).
     pub async fn submit(&self, guarded: Guarded) -> Result<Created, AppError> {
-        let credit_type = guarded.credit_type().clone();
+        // What the credits metric needs, taken before the guard is handed over.
+        let (credit_type, amount) = (
+            guarded.credit_type().value.clone(),
+            guarded.credit_type().amount,
+        );
         let written = if guarded.batchable() {
             let (reply, answer) = oneshot::channel();
             let stopped = || AppError::Internal(anyhow::anyhow!("the guard writer has stopped"));
@@ -48,7 +52,7 @@ impl Writer {
             guarded.run_alone(&self.db).await?
         };
         if written.charged {
-            self.metrics.credits(&credit_type.value, credit_type.amount);
+            self.metrics.credits(&credit_type, amount);
         }
         Ok(written.created)
     }

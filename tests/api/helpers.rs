@@ -154,6 +154,19 @@ impl TestApp {
         (token, tenant)
     }
 
+    /// After a hostile run: the server is alive and still answers GraphQL.
+    pub async fn assert_still_answering(&self) {
+        let health = self
+            .client
+            .get(format!("{}/healthz", self.address))
+            .send()
+            .await
+            .expect("the server answers");
+        assert_eq!(health.status().as_u16(), 200);
+        let body = self.gql(None, "{ creditTypes { value } }", json!({})).await;
+        assert!(body["errors"].is_null(), "{body}");
+    }
+
     /// Adds `user` to `tenant` with `role` (directly: inviting is not part of the API yet).
     pub async fn add_member(&self, tenant: &str, user: &str, role: &str) {
         let db = self.db().await;
