@@ -40,6 +40,12 @@ pub struct Config {
     pub http: HttpSettings,
     /// Requests per client, in this process.
     pub rate_limit: RateLimitSettings,
+    /// Password hashing: how much of the machine it may take.
+    pub auth: AuthSettings,
+    /// Tenants: how many one user may belong to.
+    pub tenants: TenantSettings,
+    /// `GET /metrics`: where it is served and who may read it.
+    pub metrics: MetricsSettings,
     /// Access tokens: issuer, audience, leeway; optionally an external identity provider.
     pub jwt: JwtSettings,
     /// The plan every new tenant is subscribed to.
@@ -82,9 +88,13 @@ pub struct IdempotencySettings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GraphqlSettings {
+    /// Deepest bracket nesting (`{ [ (`) of a document, and of its variables, checked before
+    /// anything parses it.
+    pub max_nesting: usize,
     /// Deepest selection nesting.
     pub max_depth: usize,
-    /// Most fields a request may select in all (each field counts 1, lists included).
+    /// Most fields a request may select in all; a field under a list counts once per item the
+    /// list may hold (`memberships`: `tenants.max_per_user`; a connection: its `first`).
     pub max_complexity: usize,
     /// Most aliased fields in one document.
     pub max_aliases: usize,
@@ -113,6 +123,35 @@ pub struct HttpSettings {
     pub trust_forwarded_for: bool,
     /// How long a stopping server waits for requests in flight.
     pub shutdown_timeout_seconds: u64,
+    /// How long a client may take to send a request body; past it, 408.
+    pub body_timeout_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Passwords hashed (argon2, 19 MiB each) at once; 0: one per core.
+    pub hashing_concurrency: usize,
+    /// Hashes that may wait for a free hasher; past that, `RATE_LIMITED`.
+    pub hashing_queue: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSettings {
+    /// Tenants one user may belong to (also bounds `me { memberships }`).
+    pub max_per_user: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Serve `GET /metrics` on this address of its own (`127.0.0.1:9090`) instead of the API's.
+    #[serde(default)]
+    pub addr: Option<String>,
+    /// Require `Authorization: Bearer <token>` on `GET /metrics`. Never logged.
+    #[serde(default, skip_serializing)]
+    pub bearer_token: Option<SecretString>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -121,6 +160,9 @@ pub struct RateLimitSettings {
     pub enabled: bool,
     /// `signIn` and `signUp` per client address, per minute (against password guessing).
     pub auth_per_minute: u32,
+    /// `signIn` and `signUp` from all addresses together, per second (against one client with
+    /// many addresses).
+    pub auth_global_per_second: u32,
     /// Requests per signed-in user (anonymous: per address), per second, sustained…
     pub requests_per_second: u32,
     /// …and in a burst.
@@ -190,6 +232,9 @@ pub struct StripeSettings {
     pub checkout_cancel_url: String,
     /// Where the billing portal's "return" link goes.
     pub portal_return_url: String,
+    /// Subscription statuses that grant the plan of its price; any other status (incomplete,
+    /// unpaid, paused, canceled, …) means `default_plan`.
+    pub entitled_statuses: Vec<String>,
 }
 
 /// What one kind of action costs. `value` is fixed by code; the rest is configurable.
@@ -307,6 +352,9 @@ impl Config {
             graphql: d.graphql,
             http: d.http,
             rate_limit: d.rate_limit,
+            auth: d.auth,
+            tenants: d.tenants,
+            metrics: d.metrics,
             jwt: d.jwt,
             default_plan: d.default_plan,
             credit_types: d.credit_types,
@@ -380,13 +428,39 @@ impl Config {
             bail!("invalid configuration: database.max_connections must be > 0");
         }
         let r = &self.rate_limit;
-        if r.enabled && (r.auth_per_minute == 0 || r.requests_per_second == 0 || r.burst == 0) {
+        if r.enabled
+            && [
+                r.auth_per_minute,
+                r.auth_global_per_second,
+                r.requests_per_second,
+                r.burst,
+            ]
+            .contains(&0)
+        {
             bail!(
-                "invalid configuration: rate_limit.auth_per_minute, rate_limit.requests_per_second and rate_limit.burst must be > 0 (or rate_limit.enabled = false)"
+                "invalid configuration: rate_limit.auth_per_minute, rate_limit.auth_global_per_second, rate_limit.requests_per_second and rate_limit.burst must be > 0 (or rate_limit.enabled = false)"
             );
+        }
+        if self.auth.hashing_queue == 0 {
+            bail!("invalid configuration: auth.hashing_queue must be > 0");
+        }
+        if self.tenants.max_per_user == 0 {
+            bail!("invalid configuration: tenants.max_per_user must be > 0");
+        }
+        if self.http.body_timeout_seconds == 0 {
+            bail!("invalid configuration: http.body_timeout_seconds must be > 0");
+        }
+        if self
+            .metrics
+            .bearer_token
+            .as_ref()
+            .is_some_and(|t| secrecy::ExposeSecret::expose_secret(t).len() < 16)
+        {
+            bail!("invalid configuration: metrics.bearer_token must be at least 16 characters");
         }
         let g = &self.graphql;
         if [
+            g.max_nesting,
             g.max_depth,
             g.max_complexity,
             g.max_root_fields,
@@ -417,6 +491,26 @@ impl Config {
         if s.worker_interval_ms == 0 || s.batch_size == 0 || s.concurrency == 0 {
             bail!(
                 "invalid configuration: stripe.worker_interval_ms, stripe.batch_size and stripe.concurrency must be > 0"
+            );
+        }
+        const STATUSES: [&str; 8] = [
+            "active",
+            "trialing",
+            "past_due",
+            "incomplete",
+            "incomplete_expired",
+            "unpaid",
+            "paused",
+            "canceled",
+        ];
+        if let Some(bad) = s
+            .entitled_statuses
+            .iter()
+            .find(|st| !STATUSES.contains(&st.as_str()))
+        {
+            bail!(
+                "invalid configuration: stripe.entitled_statuses: {bad:?} is not a Stripe subscription status ({})",
+                STATUSES.join(", ")
             );
         }
         if s.max_attempts <= 0 {
@@ -478,6 +572,11 @@ impl Config {
         Ok(())
     }
 
+    /// Whether a Stripe subscription status grants its plan (`stripe.entitled_statuses`).
+    pub fn is_entitled(&self, status: &str) -> bool {
+        self.stripe.entitled_statuses.iter().any(|s| s == status)
+    }
+
     /// The plan a Stripe price belongs to.
     pub fn plan_for_price(&self, price_id: &str) -> Option<&PlanConfig> {
         self.plans
@@ -513,6 +612,9 @@ struct Defaults {
     graphql: GraphqlSettings,
     http: HttpSettings,
     rate_limit: RateLimitSettings,
+    auth: AuthSettings,
+    tenants: TenantSettings,
+    metrics: MetricsSettings,
     jwt: JwtSettings,
     default_plan: String,
     credit_types: Vec<CreditTypeConfig>,
@@ -553,8 +655,10 @@ impl Default for Defaults {
                 checkout_success_url: "http://localhost:3000/billing/success".into(),
                 checkout_cancel_url: "http://localhost:3000/billing".into(),
                 portal_return_url: "http://localhost:3000/billing".into(),
+                entitled_statuses: ["active", "trialing", "past_due"].map(Into::into).to_vec(),
             },
             graphql: GraphqlSettings {
+                max_nesting: 64,
                 max_depth: 12,
                 max_complexity: 500,
                 max_aliases: 30,
@@ -569,10 +673,21 @@ impl Default for Defaults {
                 cors_allowed_origins: Vec::new(),
                 trust_forwarded_for: false,
                 shutdown_timeout_seconds: 30,
+                body_timeout_seconds: 10,
+            },
+            auth: AuthSettings {
+                hashing_concurrency: 0,
+                hashing_queue: 32,
+            },
+            tenants: TenantSettings { max_per_user: 20 },
+            metrics: MetricsSettings {
+                addr: None,
+                bearer_token: None,
             },
             rate_limit: RateLimitSettings {
                 enabled: true,
                 auth_per_minute: 10,
+                auth_global_per_second: 20,
                 requests_per_second: 50,
                 burst: 100,
             },

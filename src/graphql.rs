@@ -12,7 +12,7 @@ pub mod types;
 use std::sync::Arc;
 
 use async_graphql::{
-    Context, EmptySubscription, ErrorExtensions, Schema, ServerError, ServerResult,
+    Context, EmptySubscription, ErrorExtensions, Schema, SchemaBuilder, ServerError, ServerResult,
     ValidationResult, Variables,
     extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextValidation},
     parser::types::ExecutableDocument,
@@ -23,6 +23,7 @@ use crate::{
     metrics::Metrics, projects::Writer, rate_limit::RateLimits,
 };
 
+pub use limits::{has_control_characters, nesting_error};
 pub use mutation::Mutation;
 pub use query::Query;
 
@@ -47,30 +48,76 @@ pub struct ClientAddress(pub std::net::IpAddr);
 /// The `Idempotency-Key` header of a request, when it has one.
 pub struct IdempotencyHeader(pub String);
 
-/// The schema; without `state` it can only describe itself (`print-schema`). With it, the
-/// configured limits apply: document length, aliases, root fields, depth, complexity, and
-/// introspection on or off.
-pub fn build_schema(state: Option<AppState>) -> TollgateSchema {
-    let mut builder = Schema::build(Query, Mutation, EmptySubscription).extension(ErrorCodes);
-    if let Some(state) = state {
-        let limits = &state.config.graphql;
-        builder = builder
-            .extension(observe::Observe(state.metrics.clone()))
-            .extension(limits::Limits::new(limits))
-            .limit_depth(limits.max_depth)
-            .limit_complexity(limits.max_complexity)
-            .limit_recursive_depth(64);
-        if !limits.introspection {
-            builder = builder.disable_introspection();
+/// The standard introspection documents (`getIntrospectionQuery()` of graphql-js with every
+/// option on: GraphiQL, Apollo Sandbox, graphql-codegen) nest `ofType` 9 levels under
+/// `__schema { types { fields { type … } } }`: deeper than any query of the API needs. They
+/// run on a schema of their own, which can answer nothing but introspection, with this
+/// allowance.
+const INTROSPECTION_MAX_DEPTH: usize = 16;
+const INTROSPECTION_MAX_COMPLEXITY: usize = 1_000;
+
+/// The schemas a request may run on.
+pub struct Schemas {
+    max_nesting: usize,
+    /// Everything, within the configured depth and complexity.
+    pub api: TollgateSchema,
+    /// Introspection only, within its own allowance; `None` when introspection is off.
+    pub introspection: Option<TollgateSchema>,
+}
+
+impl Schemas {
+    pub fn new(state: AppState) -> Self {
+        let settings = &state.config.graphql;
+        let introspection = settings.introspection.then(|| {
+            with_limits(&state, builder().introspection_only())
+                .limit_depth(INTROSPECTION_MAX_DEPTH.max(settings.max_depth))
+                .limit_complexity(INTROSPECTION_MAX_COMPLEXITY.max(settings.max_complexity))
+                .finish()
+        });
+        let mut api = with_limits(&state, builder())
+            .limit_depth(settings.max_depth)
+            .limit_complexity(settings.max_complexity);
+        if !settings.introspection {
+            // "Did you mean …?" would name the fields introspection hides.
+            api = api.disable_introspection().disable_suggestions();
         }
-        builder = builder.data(state);
+        Schemas {
+            max_nesting: settings.max_nesting,
+            api: api.finish(),
+            introspection,
+        }
     }
-    builder.finish()
+
+    /// The schema `request` runs on: the introspection one for a document that asks only
+    /// about the schema (checked on the parsed document, so a look-alike gains nothing: that
+    /// schema answers nothing else anyway).
+    pub fn for_request(&self, request: &async_graphql::Request) -> &TollgateSchema {
+        match &self.introspection {
+            Some(schema) if limits::is_introspection(&request.query, self.max_nesting) => schema,
+            _ => &self.api,
+        }
+    }
+}
+
+fn builder() -> SchemaBuilder<Query, Mutation, EmptySubscription> {
+    Schema::build(Query, Mutation, EmptySubscription).extension(ErrorCodes)
+}
+
+/// The configured limits and the state resolvers reach.
+fn with_limits(
+    state: &AppState,
+    builder: SchemaBuilder<Query, Mutation, EmptySubscription>,
+) -> SchemaBuilder<Query, Mutation, EmptySubscription> {
+    builder
+        .extension(observe::Observe(state.metrics.clone()))
+        .extension(limits::Limits::new(&state.config.graphql))
+        .limit_recursive_depth(64)
+        .data(state.clone())
 }
 
 /// The schema in SDL, as committed in `schema.graphql`.
 pub fn sdl() -> String {
-    build_schema(None).sdl()
+    builder().finish().sdl()
 }
 
 pub(crate) fn state<'a>(ctx: &Context<'a>) -> async_graphql::Result<&'a AppState> {

@@ -7,7 +7,7 @@
 //! application/json`), which a form or a `text/plain` fetch from another site cannot do
 //! without a CORS preflight; and GET never runs a mutation.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use actix_web::{
     HttpRequest, HttpResponse, Responder,
@@ -15,39 +15,48 @@ use actix_web::{
     web,
 };
 use async_graphql::{
-    BatchRequest, BatchResponse, Request, dataloader::DataLoader, http::GraphiQLSource,
-    parser::types::OperationType,
+    BatchRequest, BatchResponse, Request, dataloader::DataLoader, parser::types::OperationType,
 };
 use async_graphql_actix_web::GraphQLResponse;
 use futures::StreamExt;
+use secrecy::ExposeSecret;
 use serde_json::json;
+
+mod graphiql;
 
 use crate::{
     auth, billing,
     error::AppError,
     graphql::{
-        AppState, ClientAddress, IdempotencyHeader, TollgateSchema, loaders::UserLoader, with_code,
+        AppState, ClientAddress, IdempotencyHeader, Schemas, loaders::UserLoader, nesting_error,
+        with_code,
     },
     rate_limit::Client,
 };
 
-/// The GraphiQL release the playground page loads (from unpkg).
-const GRAPHIQL_VERSION: &str = "3.9.0";
-
-pub fn routes(cfg: &mut web::ServiceConfig) {
+/// The API's routes; `/metrics` among them unless it has an address of its own.
+pub fn routes(cfg: &mut web::ServiceConfig, with_metrics: bool) {
     cfg.service(
         web::resource("/graphql")
             .route(web::post().to(graphql_post))
             .route(web::get().to(graphql_get)),
     )
+    .configure(graphiql::routes)
     .route("/webhooks/stripe", web::post().to(billing::receive))
     .route("/healthz", web::get().to(healthz))
-    .route("/readyz", web::get().to(readyz))
-    .route("/metrics", web::get().to(metrics));
+    .route("/readyz", web::get().to(readyz));
+    if with_metrics {
+        metrics_routes(cfg);
+    }
+}
+
+/// `GET /metrics` (on the API's listener, or on `metrics.addr`).
+pub fn metrics_routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/metrics", web::get().to(metrics));
 }
 
 async fn graphql_post(
-    schema: web::Data<TollgateSchema>,
+    schemas: web::Data<Schemas>,
     state: web::Data<AppState>,
     req: HttpRequest,
     payload: web::Payload,
@@ -60,8 +69,19 @@ async fn graphql_post(
         );
     }
     let limit = state.config.http.max_body_bytes;
-    let body = match read_body(&req, payload, limit).await {
+    let timeout = std::time::Duration::from_secs(state.config.http.body_timeout_seconds);
+    let body = match read_body(&req, payload, limit, timeout).await {
         Ok(body) => body,
+        Err(BodyError::Slow) => {
+            return state.reject(
+                StatusCode::REQUEST_TIMEOUT,
+                "BAD_USER_INPUT",
+                &format!(
+                    "the body took longer than {} s to arrive",
+                    timeout.as_secs()
+                ),
+            );
+        }
         Err(BodyError::TooLarge) => {
             return state.reject(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -90,7 +110,7 @@ async fn graphql_post(
             "BAD_USER_INPUT",
             &format!("a batch may hold at most {max_batch} operations"),
         ),
-        Ok(batch) => execute(&schema, &state, &req, batch).await,
+        Ok(batch) => execute(&schemas, &state, &req, batch).await,
         Err(e) => state.reject(
             StatusCode::BAD_REQUEST,
             "GRAPHQL_PARSE_FAILED",
@@ -112,15 +132,28 @@ fn is_json(req: &HttpRequest) -> bool {
         })
 }
 
-enum BodyError {
+pub(crate) enum BodyError {
     /// Longer than the limit (by its `Content-Length`, or as it arrived).
     TooLarge,
     /// The connection failed mid-body.
     Broken,
+    /// Not all there within the time allowed (a client trickling bytes to hold a connection).
+    Slow,
 }
 
-/// The body, read up to `limit` bytes.
-async fn read_body(
+/// The body, read up to `limit` bytes within `timeout`.
+pub(crate) async fn read_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Vec<u8>, BodyError> {
+    tokio::time::timeout(timeout, read_body_unbounded(req, payload, limit))
+        .await
+        .unwrap_or(Err(BodyError::Slow))
+}
+
+async fn read_body_unbounded(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,
@@ -144,42 +177,45 @@ async fn read_body(
     Ok(body)
 }
 
-/// The client's address: the connection's peer, or — when `http.trust_forwarded_for` is set
-/// — the last `X-Forwarded-For` address, the one the proxy in front appended (the earlier
-/// ones are whatever the client claimed).
+/// The client's address as rate limits key it: the connection's peer, or — when
+/// `http.trust_forwarded_for` is set — the last `X-Forwarded-For` address of all its header
+/// lines together, the one the proxy in front appended (earlier ones, and earlier lines, are
+/// whatever the client claimed). An IPv4-mapped IPv6 address counts as its IPv4 address, and
+/// an IPv6 client as its /64 (one host's share of addresses).
 fn client_address(req: &HttpRequest, trust_forwarded_for: bool) -> IpAddr {
     let forwarded = trust_forwarded_for
-        .then(|| req.headers().get("x-forwarded-for"))
+        .then(|| {
+            req.headers()
+                .get_all("x-forwarded-for")
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .last()
+        })
         .flatten()
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit(',').next())
         .and_then(|v| v.trim().parse().ok());
-    forwarded
+    let address = forwarded
         .or_else(|| req.peer_addr().map(|a| a.ip()))
-        .unwrap_or(IpAddr::from([0, 0, 0, 0]))
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    rate_limit_key(address)
+}
+
+fn rate_limit_key(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(v6.to_bits() & !0xffff_ffff_ffff_ffff_u128)),
+        },
+        v4 => v4,
+    }
 }
 
 async fn graphql_get(
-    schema: web::Data<TollgateSchema>,
+    schemas: web::Data<Schemas>,
     state: web::Data<AppState>,
     req: HttpRequest,
 ) -> HttpResponse {
     if req.query_string().is_empty() {
-        if !state.config.graphql.graphiql {
-            return state.reject(
-                StatusCode::NOT_FOUND,
-                "NOT_FOUND",
-                "GraphiQL is turned off on this server; POST GraphQL requests here",
-            );
-        }
-        let page = GraphiQLSource::build()
-            .endpoint("/graphql")
-            .title("Tollgate GraphiQL")
-            .version(GRAPHIQL_VERSION)
-            .finish();
-        return HttpResponse::Ok()
-            .content_type("text/html; charset=utf-8")
-            .body(page);
+        return graphiql::page(&state);
     }
     let request = match async_graphql::http::parse_query_string(req.query_string()) {
         Ok(request) => request,
@@ -191,6 +227,11 @@ async fn graphql_get(
             );
         }
     };
+    // The GET-mutation check parses the document: its nesting is checked first.
+    let max_nesting = state.config.graphql.max_nesting;
+    if let Some(message) = nesting_error(&request.query, &request.variables, max_nesting) {
+        return state.reject(StatusCode::BAD_REQUEST, "GRAPHQL_PARSE_FAILED", &message);
+    }
     if has_mutation(&request) {
         // A link or an <img> must never spend credits (CSRF).
         return state.reject(
@@ -199,7 +240,7 @@ async fn graphql_get(
             "mutations are not allowed over GET: use POST",
         );
     }
-    execute(&schema, &state, &req, BatchRequest::Single(request)).await
+    execute(&schemas, &state, &req, BatchRequest::Single(request)).await
 }
 
 /// Whether the document holds a mutation (an unparsable one is left to GraphQL to report).
@@ -212,7 +253,7 @@ fn has_mutation(request: &Request) -> bool {
 }
 
 async fn execute(
-    schema: &TollgateSchema,
+    schemas: &Schemas,
     state: &AppState,
     req: &HttpRequest,
     batch: BatchRequest,
@@ -246,11 +287,18 @@ async fn execute(
                 "extensions": { "code": e.code(), "retryAfter": retry_after },
             }] }));
     }
-    let idempotency_key = req
-        .headers()
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let idempotency_key = match req.headers().get("idempotency-key").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(key)) => Some(key.to_owned()),
+        // Ignoring it would charge a retry twice.
+        Some(Err(_)) => {
+            return state.reject(
+                StatusCode::BAD_REQUEST,
+                "BAD_USER_INPUT",
+                "the Idempotency-Key header must be visible ASCII",
+            );
+        }
+    };
     let prepare = |request: Request| {
         let request = request
             .data(viewer.clone())
@@ -266,11 +314,13 @@ async fn execute(
     };
     let response = match batch {
         BatchRequest::Single(request) => {
+            let schema = schemas.for_request(&request);
             BatchResponse::Single(schema.execute(prepare(request)).await)
         }
         BatchRequest::Batch(requests) => {
             let mut responses = Vec::with_capacity(requests.len());
             for request in requests {
+                let schema = schemas.for_request(&request);
                 responses.push(schema.execute(prepare(request)).await);
             }
             BatchResponse::Batch(responses)
@@ -307,8 +357,21 @@ impl AppState {
     }
 }
 
-/// Prometheus text exposition.
-async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+/// Prometheus text exposition; with `metrics.bearer_token`, only for its bearer.
+async fn metrics(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    if let Some(token) = &state.config.metrics.bearer_token {
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if !constant_time_eq(presented.as_bytes(), token.expose_secret().as_bytes()) {
+            return HttpResponse::Unauthorized()
+                .insert_header((header::WWW_AUTHENTICATE, "Bearer"))
+                .finish();
+        }
+    }
     match state.metrics.render(&state.db).await {
         Ok(text) => HttpResponse::Ok()
             .content_type("text/plain; version=0.0.4; charset=utf-8")
@@ -318,6 +381,11 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
             HttpResponse::ServiceUnavailable().finish()
         }
     }
+}
+
+/// Equal bytes, compared in a time that does not depend on where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn healthz() -> HttpResponse {

@@ -34,6 +34,8 @@ use crate::{
 pub struct Application {
     port: u16,
     server: Server,
+    /// `GET /metrics` on `metrics.addr`, when it has an address of its own.
+    metrics_server: Option<(u16, Server)>,
     db: Database,
     stop: watch::Sender<bool>,
     reporter: Option<JoinHandle<()>>,
@@ -96,8 +98,28 @@ impl Application {
             metrics,
             limits,
         };
-        let schema = web::Data::new(graphql::build_schema(Some(state.clone())));
+        let schemas = web::Data::new(graphql::Schemas::new(state.clone()));
         let state = web::Data::new(state);
+        let metrics_server = match &state.config.metrics.addr {
+            Some(addr) => {
+                let listener = TcpListener::bind(addr)
+                    .map_err(|e| anyhow::anyhow!("cannot listen on metrics.addr {addr}: {e}"))?;
+                let port = listener.local_addr()?.port();
+                let state = state.clone();
+                let server = HttpServer::new(move || {
+                    App::new()
+                        .app_data(state.clone())
+                        .configure(http::metrics_routes)
+                })
+                .workers(1)
+                .disable_signals()
+                .listen(listener)?
+                .run();
+                Some((port, server))
+            }
+            None => None,
+        };
+        let with_metrics = metrics_server.is_none();
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(Condition::new(
@@ -106,9 +128,9 @@ impl Application {
                 ))
                 .wrap(TracingLogger::<RootSpan>::new())
                 .wrap(from_fn(telemetry::request_id))
-                .app_data(schema.clone())
+                .app_data(schemas.clone())
                 .app_data(state.clone())
-                .configure(http::routes)
+                .configure(|cfg| http::routes(cfg, with_metrics))
         })
         .shutdown_timeout(shutdown_timeout)
         .listen(listener)?
@@ -116,6 +138,7 @@ impl Application {
         Ok(Application {
             port,
             server,
+            metrics_server,
             db,
             stop,
             reporter,
@@ -126,6 +149,11 @@ impl Application {
         self.port
     }
 
+    /// The port of `metrics.addr`, when `/metrics` has an address of its own.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_server.as_ref().map(|(port, _)| *port)
+    }
+
     /// The process's database handles (tests count statements through it).
     pub fn database(&self) -> &Database {
         &self.db
@@ -134,7 +162,16 @@ impl Application {
     /// Serves until SIGTERM or SIGINT; then drains and stops the background work.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         tracing::info!(port = self.port, "Tollgate listening; GraphiQL at /graphql");
+        let metrics = self.metrics_server.map(|(port, server)| {
+            tracing::info!(port, "metrics listening at /metrics");
+            let handle = server.handle();
+            (handle, tokio::spawn(server))
+        });
         let served = self.server.await;
+        if let Some((handle, task)) = metrics {
+            handle.stop(true).await;
+            let _ = task.await;
+        }
         tracing::info!("server stopped; stopping background work");
         let _ = self.stop.send(true);
         if let Some(reporter) = self.reporter {

@@ -14,13 +14,16 @@ use stripe_shared::{CheckoutSession, Subscription};
 use stripe_webhook::{EventObject, Webhook, WebhookError};
 
 use super::sessions::TENANT_METADATA_KEY;
-use crate::{config::Config, db, graphql::AppState};
+use crate::{config::Config, db, graphql::AppState, http::BodyError};
+
+/// The largest webhook body accepted (Stripe's events are far smaller).
+const MAX_EVENT_BYTES: usize = 1024 * 1024;
 
 /// The handler of `POST /webhooks/stripe`.
 pub async fn receive(
     state: web::Data<AppState>,
     req: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> HttpResponse {
     let Some(secret) = &state.config.stripe.webhook_secret else {
         return answer(
@@ -28,6 +31,31 @@ pub async fn receive(
             "NOT_FOUND",
             "Stripe webhooks are not configured on this server",
         );
+    };
+    let timeout = std::time::Duration::from_secs(state.config.http.body_timeout_seconds);
+    let body = match crate::http::read_body(&req, payload, MAX_EVENT_BYTES, timeout).await {
+        Ok(body) => body,
+        Err(BodyError::Slow) => {
+            return answer(
+                StatusCode::REQUEST_TIMEOUT,
+                "BAD_USER_INPUT",
+                "the body arrived too slowly",
+            );
+        }
+        Err(BodyError::TooLarge) => {
+            return answer(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "BAD_USER_INPUT",
+                "the body is too large for a Stripe event",
+            );
+        }
+        Err(BodyError::Broken) => {
+            return answer(
+                StatusCode::BAD_REQUEST,
+                "BAD_USER_INPUT",
+                "the body could not be read",
+            );
+        }
     };
     let Some(signature) = req
         .headers()

@@ -1,7 +1,7 @@
 //! What a tenant has used and spent: its usage of a plan feature (one counter row, O(1)) and
 //! its ledger, paged by keyset (O(page), whatever the depth).
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use entity::{credit, plan_feature};
 use sea_orm::{ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, prelude::*};
 
@@ -117,6 +117,13 @@ pub async fn history(
     after: Option<Uuid>,
     filter: &HistoryFilter,
 ) -> Result<(Vec<credit::Model>, bool), AppError> {
+    for (name, date) in [("filter.from", filter.from), ("filter.to", filter.to)] {
+        if date.is_some_and(|d| !(1..=9999).contains(&d.year())) {
+            return Err(AppError::bad_input(format!(
+                "{name} must be between the years 1 and 9999"
+            )));
+        }
+    }
     let mut query = credit::Entity::find().filter(credit::Column::TenantId.eq(tenant_id));
     if let Some(after) = after {
         query = query.filter(credit::Column::Id.lt(after));

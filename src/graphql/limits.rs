@@ -1,13 +1,18 @@
-//! Limits async-graphql does not have built in: the length of a document, the number of
-//! aliased fields (alias bombs), and the number of root fields of one operation. (Depth and
-//! complexity are the schema's own `limit_depth` / `limit_complexity`.) Checked right after
-//! parsing, before validation and execution; a refused document is
-//! `GRAPHQL_VALIDATION_FAILED`.
+//! Limits async-graphql does not have built in, checked before validation and execution:
+//! - nesting: the brackets of a document and the depth of its variables, scanned **before
+//!   anything parses them** (the parser recurses on values: 2,000 nested `[` overflowed a
+//!   worker's stack and aborted the process) — `GRAPHQL_PARSE_FAILED`;
+//! - the length of a document, aliased fields (alias bombs) and root fields of one operation,
+//!   counted after expanding fragments — `GRAPHQL_VALIDATION_FAILED`;
+//! - text: no control characters in any string argument, literal or variable —
+//!   `BAD_USER_INPUT` (PostgreSQL refuses NUL, SQLite stores it: both must answer alike).
+//!
+//! Depth and complexity are the schema's own `limit_depth` / `limit_complexity`.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use async_graphql::{
-    ServerError, ServerResult, Variables,
+    Name, Positioned, ServerError, ServerResult, Value, Variables,
     extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery},
     parser::types::{ExecutableDocument, FragmentDefinition, Selection, SelectionSet},
 };
@@ -19,7 +24,10 @@ pub struct Limits {
     max_query_bytes: usize,
     max_aliases: usize,
     max_root_fields: usize,
+    max_nesting: usize,
 }
+
+type Fragments = HashMap<Name, Positioned<FragmentDefinition>>;
 
 impl Limits {
     pub fn new(settings: &GraphqlSettings) -> Self {
@@ -27,25 +35,25 @@ impl Limits {
             max_query_bytes: settings.max_query_bytes,
             max_aliases: settings.max_aliases,
             max_root_fields: settings.max_root_fields,
+            max_nesting: settings.max_nesting,
         }
     }
 
     fn check(&self, document: &ExecutableDocument) -> Result<(), String> {
-        let fragments = &document.fragments;
-        let mut aliases = fragments
-            .values()
-            .map(|f| aliases_in(&f.node.selection_set.node))
-            .sum::<usize>();
+        let mut counter = Counter {
+            fragments: &document.fragments,
+            memo: HashMap::new(),
+        };
+        let mut aliases = 0usize;
         for (_, operation) in document.operations.iter() {
-            let selection_set = &operation.node.selection_set.node;
-            aliases += aliases_in(selection_set);
-            let root = root_fields(selection_set, fragments, 0);
-            if root > self.max_root_fields {
+            let counts = counter.count(&operation.node.selection_set.node);
+            if counts.root_fields > self.max_root_fields {
                 return Err(format!(
-                    "an operation may select at most {} root fields; this one selects {root}",
-                    self.max_root_fields
+                    "an operation may select at most {} root fields; this one selects {}",
+                    self.max_root_fields, counts.root_fields
                 ));
             }
+            aliases = aliases.saturating_add(counts.aliases);
         }
         if aliases > self.max_aliases {
             return Err(format!(
@@ -57,45 +65,223 @@ impl Limits {
     }
 }
 
-fn aliases_in(set: &SelectionSet) -> usize {
-    set.items
-        .iter()
-        .map(|item| match &item.node {
-            Selection::Field(f) => {
-                usize::from(f.node.alias.is_some()) + aliases_in(&f.node.selection_set.node)
-            }
-            Selection::InlineFragment(f) => aliases_in(&f.node.selection_set.node),
-            Selection::FragmentSpread(_) => 0,
-        })
-        .sum()
+/// The first nesting problem of a request — its document's brackets, or its variables —
+/// found without parsing either; `None` when both stay within `limit`.
+pub fn nesting_error(query: &str, variables: &Variables, limit: usize) -> Option<String> {
+    if document_nesting_exceeds(query, limit) {
+        return Some(format!(
+            "the document nests brackets deeper than {limit} levels"
+        ));
+    }
+    let too_deep = variables.iter().any(|(_, v)| value_exceeds(v, limit, 1));
+    too_deep.then(|| format!("the variables nest deeper than {limit} levels"))
 }
 
-/// Root fields, fragments expanded (a few levels: deeper spreads are validation's business).
-fn root_fields(
-    set: &SelectionSet,
-    fragments: &std::collections::HashMap<
-        async_graphql::Name,
-        async_graphql::Positioned<FragmentDefinition>,
-    >,
-    level: usize,
-) -> usize {
-    if level > 4 {
-        return 0;
+/// Whether a document asks only about the schema: every root field of every operation
+/// (fragments expanded) is `__schema`, `__type` or `__typename`. Only documents that name
+/// `__schema` or `__type` are parsed to find out, and only once their nesting is known to be
+/// safe.
+pub fn is_introspection(query: &str, max_nesting: usize) -> bool {
+    let mentions = query.contains("__schema")
+        || query
+            .match_indices("__type")
+            .any(|(at, _)| query[at + "__type".len()..].trim_start().starts_with('('));
+    if !mentions || document_nesting_exceeds(query, max_nesting) {
+        return false;
     }
-    set.items
+    let Ok(document) = async_graphql::parser::parse_query(query) else {
+        return false;
+    };
+    fn only_meta(set: &SelectionSet, fragments: &Fragments, level: usize) -> bool {
+        level < 8
+            && set.items.iter().all(|item| match &item.node {
+                Selection::Field(f) => matches!(
+                    f.node.name.node.as_str(),
+                    "__schema" | "__type" | "__typename"
+                ),
+                Selection::InlineFragment(f) => {
+                    only_meta(&f.node.selection_set.node, fragments, level + 1)
+                }
+                Selection::FragmentSpread(s) => fragments
+                    .get(&s.node.fragment_name.node)
+                    .is_some_and(|f| only_meta(&f.node.selection_set.node, fragments, level + 1)),
+            })
+    }
+    document
+        .operations
         .iter()
-        .map(|item| match &item.node {
-            Selection::Field(_) => 1,
-            Selection::InlineFragment(f) => {
-                root_fields(&f.node.selection_set.node, fragments, level + 1)
+        .all(|(_, op)| only_meta(&op.node.selection_set.node, &document.fragments, 0))
+}
+
+/// Whether `{`, `[` and `(` nest deeper than `limit` in a GraphQL document, outside strings,
+/// block strings and comments (lexed as the GraphQL spec does). Linear, no allocation, no
+/// recursion.
+fn document_nesting_exceeds(query: &str, limit: usize) -> bool {
+    let bytes = query.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'#' => {
+                while i < bytes.len() && !matches!(bytes[i], b'\n' | b'\r') {
+                    i += 1;
+                }
             }
-            Selection::FragmentSpread(s) => {
-                fragments.get(&s.node.fragment_name.node).map_or(0, |f| {
-                    root_fields(&f.node.selection_set.node, fragments, level + 1)
-                })
+            b'"' if bytes[i..].starts_with(b"\"\"\"") => {
+                i += 3;
+                while i < bytes.len() && !bytes[i..].starts_with(b"\"\"\"") {
+                    i += if bytes[i..].starts_with(b"\\\"\"\"") {
+                        4
+                    } else {
+                        1
+                    };
+                }
+                i += 2;
             }
+            b'"' => {
+                i += 1;
+                // A string ends at its closing quote, or (invalid, as the parser will say)
+                // at the end of the line.
+                while i < bytes.len() && !matches!(bytes[i], b'"' | b'\n' | b'\r') {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'{' | b'[' | b'(' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b'}' | b']' | b')' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Whether a variable's value nests deeper than `limit` (it was read by serde_json, whose own
+/// recursion limit of 128 bounds this recursion).
+fn value_exceeds(value: &Value, limit: usize, level: usize) -> bool {
+    if level > limit {
+        return true;
+    }
+    match value {
+        Value::List(items) => items.iter().any(|v| value_exceeds(v, limit, level + 1)),
+        Value::Object(fields) => fields.values().any(|v| value_exceeds(v, limit, level + 1)),
+        _ => false,
+    }
+}
+
+/// Whether a text input holds a control character (tab, line feed and carriage return are
+/// text; NUL, escape, DEL and the C1 controls are not).
+pub fn has_control_characters(text: &str) -> bool {
+    text.chars()
+        .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+}
+
+/// Whether any string in the request — literal arguments (of fields and directives),
+/// variable defaults, or variables — holds a control character.
+fn has_control_text(document: &ExecutableDocument, variables: &Variables) -> bool {
+    fn in_const(value: &Value) -> bool {
+        match value {
+            Value::String(s) => has_control_characters(s),
+            Value::List(items) => items.iter().any(in_const),
+            Value::Object(fields) => fields.values().any(in_const),
+            _ => false,
+        }
+    }
+    fn in_value(value: &async_graphql_value::Value) -> bool {
+        use async_graphql_value::Value as V;
+        match value {
+            V::String(s) => has_control_characters(s),
+            V::List(items) => items.iter().any(in_value),
+            V::Object(fields) => fields.values().any(in_value),
+            _ => false,
+        }
+    }
+    fn in_set(set: &SelectionSet) -> bool {
+        set.items.iter().any(|item| match &item.node {
+            Selection::Field(f) => {
+                f.node.arguments.iter().any(|(_, v)| in_value(&v.node))
+                    || f.node
+                        .directives
+                        .iter()
+                        .any(|d| d.node.arguments.iter().any(|(_, v)| in_value(&v.node)))
+                    || in_set(&f.node.selection_set.node)
+            }
+            Selection::InlineFragment(f) => in_set(&f.node.selection_set.node),
+            Selection::FragmentSpread(_) => false,
         })
-        .sum()
+    }
+    variables.iter().any(|(_, v)| in_const(v))
+        || document
+            .fragments
+            .values()
+            .any(|f| in_set(&f.node.selection_set.node))
+        || document.operations.iter().any(|(_, op)| {
+            op.node
+                .variable_definitions
+                .iter()
+                .filter_map(|d| d.node.default_value.as_ref())
+                .any(|v| in_const(&v.node))
+                || in_set(&op.node.selection_set.node)
+        })
+}
+
+#[derive(Clone, Copy, Default)]
+struct Counts {
+    /// Fields at this level (fragments expanded).
+    root_fields: usize,
+    /// Aliased fields at any level below (fragments expanded).
+    aliases: usize,
+}
+
+/// Counts selections with every fragment expanded, each fragment counted once and then
+/// remembered, so nested and reused fragments count in full without exponential work.
+struct Counter<'a> {
+    fragments: &'a Fragments,
+    /// `None` while a fragment is being counted: a cycle (which validation refuses) counts 0.
+    memo: HashMap<&'a str, Option<Counts>>,
+}
+
+impl<'a> Counter<'a> {
+    fn count(&mut self, set: &'a SelectionSet) -> Counts {
+        let mut total = Counts::default();
+        for item in &set.items {
+            let counts = match &item.node {
+                Selection::Field(f) => {
+                    let inner = self.count(&f.node.selection_set.node);
+                    Counts {
+                        root_fields: 1,
+                        aliases: inner
+                            .aliases
+                            .saturating_add(usize::from(f.node.alias.is_some())),
+                    }
+                }
+                Selection::InlineFragment(f) => self.count(&f.node.selection_set.node),
+                Selection::FragmentSpread(s) => self.fragment(s.node.fragment_name.node.as_str()),
+            };
+            total.root_fields = total.root_fields.saturating_add(counts.root_fields);
+            total.aliases = total.aliases.saturating_add(counts.aliases);
+        }
+        total
+    }
+
+    fn fragment(&mut self, name: &'a str) -> Counts {
+        match self.memo.get(name) {
+            Some(Some(counts)) => return *counts,
+            Some(None) => return Counts::default(),
+            None => {}
+        }
+        let Some(fragment) = self.fragments.get(name) else {
+            return Counts::default();
+        };
+        self.memo.insert(name, None);
+        let counts = self.count(&fragment.node.selection_set.node);
+        self.memo.insert(name, Some(counts));
+        counts
+    }
 }
 
 impl ExtensionFactory for Limits {
@@ -113,18 +299,75 @@ impl Extension for Limits {
         variables: &Variables,
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
-        let refused = |message: String| {
-            super::with_code(ServerError::new(message, None), "GRAPHQL_VALIDATION_FAILED")
-        };
+        let refused =
+            |message: String, code| super::with_code(ServerError::new(message, None), code);
+        if let Some(message) = nesting_error(query, variables, self.max_nesting) {
+            return Err(refused(message, "GRAPHQL_PARSE_FAILED"));
+        }
         if query.len() > self.max_query_bytes {
-            return Err(refused(format!(
-                "the document is {} bytes; at most {} are accepted",
-                query.len(),
-                self.max_query_bytes
-            )));
+            return Err(refused(
+                format!(
+                    "the document is {} bytes; at most {} are accepted",
+                    query.len(),
+                    self.max_query_bytes
+                ),
+                "GRAPHQL_VALIDATION_FAILED",
+            ));
         }
         let document = next.run(ctx, query, variables).await?;
-        self.check(&document).map_err(refused)?;
+        self.check(&document)
+            .map_err(|m| refused(m, "GRAPHQL_VALIDATION_FAILED"))?;
+        if has_control_text(&document, variables) {
+            return Err(refused(
+                "text inputs may not contain control characters (NUL, ESC, DEL, …)".to_owned(),
+                "BAD_USER_INPUT",
+            ));
+        }
         Ok(document)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn brackets_in_strings_and_comments_do_not_count() {
+        let deep = "[".repeat(10);
+        assert!(!document_nesting_exceeds(
+            &format!("{{ a(x: \"{deep}\") }}"),
+            3
+        ));
+        assert!(!document_nesting_exceeds(
+            &format!("{{ a(x: \"\"\"{deep}\"\"\") }}"),
+            3
+        ));
+        assert!(!document_nesting_exceeds(&format!("{{ a # {deep}\n }}"), 3));
+        assert!(!document_nesting_exceeds(
+            &format!("{{ a(x: \"\\\"{deep}\") }}"),
+            3
+        ));
+        assert!(document_nesting_exceeds(&format!("{{ a(x: {deep}) }}"), 3));
+        // A string cannot hide what follows its line's end.
+        assert!(document_nesting_exceeds(
+            &format!("{{ a(x: \"\n{deep}) }}"),
+            3
+        ));
+    }
+
+    #[test]
+    fn ten_thousand_levels_are_seen_without_recursion() {
+        let query = format!("{{ a(x: {}) }}", "[".repeat(10_000));
+        assert!(document_nesting_exceeds(&query, 64));
+        assert!(!document_nesting_exceeds("{ a { b { c } } }", 64));
+    }
+
+    #[test]
+    fn control_characters_are_refused_but_line_breaks_are_text() {
+        assert!(has_control_characters("ann\0@example.com"));
+        assert!(has_control_characters("esc\u{1b}"));
+        assert!(has_control_characters("c1\u{85}"));
+        assert!(!has_control_characters("two\nlines\tand\r\n"));
+        assert!(!has_control_characters("Zoë 🚀"));
     }
 }

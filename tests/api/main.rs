@@ -12,6 +12,7 @@ mod guard;
 mod hardening;
 mod helpers;
 mod history;
+mod hostile;
 mod idempotency;
 mod operability;
 mod plans;
