@@ -3,13 +3,11 @@
 //! taken from `Authorization: Bearer`, and membership checks. A token that is present but
 //! invalid is an error, never an anonymous caller.
 
+mod hashing;
+
 use std::path::Path;
 
 use anyhow::Context;
-use argon2::{
-    Argon2, PasswordHash, PasswordHasher, PasswordVerifier,
-    password_hash::{SaltString, rand_core::OsRng},
-};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::Utc;
 use entity::{project, tenant_user, user};
@@ -123,16 +121,20 @@ impl External {
         Ok(External { keys, validation })
     }
 
+    /// The key for a token's `kid`: the one with that id in a key set; the only key when
+    /// there is just one without an id (a PEM file), whatever `kid` the token names.
     fn key(&self, kid: Option<&str>) -> Option<&DecodingKey> {
-        match kid {
-            Some(kid) => self
-                .keys
+        let by_id = kid.and_then(|kid| {
+            self.keys
                 .iter()
                 .find(|(id, _)| id.as_deref() == Some(kid))
-                .map(|(_, key)| key),
-            None if self.keys.len() == 1 => self.keys.first().map(|(_, key)| key),
-            None => None,
-        }
+                .map(|(_, key)| key)
+        });
+        by_id.or(match self.keys.as_slice() {
+            [(None, key)] => Some(key),
+            [(_, key)] if kid.is_none() => Some(key),
+            _ => None,
+        })
     }
 }
 
@@ -284,8 +286,11 @@ pub async fn authenticate(
 }
 
 /// The user an external identity provider's `sub` signs in: found by the `sub`; else, on a
-/// first visit with a verified `email` claim, the account with that email (linked now, if no
-/// other provider user has it) or a new one. Without a verified email, nobody.
+/// first visit with a verified `email` claim, a new account — or the account with that email,
+/// linked now, but only if Tollgate knows that account's email to be verified and no other
+/// provider user has it. An unverified account with that email (anyone can sign up with any
+/// address) is never linked: whoever made it first would own what the provider's user does.
+/// Without a verified email, nobody.
 async fn external_user(
     db: &impl ConnectionTrait,
     claims: ExternalClaims,
@@ -306,6 +311,11 @@ async fn external_user(
     };
     let written = match find_by_email(db, &email).await? {
         Some(existing) if existing.external_subject.is_some() => return Ok(None),
+        Some(existing) if existing.email_verified_at.is_none() => {
+            return Err(AppError::Unauthenticated(
+                "an account with this email exists but its address is not verified: it cannot be linked to this identity provider",
+            ));
+        }
         Some(existing) => {
             let mut linked: user::ActiveModel = existing.into();
             linked.external_subject = Set(Some(claims.sub.clone()));
@@ -326,6 +336,7 @@ async fn external_user(
                 password_hash: Set(dummy_hash()),
                 created_at: Set(Utc::now()),
                 external_subject: Set(Some(claims.sub.clone())),
+                email_verified_at: Set(Some(Utc::now())),
             }
             .insert(db)
             .await
@@ -348,10 +359,13 @@ pub struct SignUp {
     pub name: String,
 }
 
+pub use hashing::Hasher;
+
 /// Creates a user and returns it with a token.
 pub async fn sign_up(
     db: &impl ConnectionTrait,
     keys: &Keys,
+    hasher: &Hasher,
     input: SignUp,
 ) -> Result<(user::Model, String), AppError> {
     let email = normalize_email(&input.email)?;
@@ -372,7 +386,7 @@ pub async fn sign_up(
             "an account with this email already exists",
         ));
     }
-    let password_hash = hash_password(input.password).await?;
+    let password_hash = hasher.hash(input.password).await?;
     let inserted = user::ActiveModel {
         id: Set(Uuid::now_v7()),
         email: Set(email),
@@ -380,6 +394,7 @@ pub async fn sign_up(
         password_hash: Set(password_hash),
         created_at: Set(Utc::now()),
         external_subject: Set(None),
+        email_verified_at: Set(None),
     }
     .insert(db)
     .await;
@@ -401,6 +416,7 @@ pub async fn sign_up(
 pub async fn sign_in(
     db: &impl ConnectionTrait,
     keys: &Keys,
+    hasher: &Hasher,
     email: &str,
     password: String,
 ) -> Result<(user::Model, String), AppError> {
@@ -411,10 +427,10 @@ pub async fn sign_in(
     };
     let Some(user) = user else {
         // Spend the same time as a real check, so timing does not reveal who has an account.
-        let _ = verify_password(password, dummy_hash()).await;
+        hasher.verify(password, dummy_hash()).await?;
         return Err(REFUSED);
     };
-    if !verify_password(password, user.password_hash.clone()).await? {
+    if !hasher.verify(password, user.password_hash.clone()).await? {
         return Err(REFUSED);
     }
     let token = keys.mint(user.id)?;
@@ -443,32 +459,6 @@ pub fn normalize_email(email: &str) -> Result<String, AppError> {
     } else {
         Err(AppError::bad_input("email is not a valid address"))
     }
-}
-
-async fn hash_password(password: String) -> Result<String, AppError> {
-    tokio::task::spawn_blocking(move || {
-        let salt = SaltString::generate(&mut OsRng);
-        Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| anyhow::anyhow!("password hashing failed: {e}"))
-    })
-    .await
-    .map_err(|e| AppError::Internal(e.into()))?
-    .map_err(AppError::Internal)
-}
-
-async fn verify_password(password: String, hash: String) -> Result<bool, AppError> {
-    tokio::task::spawn_blocking(move || {
-        let parsed = PasswordHash::new(&hash)
-            .map_err(|e| anyhow::anyhow!("stored password hash is malformed: {e}"))?;
-        Ok(Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok())
-    })
-    .await
-    .map_err(|e| AppError::Internal(e.into()))?
-    .map_err(AppError::Internal)
 }
 
 /// A valid argon2 hash of a random password, to verify against when the user is unknown.

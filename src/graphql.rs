@@ -19,8 +19,8 @@ use async_graphql::{
 };
 
 use crate::{
-    auth::Keys, auth::Viewer, billing::StripeHttp, config::Config, db::Database, error::AppError,
-    metrics::Metrics, projects::Writer, rate_limit::RateLimits,
+    auth::Hasher, auth::Keys, auth::Viewer, billing::StripeHttp, config::Config, db::Database,
+    error::AppError, metrics::Metrics, projects::Writer, rate_limit::RateLimits,
 };
 
 pub use limits::{has_control_characters, nesting_error};
@@ -36,6 +36,8 @@ pub struct AppState {
     pub writer: Writer,
     pub config: Arc<Config>,
     pub keys: Arc<Keys>,
+    /// Password hashing, bounded (`auth.hashing_concurrency`, `auth.hashing_queue`).
+    pub hasher: Hasher,
     /// The Stripe client, when `stripe.secret_key` is configured.
     pub stripe: Option<StripeHttp>,
     pub metrics: Metrics,

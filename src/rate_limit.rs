@@ -6,7 +6,7 @@
 use std::{net::IpAddr, num::NonZeroU32, sync::Arc, time::Duration};
 
 use governor::{
-    DefaultKeyedRateLimiter, Quota, RateLimiter,
+    DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter,
     clock::{Clock, DefaultClock},
 };
 
@@ -21,6 +21,9 @@ pub enum Client {
 
 pub struct RateLimits {
     auth: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    /// All addresses' sign-ins together: one client with many addresses (a botnet, an IPv6
+    /// block) gets no more than this.
+    auth_global: Option<DefaultDirectRateLimiter>,
     requests: Option<DefaultKeyedRateLimiter<Client>>,
 }
 
@@ -33,13 +36,23 @@ impl RateLimits {
             let burst = NonZeroU32::new(settings.burst).unwrap_or(n);
             RateLimiter::keyed(Quota::per_second(n).allow_burst(burst))
         });
-        Arc::new(RateLimits { auth, requests })
+        let auth_global = enabled(settings.auth_global_per_second)
+            .map(|n| RateLimiter::direct(Quota::per_second(n)));
+        Arc::new(RateLimits {
+            auth,
+            auth_global,
+            requests,
+        })
     }
 
-    /// One `signIn`/`signUp` attempt from `address`.
+    /// One `signIn`/`signUp` attempt from `address`: within its address's budget, then
+    /// within everyone's.
     pub fn check_auth(&self, address: IpAddr) -> Result<(), AppError> {
-        match &self.auth {
-            Some(limiter) => verdict(limiter.check_key(&address)),
+        if let Some(limiter) = &self.auth {
+            verdict(limiter.check_key(&address))?;
+        }
+        match &self.auth_global {
+            Some(limiter) => verdict(limiter.check()),
             None => Ok(()),
         }
     }

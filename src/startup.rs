@@ -18,7 +18,7 @@ use tokio::{sync::watch, task::JoinHandle};
 use tracing_actix_web::TracingLogger;
 
 use crate::{
-    auth::Keys,
+    auth::{Hasher, Keys},
     billing::{self, StripeHttp},
     config::Config,
     credits,
@@ -89,12 +89,14 @@ impl Application {
             tracing::info!("Stripe webhooks are off (no stripe.webhook_secret)");
         }
         let metrics = Metrics::new()?;
+        let hasher = Hasher::spawn(config.auth.hashing_concurrency, config.auth.hashing_queue)?;
         let state = AppState {
             writer: Writer::spawn(db.clone(), config.database.max_batch, metrics.clone()),
             stripe,
             db: db.clone(),
             config: Arc::new(config),
             keys: Arc::new(keys),
+            hasher,
             metrics,
             limits,
         };

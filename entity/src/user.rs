@@ -15,6 +15,9 @@ pub struct Model {
     /// The `sub` of an external identity provider that signs this user in, if any.
     #[sea_orm(unique)]
     pub external_subject: Option<String>,
+    /// When the email address was verified; `None`: never (a password sign-up). Only a
+    /// verified account may be linked to an identity provider's user.
+    pub email_verified_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

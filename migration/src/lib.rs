@@ -7,6 +7,7 @@ mod m20261125_000001_core;
 mod m20261125_000002_idempotency;
 mod m20261125_000003_stripe;
 mod m20261125_000004_external_subject;
+mod m20261130_000005_email_verified;
 
 pub struct Migrator;
 
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000002_idempotency::Migration),
             Box::new(m20261125_000003_stripe::Migration),
             Box::new(m20261125_000004_external_subject::Migration),
+            Box::new(m20261130_000005_email_verified::Migration),
         ]
     }
 }

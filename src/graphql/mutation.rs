@@ -77,7 +77,7 @@ impl Mutation {
             password: input.password,
             name: input.name,
         };
-        let (user, token) = auth::sign_up(&state.db.write, &state.keys, input)
+        let (user, token) = auth::sign_up(&state.db.write, &state.keys, &state.hasher, input)
             .await
             .extend()?;
         Ok(AuthPayload {
@@ -95,9 +95,10 @@ impl Mutation {
     ) -> async_graphql::Result<AuthPayload> {
         let state = state(ctx)?;
         auth_attempt(ctx, state).extend()?;
-        let (user, token) = auth::sign_in(&state.db.read, &state.keys, &email, password)
-            .await
-            .extend()?;
+        let (user, token) =
+            auth::sign_in(&state.db.read, &state.keys, &state.hasher, &email, password)
+                .await
+                .extend()?;
         Ok(AuthPayload {
             token,
             user: user.into(),

@@ -284,8 +284,7 @@ async fn tokens_of_an_external_identity_provider_sign_users_in_by_sub() {
     // The provider's user can do what any user can.
     let tenant = app.create_tenant(&token, "idp-tenant").await;
     assert!(!tenant.is_empty());
-    // A Tollgate account with a verified email is linked on first visit; not without.
-    let (_, ann) = app.sign_up("ann@example.com").await;
+    // A provider's user without a verified email gets nothing.
     let unverified = idp_token(&private, None, claims("idp|7", "ann@example.com", false));
     let response = app
         .client
@@ -296,9 +295,18 @@ async fn tokens_of_an_external_identity_provider_sign_users_in_by_sub() {
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 401);
-    let verified = idp_token(&private, None, claims("idp|7", "ann@example.com", true));
-    let linked = app.gql(Some(&verified), ME, json!({})).await;
-    assert_eq!(linked["data"]["me"]["id"], json!(ann), "{linked}");
+    // A single configured key accepts whatever `kid` the provider puts in the header (Auth0,
+    // Keycloak and Okta always send one).
+    let with_kid = idp_token(
+        &private,
+        Some("auth0-key-1"),
+        claims("idp|42", "idp@example.com", true),
+    );
+    let body = app.gql(Some(&with_kid), ME, json!({})).await;
+    assert_eq!(
+        body["data"]["me"]["id"], first["data"]["me"]["id"],
+        "{body}"
+    );
 
     // Refused: another audience, another issuer, expired, HS256 claiming the provider.
     let mut wrong_aud = claims("idp|42", "idp@example.com", true);
@@ -330,6 +338,71 @@ async fn tokens_of_an_external_identity_provider_sign_users_in_by_sub() {
             .unwrap();
         assert_eq!(response.status().as_u16(), 401, "{case}");
     }
+}
+
+#[tokio::test]
+async fn an_account_made_first_with_a_victims_email_is_never_linked_to_the_victims_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let (private, _) = rsa_pair(dir.path());
+    let key_path = dir.path().join("idp.pub");
+    let app = spawn_app_with(move |c| {
+        c.jwt.external = Some(tollgate::config::ExternalIdp {
+            issuer: "https://idp.example".into(),
+            audience: "tollgate-api".into(),
+            public_key_file: Some(key_path),
+            jwks_file: None,
+        });
+    })
+    .await;
+    // The attacker signs up first with the victim's address (nobody verifies it)…
+    let (attacker, attacker_id) = app.sign_up("victim@example.com").await;
+    let trap = app.create_tenant(&attacker, "trap").await;
+    // …then the victim arrives through the identity provider, with a verified email.
+    let now = Utc::now().timestamp();
+    let victim = idp_token(
+        &private,
+        None,
+        json!({ "sub": "idp|victim", "exp": now + 600, "iss": "https://idp.example",
+                "aud": "tollgate-api", "email": "victim@example.com", "email_verified": true }),
+    );
+    let response = app
+        .client
+        .post(format!("{}/graphql", app.address))
+        .bearer_auth(&victim)
+        .json(&json!({ "query": "mutation { createTenant(input: {name: \"Victim Inc\", slug: \"victim\"}) { id } }" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(error_code(&body), Some("UNAUTHENTICATED"), "{body}");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not verified"),
+        "{body}"
+    );
+    // Nothing the victim did lands with the attacker, and the attacker's account is unlinked.
+    let mine = app
+        .gql(
+            Some(&attacker),
+            "{ me { id memberships { tenant { id } } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(mine["data"]["me"]["id"], json!(attacker_id));
+    assert_eq!(
+        mine["data"]["me"]["memberships"],
+        json!([{ "tenant": { "id": trap } }]),
+        "{mine}"
+    );
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM \"user\" WHERE external_subject IS NOT NULL")
+            .await,
+        0
+    );
+    assert_eq!(app.scalar("SELECT COUNT(*) FROM tenant").await, 1);
 }
 
 #[tokio::test]

@@ -493,6 +493,17 @@ impl ServerProcess {
         panic!("the server did not stop within 30 s of SIGTERM");
     }
 
+    /// A figure of /proc/PID/status, in KiB (`VmRSS`, `VmHWM`: the peak).
+    pub fn memory_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the server is running");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("{field} in /proc/PID/status"))
+    }
+
     /// SIGKILL: no shutdown, no flush, no goodbye.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

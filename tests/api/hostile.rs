@@ -397,3 +397,76 @@ async fn with_introspection_off_errors_suggest_no_field_names() {
     let (_, body) = post(&on, &json!({ "query": "{ creditType { value } }" })).await;
     assert!(body.to_string().contains("Did you mean"), "{body}");
 }
+
+#[tokio::test]
+async fn a_thousand_concurrent_sign_ins_from_a_thousand_addresses_keep_memory_bounded() {
+    let app = spawn_app().await;
+    app.sign_up("victim@example.com").await;
+    let server = app
+        .start_server(&[
+            ("TOLLGATE_RATE_LIMIT__ENABLED", "true"),
+            ("TOLLGATE_HTTP__TRUST_FORWARDED_FOR", "true"),
+        ])
+        .await;
+    let url = format!("{}/graphql", server.url);
+    eprintln!("before: peak RSS {} KiB", server.memory_kib("VmHWM"));
+    let attempts = (0..1000).map(|i| {
+        app.client
+            .post(&url)
+            .header("X-Forwarded-For", format!("198.18.{}.{}", i / 250, i % 250))
+            .json(&json!({
+                "query": "mutation($e: String!, $p: String!) { signIn(email: $e, password: $p) { token } }",
+                "variables": { "e": "victim@example.com", "p": format!("guess number {i}") },
+            }))
+            .send()
+    });
+    // Meanwhile, another client reads the plans: it keeps being answered.
+    let reader = async {
+        let mut slowest = Duration::ZERO;
+        for _ in 0..10 {
+            let started = std::time::Instant::now();
+            let body: Value = app
+                .client
+                .post(&url)
+                .json(&json!({ "query": "{ plans { slug } }" }))
+                .send()
+                .await
+                .expect("answered")
+                .json()
+                .await
+                .unwrap();
+            assert!(body["errors"].is_null(), "{body}");
+            slowest = slowest.max(started.elapsed());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        slowest
+    };
+    let (answers, slowest) = tokio::join!(futures::future::join_all(attempts), reader);
+    let mut codes = std::collections::BTreeMap::<String, usize>::new();
+    for answer in answers {
+        let body: Value = answer.expect("answered").json().await.unwrap();
+        *codes
+            .entry(error_code(&body).unwrap_or("none").to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(codes.values().sum::<usize>(), 1000, "{codes:?}");
+    assert!(
+        codes.get("UNAUTHENTICATED").is_some_and(|&n| n > 0),
+        "{codes:?}"
+    );
+    assert!(
+        codes.get("RATE_LIMITED").is_some_and(|&n| n > 0),
+        "{codes:?}"
+    );
+    assert_eq!(
+        codes.len(),
+        2,
+        "only wrong passwords and refusals: {codes:?}"
+    );
+    let peak = server.memory_kib("VmHWM");
+    eprintln!("peak RSS {peak} KiB, answers {codes:?}, slowest read {slowest:?}");
+    assert!(peak < 200 * 1024, "peak RSS {peak} KiB");
+    // Not a timing assertion on a shared machine: a generous bound that an unbounded pool
+    // of 1,000 argon2 runs would blow through.
+    assert!(slowest < Duration::from_secs(20), "{slowest:?}");
+}
