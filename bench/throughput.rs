@@ -563,6 +563,7 @@ async fn raw_floor(url: &str, batched: bool, seconds: u64) -> f64 {
         password_hash: Set("x".into()),
         created_at: Set(now),
         external_subject: Set(None),
+        email_verified_at: Set(None),
     }
     .insert(&db.write)
     .await
