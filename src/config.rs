@@ -660,7 +660,7 @@ impl Default for Defaults {
             graphql: GraphqlSettings {
                 max_nesting: 64,
                 max_depth: 12,
-                max_complexity: 500,
+                max_complexity: 2_000,
                 max_aliases: 30,
                 max_root_fields: 20,
                 max_batch: 10,

@@ -28,8 +28,9 @@ use crate::{
     auth, billing,
     error::AppError,
     graphql::{
-        AppState, ClientAddress, IdempotencyHeader, Schemas, loaders::UserLoader, nesting_error,
-        with_code,
+        AppState, ClientAddress, IdempotencyHeader, Schemas,
+        loaders::{SubscriptionLoader, UserLoader},
+        nesting_error, with_code,
     },
     rate_limit::Client,
 };
@@ -305,6 +306,10 @@ async fn execute(
             .data(ClientAddress(address))
             .data(DataLoader::new(
                 UserLoader(state.db.read.clone()),
+                tokio::spawn,
+            ))
+            .data(DataLoader::new(
+                SubscriptionLoader(state.db.read.clone()),
                 tokio::spawn,
             ));
         match &idempotency_key {

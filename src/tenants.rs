@@ -6,7 +6,8 @@ use std::str::FromStr;
 use chrono::Utc;
 use entity::{tenant, tenant_user, user};
 use sea_orm::{
-    ActiveValue::Set, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, prelude::*,
+    ActiveValue::Set, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    prelude::*,
 };
 
 use crate::{config::Config, credits, db::Database, error::AppError};
@@ -73,6 +74,26 @@ pub async fn create_tenant(
     }
     let now = Utc::now();
     let txn = db.begin_write().await?;
+    // Inside the write transaction (on PostgreSQL with the user's row locked): concurrent
+    // creations by one user cannot both pass the cap.
+    if txn.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+        txn.execute_raw(sea_orm::Statement::from_sql_and_values(
+            sea_orm::DatabaseBackend::Postgres,
+            "SELECT 1 FROM \"user\" WHERE id = $1 FOR UPDATE",
+            [owner.id.into()],
+        ))
+        .await?;
+    }
+    let belongs_to = tenant_user::Entity::find()
+        .filter(tenant_user::Column::UserId.eq(owner.id))
+        .count(&txn)
+        .await?;
+    if belongs_to >= config.tenants.max_per_user {
+        return Err(AppError::bad_input(format!(
+            "a user may belong to at most {} tenants",
+            config.tenants.max_per_user
+        )));
+    }
     let inserted = tenant::ActiveModel {
         id: Set(Uuid::now_v7()),
         slug: Set(slug),

@@ -1,6 +1,8 @@
 //! Plans and subscriptions: the configured plans mirrored into the database at start-up,
 //! the plan a tenant is on, and subscribing a tenant to one.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use entity::{plan, plan_feature, tenant_subscription};
 use sea_orm::{
@@ -44,42 +46,41 @@ pub async fn plans(db: &impl ConnectionTrait) -> Result<Vec<PlanWithFeatures>, A
         .collect())
 }
 
-/// The plan a tenant is subscribed to.
-pub async fn tenant_plan(
+/// Tenants' subscriptions with the plan each is on, for many tenants in three queries
+/// (subscriptions, plans, features) whatever their number. A tenant without a
+/// subscription is absent.
+pub async fn tenant_subscriptions(
     db: &impl ConnectionTrait,
-    tenant_id: Uuid,
-) -> Result<Option<PlanWithFeatures>, AppError> {
-    Ok(tenant_subscription(db, tenant_id)
-        .await?
-        .and_then(|(_, plan)| plan))
-}
-
-/// A tenant's subscription and the plan it is on.
-pub async fn tenant_subscription(
-    db: &impl ConnectionTrait,
-    tenant_id: Uuid,
-) -> Result<Option<(tenant_subscription::Model, Option<PlanWithFeatures>)>, AppError> {
-    let Some(subscription) = tenant_subscription::Entity::find_by_id(tenant_id)
-        .one(db)
-        .await?
-    else {
-        return Ok(None);
-    };
-    let Some(plan) = plan::Entity::find_by_id(subscription.plan_id)
-        .one(db)
-        .await?
-    else {
-        return Ok(Some((subscription, None)));
-    };
+    tenant_ids: &[Uuid],
+) -> Result<HashMap<Uuid, (tenant_subscription::Model, Option<PlanWithFeatures>)>, AppError> {
+    let subscriptions = tenant_subscription::Entity::find()
+        .filter(tenant_subscription::Column::TenantId.is_in(tenant_ids.iter().copied()))
+        .all(db)
+        .await?;
+    let plans = plan::Entity::find()
+        .filter(plan::Column::Id.is_in(subscriptions.iter().map(|s| s.plan_id)))
+        .all(db)
+        .await?;
     let features = plan_feature::Entity::find()
-        .filter(plan_feature::Column::PlanId.eq(plan.id))
+        .filter(plan_feature::Column::PlanId.is_in(plans.iter().map(|p| p.id)))
         .order_by_asc(plan_feature::Column::Order)
         .all(db)
         .await?;
-    Ok(Some((
-        subscription,
-        Some(PlanWithFeatures { plan, features }),
-    )))
+    let with_features = |plan: &plan::Model| PlanWithFeatures {
+        plan: plan.clone(),
+        features: features
+            .iter()
+            .filter(|f| f.plan_id == plan.id)
+            .cloned()
+            .collect(),
+    };
+    Ok(subscriptions
+        .into_iter()
+        .map(|s| {
+            let plan = plans.iter().find(|p| p.id == s.plan_id).map(with_features);
+            (s.tenant_id, (s, plan))
+        })
+        .collect())
 }
 
 /// Subscribes a tenant to the plan `slug` (inside the caller's transaction).

@@ -4,8 +4,13 @@
 use std::{collections::HashMap, sync::Arc};
 
 use async_graphql::dataloader::Loader;
-use entity::user;
+use entity::{tenant_subscription, user};
 use sea_orm::{DatabaseConnection, DbErr, EntityTrait, QueryFilter, prelude::*};
+
+use crate::{
+    credits::{self, PlanWithFeatures},
+    error::AppError,
+};
 
 /// Users by id (`Credit.user`).
 pub struct UserLoader(pub DatabaseConnection);
@@ -21,5 +26,20 @@ impl Loader<Uuid> for UserLoader {
             .await
             .map_err(Arc::new)?;
         Ok(users.into_iter().map(|u| (u.id, u)).collect())
+    }
+}
+
+/// Tenants' subscriptions and plans by tenant id (`Tenant.plan`, `Tenant.subscription`): a
+/// list of tenants costs three queries, not three per tenant.
+pub struct SubscriptionLoader(pub DatabaseConnection);
+
+impl Loader<Uuid> for SubscriptionLoader {
+    type Value = (tenant_subscription::Model, Option<PlanWithFeatures>);
+    type Error = Arc<AppError>;
+
+    async fn load(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, Self::Value>, Arc<AppError>> {
+        credits::tenant_subscriptions(&self.0, ids)
+            .await
+            .map_err(Arc::new)
     }
 }

@@ -13,7 +13,8 @@ use crate::{
         state,
         types::{
             Credit, CreditConnection, CreditHistoryFilter, CreditType, Plan, PlanFeatureUsage,
-            Tenant, UsageBasedUnit, UsageReport, UsageReportConnection, User, parse_id,
+            Tenant, UsageBasedUnit, UsageReport, UsageReportConnection, User, page_complexity,
+            parse_id,
         },
         viewer,
     },
@@ -91,6 +92,7 @@ impl Query {
     }
 
     /// The tenant's credit ledger, newest first, `first` (at most 100) at a time. Members only.
+    #[graphql(complexity = "page_complexity(first, child_complexity)")]
     async fn credit_history(
         &self,
         ctx: &Context<'_>,
@@ -130,6 +132,7 @@ impl Query {
     /// The tenant's billable usage as reported to Stripe, newest first, `first` (at most
     /// 100) at a time: what was sent, what Stripe accepted, what failed and why. OWNER and
     /// ADMIN only.
+    #[graphql(complexity = "page_complexity(first, child_complexity)")]
     async fn usage_reports(
         &self,
         ctx: &Context<'_>,

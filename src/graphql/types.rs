@@ -22,6 +22,16 @@ pub use page::*;
 pub use resources::*;
 
 /// Saturates a stored 64-bit count into GraphQL's 32-bit `Int`.
+/// How many items a list without a page size counts as in a request's complexity
+/// (`User.memberships`: as many as `tenants.max_per_user` allows by default).
+pub const LIST_COMPLEXITY: usize = 20;
+
+/// A page's complexity: its selection once per row it may hold (`first`, default 20).
+pub fn page_complexity(first: Option<i32>, child_complexity: usize) -> usize {
+    let rows = usize::try_from(first.unwrap_or(20)).unwrap_or(0);
+    1 + rows.max(1).saturating_mul(child_complexity)
+}
+
 fn int(value: i64) -> i32 {
     i32::try_from(value).unwrap_or(if value < 0 { i32::MIN } else { i32::MAX })
 }

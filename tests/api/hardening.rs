@@ -60,9 +60,13 @@ async fn hostile_requests_get_their_code_and_never_a_500() {
     let app = spawn_app().await;
     let big = "x".repeat(100 * 1024);
     let long_query = format!("{{ creditTypes {{ value }} }} #{}", "x".repeat(20 * 1024));
+    // Three full ledger pages with their users: 3 × 100 rows × 7 fields.
     let wide = format!(
-        "{{ creditTypes {{ {} }} }}",
-        "value name description amount ".repeat(150)
+        "{{ {} }}",
+        (0..3)
+            .map(|i| format!("h{i}: creditHistory(tenantId: \"00000000-0000-0000-0000-000000000000\", first: 100) {{ nodes {{ id type amount createdAt user {{ id email }} }} }}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     let root_fields = format!(
         "{{ {} }}",

@@ -470,3 +470,89 @@ async fn a_thousand_concurrent_sign_ins_from_a_thousand_addresses_keep_memory_bo
     // of 1,000 argon2 runs would blow through.
     assert!(slowest < Duration::from_secs(20), "{slowest:?}");
 }
+
+#[tokio::test]
+async fn list_fan_out_is_in_the_cost_and_a_users_tenants_are_capped() {
+    let app = spawn_app().await;
+    let (token, _) = app.sign_up("farmer@example.com").await;
+    for i in 0..20 {
+        app.create_tenant(&token, &format!("farm-{i}")).await;
+    }
+    // The 21st tenant is refused: no free-credit farming, no slug squatting.
+    let body = app
+        .gql(
+            Some(&token),
+            "mutation { createTenant(input: {name: \"One more\", slug: \"farm-20\"}) { id } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(error_code(&body), Some("BAD_USER_INPUT"), "{body}");
+    assert_eq!(app.scalar("SELECT COUNT(*) FROM tenant").await, 20);
+
+    // The fan-out document: a batch of 10 × 20 aliases is refused before it runs.
+    let selection =
+        "me { memberships { tenant { plan { features { name } } subscription { status } } } }";
+    let aliased: Vec<String> = (0..20).map(|i| format!("m{i}: {selection}")).collect();
+    let document = format!("{{ {} }}", aliased.join(" "));
+    let batch = Value::Array(vec![json!({ "query": document }); 10]);
+    let before = app.database.statements();
+    let response = app
+        .client
+        .post(format!("{}/graphql", app.address))
+        .bearer_auth(&token)
+        .json(&batch)
+        .send()
+        .await
+        .unwrap();
+    let answers: Vec<Value> = response.json().await.unwrap();
+    assert_eq!(answers.len(), 10);
+    for answer in &answers {
+        assert_eq!(
+            error_code(answer),
+            Some("GRAPHQL_VALIDATION_FAILED"),
+            "{answer}"
+        );
+        assert!(
+            answer["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("complex"),
+            "{answer}"
+        );
+    }
+    assert!(
+        app.database.statements() - before <= 10,
+        "refused documents ran no queries beyond authentication"
+    );
+    // One such selection is fine, and its tenants' plans and subscriptions are loaded in a
+    // bounded number of statements (not 3 per tenant).
+    let before = app.database.statements();
+    let body = app
+        .gql(Some(&token), &format!("{{ {selection} }}"), json!({}))
+        .await;
+    let ran = app.database.statements() - before;
+    let memberships = body["data"]["me"]["memberships"].as_array().unwrap();
+    assert_eq!(memberships.len(), 20, "{body}");
+    assert!(
+        memberships
+            .iter()
+            .all(|m| m["tenant"]["plan"]["features"][0]["name"] == "credits"
+                && m["tenant"]["subscription"]["status"] == "active")
+    );
+    assert!(ran <= 8, "{ran} statements for 20 tenants");
+    // A page of the ledger counts once per row it may hold.
+    let (_, tenant) = app.owner_with_tenant("pages").await;
+    let deep_page = format!(
+        "{{ {} }}",
+        (0..3)
+            .map(|i| format!("h{i}: creditHistory(tenantId: \"{tenant}\", first: 100) {{ nodes {{ id type amount user {{ id email }} }} }}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let body = app.gql(Some(&token), &deep_page, json!({})).await;
+    assert_eq!(
+        error_code(&body),
+        Some("GRAPHQL_VALIDATION_FAILED"),
+        "{body}"
+    );
+}

@@ -1,12 +1,16 @@
 //! Users, tenants and memberships, and the inputs that create them.
 
-use async_graphql::{ComplexObject, Context, Enum, ErrorExtensions, ID, InputObject, SimpleObject};
-use entity::{tenant, user};
+use async_graphql::{
+    ComplexObject, Context, Enum, ErrorExtensions, ID, InputObject, SimpleObject,
+    dataloader::DataLoader,
+};
+use entity::{tenant, tenant_subscription, user};
 
 use super::{Plan, TenantSubscription, parse_id};
 use crate::{
     credits,
-    graphql::{state, viewer},
+    error::AppError,
+    graphql::{loaders::SubscriptionLoader, state, viewer},
     tenants,
 };
 
@@ -56,6 +60,8 @@ impl From<user::Model> for User {
 #[ComplexObject]
 impl User {
     /// The tenants this user belongs to. For another user, only the tenants you share.
+    /// (Counts in a request's complexity as `tenants.max_per_user` items; default 20.)
+    #[graphql(complexity = "super::LIST_COMPLEXITY * child_complexity")]
     async fn memberships(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Membership>> {
         let db = &state(ctx)?.db.read;
         let Some(me) = viewer(ctx).user() else {
@@ -110,15 +116,29 @@ impl From<tenant::Model> for Tenant {
     }
 }
 
+/// A tenant's subscription and plan, through the request's `SubscriptionLoader`.
+async fn load_subscription(
+    ctx: &Context<'_>,
+    tenant: &Tenant,
+) -> async_graphql::Result<
+    Option<(
+        tenant_subscription::Model,
+        Option<credits::PlanWithFeatures>,
+    )>,
+> {
+    let id = parse_id(&tenant.id, "id").map_err(|e| e.extend())?;
+    let loader = ctx
+        .data::<DataLoader<SubscriptionLoader>>()
+        .map_err(|_| AppError::Internal(anyhow::anyhow!("no SubscriptionLoader")).extend())?;
+    loader.load_one(id).await.map_err(|e| e.extend())
+}
+
 #[ComplexObject]
 impl Tenant {
     /// The plan the tenant is subscribed to.
     async fn plan(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Plan>> {
-        let id = parse_id(&self.id, "id").map_err(|e| e.extend())?;
-        let plan = credits::tenant_plan(&state(ctx)?.db.read, id)
-            .await
-            .map_err(|e| e.extend())?;
-        Ok(plan.map(Plan::from))
+        let subscription = load_subscription(ctx, self).await?;
+        Ok(subscription.and_then(|(_, plan)| plan).map(Plan::from))
     }
 
     /// The tenant's subscription: plan, status and, once Stripe manages it, the billing
@@ -127,10 +147,7 @@ impl Tenant {
         &self,
         ctx: &Context<'_>,
     ) -> async_graphql::Result<Option<TenantSubscription>> {
-        let id = parse_id(&self.id, "id").map_err(|e| e.extend())?;
-        let subscription = credits::tenant_subscription(&state(ctx)?.db.read, id)
-            .await
-            .map_err(|e| e.extend())?;
+        let subscription = load_subscription(ctx, self).await?;
         Ok(subscription.map(|(s, plan)| TenantSubscription {
             plan: plan.map(Plan::from),
             status: s.status,
