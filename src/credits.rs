@@ -175,10 +175,32 @@ WHERE ts.tenant_id = $1 AND pf.name = $2";
 
 /// The start of the period a spend of plan feature `pf` of subscription `ts` counts in at
 /// `$6` (now), given `$3` (the calendar month's start) and `$5` (lifetime's): the same rule
-/// as `Period::current`, in SQL.
+/// as `Period::current`, in SQL — `ROLLED` is the subscription's period rolled forward by
+/// whole lengths, written exactly as the driver writes a timestamp (so that the renewal's
+/// `current_period_start`, which Stripe sets to the old end, names the same counter row).
 const PERIOD_START: &str = "CASE WHEN pf.type = 'MAX' THEN $5 \
 WHEN ts.current_period_start <= $6 AND $6 < ts.current_period_end THEN ts.current_period_start \
+WHEN ts.current_period_start <= $6 AND ts.current_period_start < ts.current_period_end THEN ROLLED \
 ELSE $3 END";
+
+/// `ROLLED` of `PERIOD_START`: start + ⌊(now − start) / length⌋ × length, in whole seconds.
+fn period_start_sql(backend: DatabaseBackend) -> String {
+    let rolled = match backend {
+        DatabaseBackend::Postgres => {
+            "to_timestamp(extract(epoch from ts.current_period_start) + \
+             floor((extract(epoch from $6) - extract(epoch from ts.current_period_start)) / \
+             (extract(epoch from ts.current_period_end) - extract(epoch from ts.current_period_start))) * \
+             (extract(epoch from ts.current_period_end) - extract(epoch from ts.current_period_start)))"
+        }
+        _ => {
+            "strftime('%Y-%m-%dT%H:%M:%S+00:00', unixepoch(ts.current_period_start) + \
+             (unixepoch($6) - unixepoch(ts.current_period_start)) / \
+             (unixepoch(ts.current_period_end) - unixepoch(ts.current_period_start)) * \
+             (unixepoch(ts.current_period_end) - unixepoch(ts.current_period_start)), 'unixepoch')"
+        }
+    };
+    PERIOD_START.replace("ROLLED", rolled)
+}
 
 /// The counter upsert: adds `$4` (the cost) to the period's counter, creating it, only if
 /// the whole cost fits the plan's limit. Its row lock decides between concurrent spenders,
@@ -239,7 +261,7 @@ pub async fn consume(
         .join(", ");
     let columns = paid.columns.join(", ");
     let table = paid.table;
-    let plan = PLAN.replace("PERIOD_START", PERIOD_START);
+    let plan = PLAN.replace("PERIOD_START", &period_start_sql(backend));
     let spend_sql = SPEND.replace("PLAN", &plan);
     let meter = spend.credit_type.meter.as_ref();
     let first_outbox = first_paid + paid.columns.len();
@@ -378,7 +400,10 @@ pub(super) async fn subscribed_feature(
                LEFT JOIN credit_usage cu ON cu.tenant_id = ts.tenant_id AND cu.feature = pf.name \
                AND cu.period_start = PERIOD_START \
                WHERE ts.tenant_id = $1"
-        .replace("PERIOD_START", &PERIOD_START.replace("$6", "$4"));
+        .replace(
+            "PERIOD_START",
+            &period_start_sql(backend).replace("$6", "$4"),
+        );
     let values = [
         tenant_id.into(),
         feature.into(),

@@ -11,8 +11,10 @@ use stripe_checkout::checkout_session::{
 use stripe_shared::CheckoutSessionMode;
 use uuid::Uuid;
 
+use sea_orm::ConnectionTrait;
+
 use super::StripeHttp;
-use crate::{config::Config, error::AppError};
+use crate::{config::Config, credits, error::AppError};
 
 /// The metadata key, on the subscription Checkout creates, that names the tenant: webhooks
 /// find the tenant by it even before `checkout.session.completed` links the customer.
@@ -20,8 +22,11 @@ pub const TENANT_METADATA_KEY: &str = "tollgate_tenant_id";
 
 /// A Checkout page where `tenant_id` subscribes to `plan_slug` (its first Stripe price, plus
 /// the metered prices of the usage-based units). The tenant's Stripe customer is reused when
-/// it has one; otherwise Checkout creates one for `email`.
+/// it has one; otherwise Checkout creates one for `email`. A tenant that already pays (an
+/// entitled plan subscription) is refused: a second subscription would bill it twice — plan
+/// changes go through the billing portal.
 pub async fn checkout(
+    db: &impl ConnectionTrait,
     client: &StripeHttp,
     config: &Config,
     tenant_id: Uuid,
@@ -29,6 +34,16 @@ pub async fn checkout(
     email: &str,
     plan_slug: &str,
 ) -> Result<String, AppError> {
+    let current = credits::tenant_subscriptions(db, &[tenant_id]).await?;
+    if let Some((subscription, _)) = current.get(&tenant_id)
+        && subscription.stripe_subscription_id.is_some()
+        && config.is_entitled(&subscription.status)
+    {
+        return Err(AppError::bad_input(format!(
+            "this tenant already has a paid subscription ({}): change its plan in the billing portal (createBillingPortalSession)",
+            subscription.status
+        )));
+    }
     let plan = config
         .plans
         .iter()

@@ -218,7 +218,11 @@ async fn link_customer(
 
 /// `customer.subscription.*`: the tenant (by the subscription's metadata, else by its
 /// customer) moves to the plan of the first item whose price a plan names, with that item's
-/// period; a deleted subscription puts it back on `default_plan` with calendar months.
+/// period — if the subscription's status is entitled (`stripe.entitled_statuses`); any other
+/// status puts it on `default_plan`, the real status still shown. A subscription none of
+/// whose prices names a plan (an add-on, one made in the Dashboard) is not the tenant's plan
+/// and changes nothing. A deleted subscription puts the tenant back on `default_plan` with
+/// calendar months — only if it is the tenant's plan subscription.
 async fn subscription_changed(
     txn: &DatabaseTransaction,
     config: &Config,
@@ -227,6 +231,18 @@ async fn subscription_changed(
     event_at: DateTime<Utc>,
 ) -> Result<&'static str, DbErr> {
     let backend = txn.get_database_backend();
+    let item = subscription
+        .items
+        .data
+        .iter()
+        .find(|item| config.plan_for_price(item.price.id.as_str()).is_some());
+    let Some(item) = item else {
+        tracing::info!(
+            stripe.subscription.id = subscription.id.as_str(),
+            "no price of the subscription names a configured plan: not a plan subscription, ignored"
+        );
+        return Ok("subscription without a plan price ignored");
+    };
     let customer = subscription.customer.id().as_str();
     let by_metadata = subscription
         .metadata
@@ -252,27 +268,22 @@ async fn subscription_changed(
         );
         return Ok("subscription of an unknown customer ignored");
     };
-    let item = subscription
-        .items
-        .data
-        .iter()
-        .find(|item| config.plan_for_price(item.price.id.as_str()).is_some());
+    let status = subscription.status.as_str();
+    let entitled = !deleted && config.is_entitled(status);
     let (plan, period, subscription_id, cancel_at_period_end) = if deleted {
-        (Some(config.default_plan.clone()), None, None, false)
+        (config.default_plan.clone(), None, None, false)
     } else {
-        let plan = item
-            .and_then(|i| config.plan_for_price(i.price.id.as_str()))
-            .map(|p| p.slug.clone());
-        let period = item.or(subscription.items.data.first()).and_then(|i| {
-            Some((
-                DateTime::from_timestamp(i.current_period_start, 0)?,
-                DateTime::from_timestamp(i.current_period_end, 0)?,
-            ))
-        });
-        if plan.is_none() {
-            tracing::warn!(
+        let plan = match config.plan_for_price(item.price.id.as_str()) {
+            Some(plan) if entitled => plan.slug.clone(),
+            _ => config.default_plan.clone(),
+        };
+        let period = DateTime::from_timestamp(item.current_period_start, 0)
+            .zip(DateTime::from_timestamp(item.current_period_end, 0));
+        if !entitled {
+            tracing::info!(
                 stripe.subscription.id = subscription.id.as_str(),
-                "no price of the subscription names a configured plan; the plan is kept"
+                stripe.subscription.status = status,
+                "subscription status is not entitled: the tenant is on the default plan"
             );
         }
         (
@@ -283,7 +294,8 @@ async fn subscription_changed(
         )
     };
     // The conditions make it safe against reordering: an older event changes nothing, and
-    // the deletion of a subscription other than the tenant's current one changes nothing.
+    // the deletion of a subscription other than the tenant's plan subscription changes
+    // nothing.
     let mut sql = String::from(
         "UPDATE tenant_subscription SET \
          plan_id = COALESCE((SELECT id FROM plan WHERE slug = $2), plan_id), \
@@ -292,7 +304,7 @@ async fn subscription_changed(
          WHERE tenant_id = $1 AND (stripe_event_at IS NULL OR stripe_event_at <= $8)",
     );
     if deleted {
-        sql.push_str(" AND (stripe_subscription_id IS NULL OR stripe_subscription_id = $10)");
+        sql.push_str(" AND stripe_subscription_id = $10");
     }
     let mut values: Vec<sea_orm::Value> = vec![
         tenant.into(),
@@ -314,7 +326,8 @@ async fn subscription_changed(
         .rows_affected()
         == 1;
     Ok(match (changed, deleted) {
-        (false, _) => "older than the subscription's state; ignored",
+        (false, true) => "not the tenant's plan subscription, or older than its state; ignored",
+        (false, false) => "older than the subscription's state; ignored",
         (true, false) => "subscription updated",
         (true, true) => "subscription ended; back on the default plan",
     })

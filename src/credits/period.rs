@@ -1,5 +1,8 @@
-//! Counting periods, all in UTC: the subscription's current period when Stripe gave one,
-//! else the calendar month; lifetime for `MAX` limits.
+//! Counting periods, all in UTC: the subscription's current period when Stripe gave one —
+//! rolled forward by its own length once it has ended, until the renewal arrives (Stripe may
+//! retry a webhook for days; a fresh calendar month would grant the budget twice) — else the
+//! calendar month; lifetime for `MAX` limits. `credits::PERIOD_START` is the same rule in
+//! SQL.
 
 use chrono::{DateTime, Datelike, Months, TimeZone, Utc};
 
@@ -48,7 +51,48 @@ impl Period {
                 start,
                 end: Some(end),
             },
+            (Some(start), Some(end)) if start <= now && start < end => {
+                // Whole seconds, as in SQL: Stripe's periods are whole seconds.
+                let length = (end - start).num_seconds().max(1);
+                let passed = (now - start).num_seconds() / length;
+                let start = start + chrono::Duration::seconds(passed.saturating_mul(length));
+                Period {
+                    start,
+                    end: Some(start + chrono::Duration::seconds(length)),
+                }
+            }
             _ => Period::calendar_month(now),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn at(d: u32, h: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, d, h, 0, 0).unwrap()
+    }
+
+    #[test]
+    fn a_stripe_period_counts_while_it_lasts_then_rolls_forward_by_its_length() {
+        let stripe = (Some(at(1, 0)), Some(at(11, 0)));
+        let monthly = FeatureLimitType::Monthly;
+        let inside = Period::current(monthly, stripe, at(5, 0));
+        assert_eq!((inside.start, inside.end), (at(1, 0), Some(at(11, 0))));
+        // Ended, renewal not yet known: the next 10 days, then the 10 after those.
+        let once = Period::current(monthly, stripe, at(11, 0));
+        assert_eq!((once.start, once.end), (at(11, 0), Some(at(21, 0))));
+        let twice = Period::current(monthly, stripe, at(25, 3));
+        assert_eq!((twice.start, twice.end), (at(21, 0), Some(at(31, 0))));
+        // Before the period (or without one): the calendar month.
+        let early = Period::current(monthly, (Some(at(20, 0)), Some(at(30, 0))), at(5, 0));
+        assert_eq!(early.start, at(1, 0));
+        assert_eq!(
+            Period::current(FeatureLimitType::Max, stripe, at(25, 0)),
+            Period::lifetime()
+        );
     }
 }

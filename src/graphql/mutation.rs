@@ -192,6 +192,7 @@ impl Mutation {
         let state = state(ctx)?;
         let (user, tenant, client) = billing_access(ctx, state, &tenant_id).await.extend()?;
         let url = billing::checkout(
+            &state.db.read,
             client,
             &state.config,
             tenant.id,

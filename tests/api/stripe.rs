@@ -20,7 +20,7 @@ pub(crate) const PRO_PRICE: &str = "price_pro_monthly";
 
 /// A server reporting to `fake` quickly (50 ms rounds, short backoff), with webhooks on and
 /// the `pro` plan sold at `PRO_PRICE`.
-async fn stripe_app(fake: &FakeStripe, configure: impl FnOnce(&mut Config)) -> TestApp {
+pub(crate) async fn stripe_app(fake: &FakeStripe, configure: impl FnOnce(&mut Config)) -> TestApp {
     let url = fake.url.clone();
     spawn_app_with(move |c| {
         c.stripe.secret_key = Some(SecretString::from(SECRET_KEY));
@@ -54,12 +54,12 @@ where
     panic!("timed out waiting until {what}");
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
 /// A Stripe event (Stripe's fixture) of `kind` about `object`.
-fn event(id: &str, kind: &str, created: i64, object: Value) -> String {
+pub(crate) fn event(id: &str, kind: &str, created: i64, object: Value) -> String {
     let mut event = fixture("event");
     event["id"] = json!(id);
     event["type"] = json!(kind);
@@ -69,7 +69,7 @@ fn event(id: &str, kind: &str, created: i64, object: Value) -> String {
 }
 
 /// A subscription (Stripe's fixture) of `customer` to `price`, for `period`.
-fn subscription(
+pub(crate) fn subscription(
     customer: &str,
     tenant: Option<&str>,
     price: &str,
@@ -92,7 +92,7 @@ fn subscription(
     s
 }
 
-fn checkout_completed(tenant: &str, customer: &str) -> Value {
+pub(crate) fn checkout_completed(tenant: &str, customer: &str) -> Value {
     let mut s = fixture("checkout.session");
     s["id"] = json!("cs_test_done");
     s["mode"] = json!("subscription");
@@ -120,7 +120,7 @@ fn sign(body: &str, at: i64) -> String {
     Webhook::generate_test_header(body, WEBHOOK_SECRET, Some(at))
 }
 
-async fn deliver_signed(app: &TestApp, body: &str) -> (u16, Value) {
+pub(crate) async fn deliver_signed(app: &TestApp, body: &str) -> (u16, Value) {
     deliver(&app.address, body, Some(sign(body, now()))).await
 }
 
@@ -508,7 +508,7 @@ async fn two_reporters_on_one_database_never_send_an_event_twice() {
 const SUBSCRIPTION: &str = "query($t: ID!) { tenant(id: $t) { subscription {
     plan { slug } status currentPeriodStart currentPeriodEnd cancelAtPeriodEnd } } }";
 
-async fn subscription_of(app: &TestApp, token: &str, tenant: &str) -> Value {
+pub(crate) async fn subscription_of(app: &TestApp, token: &str, tenant: &str) -> Value {
     let body = app
         .gql(Some(token), SUBSCRIPTION, json!({ "t": tenant }))
         .await;
@@ -581,7 +581,7 @@ async fn subscription_webhooks_move_the_tenant_between_plans_and_periods() {
         "evt_sub_stale",
         "customer.subscription.updated",
         now() - 60,
-        subscription("cus_sub", None, "price_unknown", "past_due", (0, 1)),
+        subscription("cus_sub", None, PRO_PRICE, "past_due", (0, 1)),
     );
     let (status, answer) = deliver_signed(&app, &stale).await;
     assert_eq!(status, 200);
