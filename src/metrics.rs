@@ -25,6 +25,7 @@ pub struct Metrics {
     latency: HistogramVec,
     errors: IntCounterVec,
     credits: IntCounterVec,
+    stripe: IntCounterVec,
     outbox: IntGaugeVec,
     pool: IntGaugeVec,
     statements: IntCounter,
@@ -61,6 +62,13 @@ impl Metrics {
             Opts::new("credits_consumed_total", "Credits spent, by credit type"),
             &["credit_type"],
         )?;
+        let stripe = IntCounterVec::new(
+            Opts::new(
+                "stripe_meter_events_total",
+                "Meter events sent to Stripe by this process, by outcome (delivered, retry, unauthorized, failed)",
+            ),
+            &["outcome"],
+        )?;
         let outbox = IntGaugeVec::new(
             Opts::new(
                 "usage_events",
@@ -80,6 +88,7 @@ impl Metrics {
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(credits.clone()))?;
+        registry.register(Box::new(stripe.clone()))?;
         registry.register(Box::new(outbox.clone()))?;
         registry.register(Box::new(pool.clone()))?;
         registry.register(Box::new(statements.clone()))?;
@@ -89,6 +98,7 @@ impl Metrics {
             latency,
             errors,
             credits,
+            stripe,
             outbox,
             pool,
             statements,
@@ -114,6 +124,11 @@ impl Metrics {
         self.credits
             .with_label_values(&[credit_type])
             .inc_by(u64::try_from(amount).unwrap_or(0));
+    }
+
+    /// One meter event sent to Stripe, and what came of it.
+    pub fn stripe_meter_event(&self, outcome: &str) {
+        self.stripe.with_label_values(&[outcome]).inc();
     }
 
     /// The text exposition, with the database figures read now.

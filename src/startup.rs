@@ -14,6 +14,7 @@ use actix_web::{
     web,
 };
 use migration::{Migrator, MigratorTrait};
+use sea_orm::ConnectionTrait;
 use tokio::{sync::watch, task::JoinHandle};
 use tracing_actix_web::TracingLogger;
 
@@ -44,8 +45,10 @@ pub struct Application {
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let db = Database::connect(&config).await?;
+        let turn = StartUpLock::take(&config).await?;
         migrate(&db).await?;
         credits::sync_plans(&db, &config).await?;
+        turn.release().await;
         let keys = Keys::from_config(&config)?;
         let listener = TcpListener::bind(&config.addr)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.addr))?;
@@ -57,6 +60,7 @@ impl Application {
             ),
             std::time::Duration::from_secs(config.idempotency.purge_interval_seconds),
         );
+        let metrics = Metrics::new()?;
         let (stop, stopped) = watch::channel(false);
         let (stripe, reporter) = match &config.stripe.secret_key {
             Some(key) => {
@@ -69,6 +73,7 @@ impl Application {
                     db.clone(),
                     client.clone(),
                     config.stripe.clone(),
+                    metrics.clone(),
                     stopped,
                 );
                 tracing::info!(api_base = %config.stripe.api_base, "Stripe usage reporting is on");
@@ -88,7 +93,6 @@ impl Application {
         if config.stripe.webhook_secret.is_none() {
             tracing::info!("Stripe webhooks are off (no stripe.webhook_secret)");
         }
-        let metrics = Metrics::new()?;
         let hasher = Hasher::spawn(config.auth.hashing_concurrency, config.auth.hashing_queue)?;
         let state = AppState {
             writer: Writer::spawn(db.clone(), config.database.max_batch, metrics.clone()),
@@ -209,6 +213,78 @@ fn cors(origins: &[String]) -> Cors {
         };
     }
     cors
+}
+
+/// Replicas starting together take turns at migrating and syncing the plans (two at once
+/// raced on a fresh PostgreSQL database: `duplicate key … pg_type_typname_nsp_index`, and all
+/// but one exited). On PostgreSQL a session advisory lock, on its own connection so that it
+/// ends with the process however it ends; on SQLite an exclusive lock on a file beside the
+/// database.
+enum StartUpLock {
+    Postgres(sea_orm::DatabaseConnection),
+    File(std::fs::File),
+    None,
+}
+
+/// The advisory lock's key: "tollgate" in ASCII, as a number.
+const START_UP_LOCK_KEY: i64 = 0x746f_6c6c_6761_7465;
+
+impl StartUpLock {
+    async fn take(config: &Config) -> anyhow::Result<Self> {
+        if !config.is_sqlite() {
+            let mut options = sea_orm::ConnectOptions::new(config.database_url.clone());
+            options
+                .max_connections(1)
+                .min_connections(1)
+                .sqlx_logging(false);
+            let conn = sea_orm::Database::connect(options)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot connect to the database: {e}"))?;
+            conn.execute_unprepared(&format!("SELECT pg_advisory_lock({START_UP_LOCK_KEY})"))
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot take the start-up lock: {e}"))?;
+            return Ok(StartUpLock::Postgres(conn));
+        }
+        let Some(path) = sqlite_path(&config.database_url) else {
+            return Ok(StartUpLock::None);
+        };
+        let lock_path = format!("{path}.start-up-lock");
+        let file = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)?;
+            file.lock()?;
+            Ok(file)
+        })
+        .await?
+        .map_err(|e| anyhow::anyhow!("cannot take the start-up lock beside {path}: {e}"))?;
+        Ok(StartUpLock::File(file))
+    }
+
+    async fn release(self) {
+        match self {
+            StartUpLock::Postgres(conn) => {
+                let unlock = format!("SELECT pg_advisory_unlock({START_UP_LOCK_KEY})");
+                let _ = conn.execute_unprepared(&unlock).await;
+                let _ = conn.close().await;
+            }
+            StartUpLock::File(file) => {
+                let _ = file.unlock();
+            }
+            StartUpLock::None => {}
+        }
+    }
+}
+
+/// The file of a `sqlite://PATH?…` URL (none for an in-memory database).
+fn sqlite_path(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next()?;
+    (!path.is_empty() && !path.contains(":memory:")).then_some(path)
 }
 
 /// Applies pending migrations.

@@ -108,6 +108,9 @@ pub enum Outcome {
     Delivered,
     /// Try again at the given time; the error is kept.
     Retry { error: String, at: DateTime<Utc> },
+    /// Stripe refused our key (configuration, not the event): try again at the given time
+    /// without counting an attempt; the error is kept.
+    Held { error: String, at: DateTime<Utc> },
     /// Give up; the error is kept.
     Failed { error: String },
 }
@@ -133,7 +136,7 @@ pub async fn settle(
                  reported_at = $3, claimed_until = NULL WHERE id = $1 AND status = 'PENDING'",
                 vec![(*id).into(), attempts.into(), now.into()],
             ),
-            Outcome::Retry { error, at } => (
+            Outcome::Retry { error, at } | Outcome::Held { error, at } => (
                 "UPDATE usage_event SET attempts = attempts + $2, last_error = $3, \
                  next_attempt_at = $4, claimed_until = NULL WHERE id = $1 AND status = 'PENDING'",
                 vec![

@@ -1,51 +1,93 @@
-//! The reporter: a background task that drains the outbox into Stripe Billing Meters. Each
-//! round it claims a batch of due usage events, sends them (a few at a time) as meter events
-//! whose `identifier` is the row's own, and records each outcome:
+//! The reporter: a background task that drains the outbox into Stripe Billing Meters. It
+//! claims due usage events as it has room for them (`stripe.concurrency` sends in flight),
+//! sends each as a meter event whose `identifier` is the row's own, and records each outcome
+//! as soon as it is known — a stalled send holds up nothing but itself:
 //!
 //! - accepted, or rejected as a duplicate identifier (Stripe already has it: an earlier send
 //!   whose answer was lost) → `DELIVERED`;
 //! - 429, 5xx, a timeout or no connection (or `Stripe-Should-Retry: true`) → retried later,
 //!   after an exponential backoff with jitter;
+//! - 401 or 403 (a revoked, rolled or restricted key): configuration, not the event's fault →
+//!   kept pending without counting an attempt, retried every minute at most, logged and
+//!   counted (`tollgate_stripe_meter_events_total{outcome="unauthorized"}`), so everything goes
+//!   out once the key works;
 //! - any other 4xx (or `Stripe-Should-Retry: false`), `max_attempts` reached, or an event
 //!   older than Stripe accepts (35 days) → `FAILED`, with the error kept. Never dropped.
 //!
 //! Exactly once rests on the identifier: a row is sent again only when its outcome was not
 //! recorded, and Stripe rejects the second copy.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
-use futures::{StreamExt, stream};
 use stripe_billing::billing_meter_event::CreateBillingMeterEvent;
-use tokio::{sync::watch, task::JoinHandle};
+use tokio::{
+    sync::{Semaphore, watch},
+    task::JoinHandle,
+};
 
 use super::{
     StripeFailure, StripeHttp,
     outbox::{self, Claimed, Outcome},
 };
-use crate::{config::StripeSettings, db::Database};
+use crate::{config::StripeSettings, db::Database, metrics::Metrics};
 
 /// How far back Stripe accepts a meter event's `timestamp` (35 days), less an hour's margin
 /// for the time the send takes.
 const OLDEST_REPORTABLE: chrono::Duration = chrono::Duration::hours(35 * 24 - 1);
 
-/// Starts the reporter. It runs until `stop` turns true; then it finishes the round in hand
-/// (every event it sent gets its outcome recorded) and ends.
+/// The longest wait before retrying events Stripe refused our key for.
+const KEY_RETRY_MAX_MS: u64 = 60_000;
+
+/// What every send needs.
+struct Reporter {
+    db: Database,
+    client: StripeHttp,
+    settings: StripeSettings,
+    metrics: Metrics,
+    /// When a refused key was last logged (unix seconds): once a minute is enough.
+    key_refused_logged: AtomicI64,
+}
+
+/// Starts the reporter. It runs until `stop` turns true; then it claims nothing more, lets
+/// the sends in flight finish and records their outcomes, and ends.
 pub fn spawn_reporter(
     db: Database,
     client: StripeHttp,
     settings: StripeSettings,
+    metrics: Metrics,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let interval = Duration::from_millis(settings.worker_interval_ms);
+        let concurrency = u32::try_from(settings.concurrency).unwrap_or(u32::MAX);
+        let slots = Arc::new(Semaphore::new(settings.concurrency));
+        let reporter = Arc::new(Reporter {
+            db,
+            client,
+            settings,
+            metrics,
+            key_refused_logged: AtomicI64::new(0),
+        });
         while !*stop.borrow() {
-            match round(&db, &client, &settings).await {
-                // A full batch: more may be due at once.
-                Ok(claimed) if claimed as u64 >= settings.batch_size => continue,
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error.cause = %e, "usage reporting round failed; will retry")
+            let room = u64::try_from(slots.available_permits())
+                .unwrap_or(0)
+                .min(reporter.settings.batch_size);
+            if room > 0 {
+                match claim_and_send(&reporter, &slots, room).await {
+                    // As many as there was room for: more may be due at once.
+                    Ok(claimed) if claimed as u64 >= room => continue,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error.cause = %e, "usage reporting round failed; will retry")
+                    }
                 }
             }
             tokio::select! {
@@ -53,56 +95,95 @@ pub fn spawn_reporter(
                 _ = stop.changed() => {}
             }
         }
+        // The sends in flight finish and are recorded.
+        let _ = slots.acquire_many(concurrency).await;
         tracing::info!("usage reporter stopped");
     })
 }
 
-/// One round: claim, send, settle. Returns how many events were claimed.
-async fn round(
-    db: &Database,
-    client: &StripeHttp,
-    settings: &StripeSettings,
+/// Claims up to `room` due events and starts a send for each; returns how many it claimed.
+async fn claim_and_send(
+    reporter: &Arc<Reporter>,
+    slots: &Arc<Semaphore>,
+    room: u64,
 ) -> Result<usize, sea_orm::DbErr> {
     let now = Utc::now();
-    let claim = chrono::Duration::seconds(i64::try_from(settings.claim_seconds).unwrap_or(60));
-    let claimed = outbox::claim(db, now, now + claim, settings.batch_size).await?;
+    let lease = i64::try_from(reporter.settings.claim_seconds).unwrap_or(60);
+    let claimed = outbox::claim(
+        &reporter.db,
+        now,
+        now + chrono::Duration::seconds(lease),
+        room,
+    )
+    .await?;
     let count = claimed.len();
-    if count == 0 {
-        return Ok(0);
-    }
-    let outcomes: Vec<_> = stream::iter(claimed)
-        .map(|event| async move {
-            let now = Utc::now();
-            if now - event.created_at > OLDEST_REPORTABLE {
-                let error = format!(
-                    "not reported: created {}, older than the 35 days Stripe accepts",
-                    event.created_at.to_rfc3339()
-                );
-                return (event.id, false, Outcome::Failed { error });
+    for event in claimed {
+        let Ok(slot) = Arc::clone(slots).acquire_owned().await else {
+            break;
+        };
+        let reporter = Arc::clone(reporter);
+        tokio::spawn(async move {
+            let (sent, outcome) = reporter.deliver(&event).await;
+            reporter.log(&event, &outcome);
+            let outcomes = [(event.id, sent, outcome)];
+            if let Err(e) = outbox::settle(&reporter.db, Utc::now(), &outcomes).await {
+                // The lease runs out and the event is sent again: Stripe keeps one copy.
+                tracing::warn!(usage_event.id = %event.id, error.cause = %e, "outcome not recorded; the event will be sent again");
             }
-            let result = send(client, &event).await;
-            (
-                event.id,
-                true,
-                judge(result, event.attempts + 1, settings, now),
-            )
-        })
-        .buffer_unordered(settings.concurrency)
-        .collect()
-        .await;
-    for (id, _, outcome) in &outcomes {
+            drop(slot);
+        });
+    }
+    Ok(count)
+}
+
+impl Reporter {
+    /// Sends one event (unless it is too old to) and judges the answer. The bool says
+    /// whether the send counts as an attempt.
+    async fn deliver(&self, event: &Claimed) -> (bool, Outcome) {
+        let now = Utc::now();
+        if now - event.created_at > OLDEST_REPORTABLE {
+            let error = format!(
+                "not reported: created {}, older than the 35 days Stripe accepts",
+                event.created_at.to_rfc3339()
+            );
+            return (false, Outcome::Failed { error });
+        }
+        let result = send(&self.client, event).await;
+        let outcome = judge(result, event.attempts + 1, &self.settings, now);
+        let label = match &outcome {
+            Outcome::Delivered => "delivered",
+            Outcome::Retry { .. } => "retry",
+            Outcome::Held { .. } => "unauthorized",
+            Outcome::Failed { .. } => "failed",
+        };
+        self.metrics.stripe_meter_event(label);
+        (!matches!(outcome, Outcome::Held { .. }), outcome)
+    }
+
+    fn log(&self, event: &Claimed, outcome: &Outcome) {
+        let id = event.id;
         match outcome {
             Outcome::Delivered => tracing::debug!(usage_event.id = %id, "usage event delivered"),
             Outcome::Retry { error, at } => {
                 tracing::info!(usage_event.id = %id, error.cause = %error, retry_at = %at, "usage event not delivered; will retry")
+            }
+            Outcome::Held { error, at } => {
+                let now = Utc::now().timestamp();
+                let last = self.key_refused_logged.load(Ordering::Relaxed);
+                if now - last >= 60
+                    && self
+                        .key_refused_logged
+                        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    tracing::error!(error.cause = %error, retry_at = %at, "Stripe refused the API key (stripe.secret_key): usage is kept pending and goes out once the key works");
+                }
             }
             Outcome::Failed { error } => {
                 tracing::error!(usage_event.id = %id, error.cause = %error, "usage event can never be delivered; marked FAILED")
             }
         }
     }
-    outbox::settle(db, Utc::now(), &outcomes).await?;
-    Ok(count)
 }
 
 /// Sends one meter event.
@@ -136,6 +217,17 @@ fn judge(
         Err(e) if is_duplicate(&e) => return Outcome::Delivered,
         Err(e) => e,
     };
+    if let StripeFailure::Api {
+        status: 401 | 403, ..
+    } = &error
+    {
+        let full = settings.backoff_max_ms.min(KEY_RETRY_MAX_MS);
+        let wait = full / 2 + rand::random_range(0..=full / 2);
+        return Outcome::Held {
+            error: error.to_string(),
+            at: now + chrono::Duration::milliseconds(i64::try_from(wait).unwrap_or(i64::MAX)),
+        };
+    }
     let retryable = match &error {
         StripeFailure::Api {
             should_retry: Some(retry),

@@ -42,6 +42,8 @@ pub struct Recorded {
     pub latency: Option<Duration>,
     /// Delay before every Checkout answer.
     pub checkout_latency: Option<Duration>,
+    /// Answer every meter event 401, as Stripe does for a revoked or rolled key.
+    pub refuse_key: bool,
 }
 
 #[derive(Clone)]
@@ -111,6 +113,14 @@ async fn meter_event(
     let (answer, latency) = {
         let mut r = recorded.lock().unwrap();
         r.meter_requests.push(form.clone());
+        if r.refuse_key {
+            return stripe_error(
+                401,
+                "invalid_request_error",
+                "Invalid API Key provided: sk_test_****_key",
+                None,
+            );
+        }
         (r.script.pop_front(), r.latency)
     };
     match answer {

@@ -417,6 +417,21 @@ impl Outage {
     }
 }
 
+/// A database nothing has touched yet (a new PostgreSQL database when TEST_DATABASE_URL is
+/// set, else a new SQLite file in `dir`): its URL, and what drops it.
+pub async fn empty_database(dir: &std::path::Path) -> (String, Option<impl Drop>) {
+    match std::env::var("TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => {
+            let pg = PostgresDb::create(&url).await;
+            (pg.url.clone(), Some(pg))
+        }
+        _ => (
+            format!("sqlite://{}?mode=rwc", dir.join("empty.db").display()),
+            None,
+        ),
+    }
+}
+
 /// A `tollgate serve` process of its own (for crash and multi-replica tests); killed on drop.
 pub struct ServerProcess {
     pub url: String,

@@ -17,6 +17,7 @@ mod hostile;
 mod idempotency;
 mod operability;
 mod plans;
+mod reporter;
 mod resilience;
 mod schema;
 mod stripe;

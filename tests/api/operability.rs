@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::{
     fake_stripe::{Answer, FakeStripe},
-    helpers::{error_code, spawn_app_with, spawn_app_with_plan},
+    helpers::{empty_database, error_code, spawn_app, spawn_app_with, spawn_app_with_plan},
     stripe::{
         CHECKOUT, PRO_PRICE, SECRET_KEY, eventually, link_customer, reporter_env, reports,
         webhook_only_app,
@@ -237,4 +237,63 @@ async fn without_the_database_requests_fail_opaquely_and_service_comes_back_by_i
         1,
         "nothing half-written"
     );
+}
+
+#[tokio::test]
+async fn five_replicas_started_at_once_on_a_fresh_database_all_come_up() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _dropped) = empty_database(dir.path()).await;
+    let ports: Vec<u16> = (0..5)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .unwrap()
+                .port()
+        })
+        .collect();
+    // All five at the same moment, as a first deploy or a rollout starts them.
+    let mut replicas: Vec<std::process::Child> = ports
+        .iter()
+        .map(|port| {
+            app.command(&["serve", "--addr", &format!("127.0.0.1:{port}")])
+                .env("DATABASE_URL", &url)
+                .spawn()
+                .expect("tollgate serve starts")
+        })
+        .collect();
+    for (i, port) in ports.iter().enumerate() {
+        let mut ready = false;
+        for _ in 0..300 {
+            if let Ok(Some(status)) = replicas[i].try_wait() {
+                let output = replicas.remove(i).wait_with_output().unwrap();
+                panic!(
+                    "replica {i} exited ({status}): {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+            let answer = app
+                .client
+                .post(format!("http://127.0.0.1:{port}/graphql"))
+                .json(&json!({ "query": "{ plans { slug } }" }))
+                .send()
+                .await;
+            if let Ok(answer) = answer {
+                let body: Value = answer.json().await.unwrap();
+                assert_eq!(body["data"]["plans"][0]["slug"], "free", "{body}");
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(ready, "replica {i} never answered");
+    }
+    for mut replica in replicas {
+        assert!(
+            replica.try_wait().unwrap().is_none(),
+            "every replica still runs"
+        );
+        let _ = replica.kill();
+        let _ = replica.wait();
+    }
 }
