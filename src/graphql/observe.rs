@@ -49,7 +49,8 @@ impl ObserveRequest {
     }
 }
 
-/// `query a+b` for the operation the request runs: its type and root field names (up to 3).
+/// `query a+b` for the operation the request runs: its type and root field names (the first
+/// three in alphabetical order).
 fn label(document: &ExecutableDocument, name: Option<&str>) -> Option<String> {
     let operation = document
         .operations
@@ -61,7 +62,9 @@ fn label(document: &ExecutableDocument, name: Option<&str>) -> Option<String> {
         OperationType::Mutation => "mutation",
         OperationType::Subscription => "subscription",
     };
-    let fields: Vec<&str> = operation
+    // Sorted and deduplicated: the order and repetition of root fields is the client's
+    // choice, and must not make new series.
+    let mut fields: Vec<&str> = operation
         .node
         .selection_set
         .node
@@ -71,8 +74,10 @@ fn label(document: &ExecutableDocument, name: Option<&str>) -> Option<String> {
             Selection::Field(f) => Some(f.node.name.node.as_str()),
             _ => None,
         })
-        .take(3)
         .collect();
+    fields.sort_unstable();
+    fields.dedup();
+    fields.truncate(3);
     Some(format!("{kind} {}", fields.join("+")))
 }
 

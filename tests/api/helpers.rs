@@ -21,6 +21,8 @@ pub const JWT_SECRET: &str = "test-secret-that-is-long-enough-for-hs256-01234567
 
 pub struct TestApp {
     pub address: String,
+    /// Where `/metrics` is served when `metrics.addr` gives it an address of its own.
+    pub metrics_address: Option<String>,
     pub client: reqwest::Client,
     pub database_url: String,
     pub database: Database,
@@ -84,10 +86,14 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     }
     let app = Application::build(config).await.expect("server builds");
     let address = format!("http://127.0.0.1:{}", app.port());
+    let metrics_address = app
+        .metrics_port()
+        .map(|port| format!("http://127.0.0.1:{port}"));
     let database = app.database().clone();
     tokio::spawn(app.run_until_stopped());
     TestApp {
         address,
+        metrics_address,
         client: reqwest::Client::new(),
         database_url,
         database,
