@@ -469,10 +469,9 @@ async fn behind_a_proxy_that_adds_its_own_header_line_the_last_address_of_all_li
     .await;
     // HAProxy appends a header line of its own rather than extending the client's.
     let attempt = |lines: &'static [&'static str]| {
-        let mut request = app
-            .client
-            .post(format!("{}/graphql", app.address))
-            .json(&json!({ "query": SIGN_IN, "variables": { "e": "x@example.com", "p": "password1" } }));
+        let mut request = app.client.post(format!("{}/graphql", app.address)).json(
+            &json!({ "query": SIGN_IN, "variables": { "e": "x@example.com", "p": "password1" } }),
+        );
         for line in lines {
             request = request.header("X-Forwarded-For", *line);
         }
@@ -488,13 +487,36 @@ async fn behind_a_proxy_that_adds_its_own_header_line_the_last_address_of_all_li
             _ => &["3.3.3.3", "10.0.0.7"],
         };
         let code = attempt(lines).await;
-        let expected = if forged == "3.3.3.3" { "RATE_LIMITED" } else { "UNAUTHENTICATED" };
-        assert_eq!(code.as_deref(), Some(expected), "forged first line {forged}");
+        let expected = if forged == "3.3.3.3" {
+            "RATE_LIMITED"
+        } else {
+            "UNAUTHENTICATED"
+        };
+        assert_eq!(
+            code.as_deref(),
+            Some(expected),
+            "forged first line {forged}"
+        );
     }
     // IPv6 clients count by their /64; an IPv4-mapped address counts as the IPv4 one.
-    assert_eq!(attempt(&["2001:db8:1:2::1"]).await.as_deref(), Some("UNAUTHENTICATED"));
-    assert_eq!(attempt(&["2001:db8:1:2::ffff"]).await.as_deref(), Some("UNAUTHENTICATED"));
-    assert_eq!(attempt(&["2001:db8:1:2:aaaa::9"]).await.as_deref(), Some("RATE_LIMITED"));
-    assert_eq!(attempt(&["2001:db8:1:3::1"]).await.as_deref(), Some("UNAUTHENTICATED"));
-    assert_eq!(attempt(&["::ffff:10.0.0.7"]).await.as_deref(), Some("RATE_LIMITED"));
+    assert_eq!(
+        attempt(&["2001:db8:1:2::1"]).await.as_deref(),
+        Some("UNAUTHENTICATED")
+    );
+    assert_eq!(
+        attempt(&["2001:db8:1:2::ffff"]).await.as_deref(),
+        Some("UNAUTHENTICATED")
+    );
+    assert_eq!(
+        attempt(&["2001:db8:1:2:aaaa::9"]).await.as_deref(),
+        Some("RATE_LIMITED")
+    );
+    assert_eq!(
+        attempt(&["2001:db8:1:3::1"]).await.as_deref(),
+        Some("UNAUTHENTICATED")
+    );
+    assert_eq!(
+        attempt(&["::ffff:10.0.0.7"]).await.as_deref(),
+        Some("RATE_LIMITED")
+    );
 }

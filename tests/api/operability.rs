@@ -309,11 +309,27 @@ async fn metrics_can_have_an_address_of_their_own_or_a_token_and_labels_stay_bou
         .unwrap();
     assert_eq!(public.status().as_u16(), 404, "not on the public listener");
     let own = apart.metrics_address.clone().expect("a metrics address");
-    let private = apart.client.get(format!("{own}/metrics")).send().await.unwrap();
+    let private = apart
+        .client
+        .get(format!("{own}/metrics"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(private.status().as_u16(), 200);
-    assert!(private.text().await.unwrap().contains("tollgate_usage_events"));
+    assert!(
+        private
+            .text()
+            .await
+            .unwrap()
+            .contains("tollgate_usage_events")
+    );
     // Only /metrics there: no API on the private address.
-    let api = apart.client.get(format!("{own}/graphql")).send().await.unwrap();
+    let api = apart
+        .client
+        .get(format!("{own}/graphql"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(api.status().as_u16(), 404);
 
     let token = "metrics-token-0123456789";
@@ -326,18 +342,31 @@ async fn metrics_can_have_an_address_of_their_own_or_a_token_and_labels_stay_bou
         }
         assert_eq!(request.send().await.unwrap().status().as_u16(), 401);
     }
-    let allowed = guarded.client.get(&url).bearer_auth(token).send().await.unwrap();
+    let allowed = guarded
+        .client
+        .get(&url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(allowed.status().as_u16(), 200);
 
     // 40 orders of the same root fields make one series, not 40.
-    let fields = ["plans { slug }", "creditTypes { value }", "usageBasedUnits { name }", "me { id }"];
+    let fields = [
+        "plans { slug }",
+        "creditTypes { value }",
+        "usageBasedUnits { name }",
+        "me { id }",
+    ];
     for i in 0..40 {
         let mut order: Vec<&str> = fields.to_vec();
         order.rotate_left(i % 4);
         if i % 8 >= 4 {
             order.reverse();
         }
-        guarded.gql(None, &format!("{{ {} }}", order.join(" ")), json!({})).await;
+        guarded
+            .gql(None, &format!("{{ {} }}", order.join(" ")), json!({}))
+            .await;
     }
     let page = guarded
         .client
@@ -354,5 +383,8 @@ async fn metrics_can_have_an_address_of_their_own_or_a_token_and_labels_stay_bou
         .filter(|l| l.starts_with("tollgate_graphql_requests_total{"))
         .collect();
     assert_eq!(series.len(), 1, "{series:?}");
-    assert!(series[0].contains("operation=\"query creditTypes+me+plans\""), "{series:?}");
+    assert!(
+        series[0].contains("operation=\"query creditTypes+me+plans\""),
+        "{series:?}"
+    );
 }

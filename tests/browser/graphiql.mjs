@@ -1,36 +1,60 @@
-// GraphiQL in headless Chromium: open <server>/graphql, run a query, read the answer from the
-// result pane, keep a screenshot. The page loads GraphiQL and React from unpkg.com; with no
-// internet here, those requests are answered from this directory's node_modules (the same
-// releases, pinned in package.json).
+// GraphiQL in headless Chromium, as a developer meets it: open <server>/graphql with every
+// request to anywhere else blocked (the page must need nothing but the server), open the Docs
+// explorer and read Query's fields, get `creditTypes` offered by autocompletion, run a query
+// and read the answer from the result pane, keep a screenshot. Prints JSON:
+// { result, docsFields, completions, blocked, cspViolations, pageErrors }.
 //
 // usage: node graphiql.mjs <server url> <screenshot.png>
-import { readFile } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 
 const [server, screenshot] = process.argv.slice(2);
-const modules = join(dirname(fileURLToPath(import.meta.url)), 'node_modules');
 const query = '{ creditTypes { value amount } }';
 
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
   args: ['--no-sandbox', '--disable-gpu'],
 });
+const blocked = [];
+const cspViolations = [];
+const pageErrors = [];
 try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
-  page.on('pageerror', (e) => console.error('page error:', e.message));
-  await page.route('https://unpkg.com/**', async (route) => {
-    // /react@18/umd/react.development.js → node_modules/react/umd/react.development.js
-    const [, name, path] = new URL(route.request().url()).pathname.match(/^\/([^@/]+)@[^/]+\/(.*)$/);
-    const type = path.endsWith('.css') ? 'text/css' : 'application/javascript';
-    await route.fulfill({ body: await readFile(join(modules, name, path)), contentType: type });
+  page.on('pageerror', (e) => pageErrors.push(e.message));
+  page.on('console', (m) => {
+    if (/Content Security Policy|Refused to/i.test(m.text())) cspViolations.push(m.text());
   });
-  await page.route('https://graphql.org/**', (route) => route.fulfill({ status: 404, body: '' }));
+  await page.route('**/*', (route) => {
+    const url = route.request().url();
+    if (url.startsWith(server)) return route.continue();
+    blocked.push(url);
+    return route.abort();
+  });
 
   await page.goto(`${server}/graphql`);
   const editor = '.graphiql-query-editor .CodeMirror';
   await page.waitForSelector(editor, { timeout: 30000 });
+
+  // The Docs explorer: the schema has loaded (introspection), Query's fields are listed.
+  await page.click('button[aria-label="Show Documentation Explorer"]');
+  await page.click('.graphiql-doc-explorer a.graphiql-doc-explorer-type-name:text-is("Query")', {
+    timeout: 30000,
+  });
+  await page.waitForSelector('.graphiql-doc-explorer-field-name', { timeout: 30000 });
+  const docsFields = await page.$$eval('.graphiql-doc-explorer-field-name', (els) =>
+    els.map((e) => e.textContent),
+  );
+
+  // Autocompletion: type the start of a field, as a developer would.
+  await page.evaluate((sel) => document.querySelector(sel).CodeMirror.setValue(''), editor);
+  await page.click(`${editor} .CodeMirror-lines`);
+  await page.keyboard.type('{ cre', { delay: 50 });
+  await page.waitForSelector('.CodeMirror-hints .CodeMirror-hint', { timeout: 30000 });
+  const completions = await page.$$eval('.CodeMirror-hints .CodeMirror-hint', (els) =>
+    els.map((e) => e.textContent),
+  );
+  await page.keyboard.press('Escape');
+
+  // Run a query and read what GraphiQL shows.
   await page.evaluate(([sel, q]) => document.querySelector(sel).CodeMirror.setValue(q), [editor, query]);
   await page.click('.graphiql-execute-button');
   const result = '.graphiql-response .CodeMirror';
@@ -41,7 +65,14 @@ try {
   );
   const shown = await page.evaluate((sel) => document.querySelector(sel).CodeMirror.getValue(), result);
   await page.screenshot({ path: screenshot, fullPage: true });
-  console.log(shown);
+  console.log(JSON.stringify({
+    result: JSON.parse(shown),
+    docsFields,
+    completions,
+    blocked,
+    cspViolations,
+    pageErrors,
+  }));
 } finally {
   await browser.close();
 }
