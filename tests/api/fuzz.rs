@@ -1,7 +1,11 @@
 //! Generated hostility: thousands of GraphQL documents (valid and not, deep, wide, aliased,
-//! with random arguments and variables) and random bytes, thrown at a running server. Never a
-//! 5xx, every error carries a code, and the server keeps answering. The generator is seeded
-//! (`FUZZ_SEED` to replay a run; the seed is printed).
+//! with random arguments and variables) and random bytes, thrown at a running server by POST
+//! and by GET. Among them every class of input that once hurt: brackets nested thousands deep
+//! (lists, objects, input objects; in arguments, variable defaults and variables), list
+//! fan-out, nested and reused fragments, control characters in text, dates out of range,
+//! non-ASCII idempotency keys, forged `X-Forwarded-For` lines, introspection nested deep.
+//! Never a 5xx, never an internal error, every error carries a code, and the server keeps
+//! answering. The generator is seeded (`FUZZ_SEED` to replay a run; the seed is printed).
 
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
 use serde_json::{Value, json};
@@ -97,7 +101,14 @@ fn scalar(rng: &mut StdRng) -> String {
         2 => format!("{:?}", uuid::Uuid::now_v7().to_string()),
         3 => "null".into(),
         4 => (if rng.random() { "true" } else { "false" }).into(),
-        5 => format!("{:?}", "ä😀\u{0}\"'\\".repeat(rng.random_range(0..4))),
+        5 => format!(
+            "{:?}",
+            ["ä😀\u{0}\"'\\", "\u{1b}[31m", "\u{7f}", "\u{85}", "\t\n"]
+                .choose(rng)
+                .copied()
+                .unwrap_or("")
+                .repeat(rng.random_range(0..4))
+        ),
         6 => format!("\"{}\"", "x".repeat(rng.random_range(0..3000))),
         7 => "1e309".into(),
         8 => "[1, \"a\", null]".into(),
@@ -205,7 +216,13 @@ fn value(rng: &mut StdRng, right: Value) -> Value {
     match rng.random_range(0..10) {
         0 => Value::Null,
         1 => json!(rng.random::<i64>()),
-        2 => json!("ä😀\u{0}".repeat(rng.random_range(0..50))),
+        2 => json!(
+            ["ä😀\u{0}", "\u{1b}", "a\u{7f}", "\u{9f}"]
+                .choose(rng)
+                .copied()
+                .unwrap_or("")
+                .repeat(rng.random_range(0..50))
+        ),
         3 => json!("x".repeat(rng.random_range(0..400))),
         4 => json!([right.clone(), right]),
         5 => json!(uuid::Uuid::now_v7().to_string()),
@@ -218,6 +235,14 @@ fn valid(rng: &mut StdRng, tenant: &str, project: &str) -> Value {
     let key = format!("k{}", rng.random_range(0..20));
     let number = rng.random_range(-3..130);
     let email = format!("u{}@example.com", rng.random::<u32>());
+    let from = [
+        "2020-01-01T00:00:00Z",
+        "-5000-01-01T00:00:00Z",
+        "+300000-01-01T00:00:00Z",
+        "0000-01-01T00:00:00Z",
+    ]
+    .choose(rng)
+    .copied();
     let (query, variables) = match rng.random_range(0..6) {
         0 => (
             "mutation($t: ID!, $n: String!, $d: String, $k: String) { createProject(tenantId: $t, input: {name: $n, description: $d}, idempotencyKey: $k) { id name tenantId } }",
@@ -229,7 +254,7 @@ fn valid(rng: &mut StdRng, tenant: &str, project: &str) -> Value {
         ),
         2 => (
             "query($t: ID!, $n: Int, $a: String, $f: CreditHistoryFilter) { creditHistory(tenantId: $t, first: $n, after: $a, filter: $f) { nodes { id amount type user { email } creditType { name } } pageInfo { hasNextPage endCursor } } }",
-            json!({ "t": value(rng, json!(tenant)), "n": value(rng, json!(number)), "a": value(rng, json!("YzE6")), "f": value(rng, json!({ "type": "credit-task-creation", "from": "2020-01-01T00:00:00Z", "userId": "nope" })) }),
+            json!({ "t": value(rng, json!(tenant)), "n": value(rng, json!(number)), "a": value(rng, json!("YzE6")), "f": value(rng, json!({ "type": "credit-task-creation", "from": from, "userId": "nope" })) }),
         ),
         3 => (
             "query($t: ID!, $f: String!) { planFeatureUsage(tenantId: $t, feature: $f) { used remaining enabled message period { start end } } tenant(id: $t) { subscription { status plan { slug } } } }",
@@ -247,8 +272,84 @@ fn valid(rng: &mut StdRng, tenant: &str, project: &str) -> Value {
     json!({ "query": query, "variables": variables })
 }
 
+/// `open` × n, `inner`, `close` × n.
+fn nest(open: &str, inner: &str, close: &str, n: usize) -> String {
+    format!("{}{inner}{}", open.repeat(n), close.repeat(n))
+}
+
+/// A request nesting brackets deep (mostly far past the limit) somewhere a parser would
+/// recurse: an argument, an input object, a variable's default, the variables, selections.
+fn deep(rng: &mut StdRng) -> Value {
+    let n = *[10, 63, 65, 200, 2_000, 10_000]
+        .choose(rng)
+        .unwrap_or(&10_000);
+    match rng.random_range(0..6) {
+        0 => {
+            json!({ "query": format!("{{ planFeatureUsage(tenantId: {}) {{ used }} }}", nest("[", "1", "]", n)) })
+        }
+        1 => {
+            json!({ "query": format!("{{ planFeatureUsage(tenantId: {}) {{ used }} }}", nest("{a: ", "1", "}", n)) })
+        }
+        2 => {
+            json!({ "query": format!("mutation {{ signUp(input: {{email: {}, password: \"p\", name: \"n\"}}) {{ token }} }}", nest("{email: ", "\"x\"", "}", n)) })
+        }
+        3 => {
+            json!({ "query": format!("query($x: [ID] = {}) {{ creditTypes {{ value }} }}", nest("[", "1", "]", n)) })
+        }
+        4 => {
+            let levels = n.min(120);
+            let variables: Value =
+                serde_json::from_str(&nest("[", "1", "]", levels)).unwrap_or(Value::Null);
+            json!({ "query": "query($x: [ID]) { creditTypes { value } }", "variables": { "x": variables } })
+        }
+        _ => json!({ "query": format!("{}{}", "{ me ".repeat(n), "}".repeat(n)) }),
+    }
+}
+
+/// Documents that multiply work: list fan-out under many aliases, fragments reused and
+/// nested, introspection nested deep.
+fn multiplied(rng: &mut StdRng) -> Value {
+    let aliases = rng.random_range(1..40);
+    match rng.random_range(0..3) {
+        0 => {
+            let one = "me { memberships { tenant { plan { features { name } } subscription { status } } } }";
+            let all: Vec<String> = (0..aliases).map(|i| format!("m{i}: {one}")).collect();
+            json!({ "query": format!("{{ {} }}", all.join(" ")) })
+        }
+        1 => {
+            let leaf: Vec<String> = (0..aliases)
+                .map(|i| format!("a{i}: plans {{ slug }}"))
+                .collect();
+            json!({ "query": format!(
+                "{{ ...F2 }} fragment F2 on Query {{ ...F1 ...F1 ...F1 }} fragment F1 on Query {{ ...F0 ...F0 }} fragment F0 on Query {{ {} }}",
+                leaf.join(" ")
+            ) })
+        }
+        _ => json!({ "query": format!(
+            "{{ __schema {{ types {{ fields {{ type {} }} }} }} }}",
+            nest("{ ofType ", "{ name }", "}", aliases)
+        ) }),
+    }
+}
+
 fn body(rng: &mut StdRng, tenant: &str, project: &str) -> (Vec<u8>, &'static str) {
-    match rng.random_range(0..10) {
+    match rng.random_range(0..13) {
+        10 => (deep(rng).to_string().into_bytes(), "application/json"),
+        11 => (multiplied(rng).to_string().into_bytes(), "application/json"),
+        12 => {
+            // A batch mixing all of the above.
+            let batch: Vec<Value> = (0..rng.random_range(1..8))
+                .map(|_| match rng.random_range(0..3) {
+                    0 => deep(rng),
+                    1 => multiplied(rng),
+                    _ => valid(rng, tenant, project),
+                })
+                .collect();
+            (
+                Value::Array(batch).to_string().into_bytes(),
+                "application/json",
+            )
+        }
         5..=7 => (
             valid(rng, tenant, project).to_string().into_bytes(),
             "application/json",
@@ -339,15 +440,58 @@ async fn generated_documents_and_random_bytes_never_get_a_5xx() {
             (body, content_type, rng.random_bool(0.5))
         })
         .collect();
+    // Headers a client chooses: idempotency keys (some not ASCII), forged address lines.
+    let headers: Vec<Vec<(&str, Vec<u8>)>> = (0..requests.len())
+        .map(|i| {
+            let mut headers = Vec::new();
+            if rng.random_bool(0.2) {
+                let key: &[u8] = [b"k-1".as_slice(), "clé".as_bytes(), b"\xff\xfe", b"ok key"]
+                    .choose(&mut rng)
+                    .copied()
+                    .unwrap_or(b"k");
+                headers.push(("idempotency-key", key.to_vec()));
+            }
+            if rng.random_bool(0.2) {
+                headers.push((
+                    "x-forwarded-for",
+                    format!("203.0.113.{}", i % 250).into_bytes(),
+                ));
+                headers.push(("x-forwarded-for", b"2001:db8::1, ::ffff:10.0.0.1".to_vec()));
+            }
+            headers
+        })
+        .collect();
     let mut executed = 0;
-    for chunk in requests.chunks(50) {
-        let answers =
-            futures::future::join_all(chunk.iter().map(|(body, content_type, signed)| {
-                let mut request = app
-                    .client
-                    .post(format!("{}/graphql", app.address))
-                    .header("content-type", *content_type)
-                    .body(body.clone());
+    for (chunk, chunk_headers) in requests.chunks(50).zip(headers.chunks(50)) {
+        let answers = futures::future::join_all(chunk.iter().zip(chunk_headers).enumerate().map(
+            |(i, ((body, content_type, signed), headers))| {
+                // One in ten JSON bodies with a single query goes by GET instead.
+                let by_get = i % 10 == 0
+                    && *content_type == "application/json"
+                    && serde_json::from_slice::<Value>(body).is_ok_and(|v| {
+                        v["query"].is_string()
+                            && v["query"].as_str().is_some_and(|q| q.len() < 20_000)
+                    });
+                let mut request = if by_get {
+                    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+                    let mut pairs = vec![("query", v["query"].as_str().unwrap_or("").to_owned())];
+                    if !v["variables"].is_null() {
+                        pairs.push(("variables", v["variables"].to_string()));
+                    }
+                    app.client
+                        .get(format!("{}/graphql", app.address))
+                        .query(&pairs)
+                } else {
+                    app.client
+                        .post(format!("{}/graphql", app.address))
+                        .header("content-type", *content_type)
+                        .body(body.clone())
+                };
+                for (name, value) in headers {
+                    if let Ok(value) = reqwest::header::HeaderValue::from_bytes(value) {
+                        request = request.header(*name, value);
+                    }
+                }
                 if *signed {
                     request = request.bearer_auth(&token);
                 }
@@ -357,8 +501,9 @@ async fn generated_documents_and_random_bytes_never_get_a_5xx() {
                     let text = response.text().await.unwrap_or_default();
                     (status, text)
                 }
-            }))
-            .await;
+            },
+        ))
+        .await;
         for ((body, _, _), (status, text)) in chunk.iter().zip(answers) {
             let shown = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
             assert!(status < 500, "seed {seed}: {status} for {shown}: {text}");
@@ -367,6 +512,10 @@ async fn generated_documents_and_random_bytes_never_get_a_5xx() {
             assert!(
                 all_coded(&answer),
                 "seed {seed}: an error without a code for {shown}: {text}"
+            );
+            assert!(
+                !text.contains("INTERNAL_SERVER_ERROR"),
+                "seed {seed}: bad input answered as an outage for {shown}: {text}"
             );
             executed += usize::from(status == 200 && reached_execution(&answer));
         }
