@@ -249,11 +249,11 @@ fn idp_token(private: &[u8], kid: Option<&str>, claims: serde_json::Value) -> St
     .expect("token encodes")
 }
 
-#[tokio::test]
-async fn tokens_of_an_external_identity_provider_sign_users_in_by_sub() {
-    let dir = tempfile::tempdir().unwrap();
-    let (private, _) = rsa_pair(dir.path());
-    let key_path = dir.path().join("idp.pub");
+/// A server that accepts the RS256 tokens of `https://idp.example` (audience
+/// `tollgate-api`) by a PEM public key made in `dir`; with the private key, in PEM.
+async fn idp_app(dir: &std::path::Path) -> (crate::helpers::TestApp, Vec<u8>) {
+    let (private, _) = rsa_pair(dir);
+    let key_path = dir.join("idp.pub");
     let app = spawn_app_with(move |c| {
         c.jwt.external = Some(tollgate::config::ExternalIdp {
             issuer: "https://idp.example".into(),
@@ -263,6 +263,13 @@ async fn tokens_of_an_external_identity_provider_sign_users_in_by_sub() {
         });
     })
     .await;
+    (app, private)
+}
+
+#[tokio::test]
+async fn tokens_of_an_external_identity_provider_sign_users_in_by_sub() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, private) = idp_app(dir.path()).await;
     let now = Utc::now().timestamp();
     let claims = |sub: &str, email: &str, verified: bool| {
         json!({ "sub": sub, "exp": now + 600, "iss": "https://idp.example", "aud": "tollgate-api",
@@ -343,17 +350,7 @@ async fn tokens_of_an_external_identity_provider_sign_users_in_by_sub() {
 #[tokio::test]
 async fn an_account_made_first_with_a_victims_email_is_never_linked_to_the_victims_identity() {
     let dir = tempfile::tempdir().unwrap();
-    let (private, _) = rsa_pair(dir.path());
-    let key_path = dir.path().join("idp.pub");
-    let app = spawn_app_with(move |c| {
-        c.jwt.external = Some(tollgate::config::ExternalIdp {
-            issuer: "https://idp.example".into(),
-            audience: "tollgate-api".into(),
-            public_key_file: Some(key_path),
-            jwks_file: None,
-        });
-    })
-    .await;
+    let (app, private) = idp_app(dir.path()).await;
     // The attacker signs up first with the victim's address (nobody verifies it)…
     let (attacker, attacker_id) = app.sign_up("victim@example.com").await;
     let trap = app.create_tenant(&attacker, "trap").await;

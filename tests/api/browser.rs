@@ -37,34 +37,16 @@ fn ensure_browser(dir: &Path) -> String {
 
 #[tokio::test]
 async fn graphiql_runs_a_query_in_headless_chromium() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    let chromium = tokio::task::spawn_blocking({
-        let dir = dir.clone();
-        move || ensure_browser(&dir)
-    })
-    .await
-    .unwrap();
     let app = spawn_app().await;
-    let artifacts = dir.join("artifacts");
+    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     let screenshot = artifacts.join("graphiql.png");
     let _ = std::fs::remove_file(&screenshot);
-    let script = dir.join("graphiql.mjs");
-    let (address, shot) = (app.address.clone(), screenshot.clone());
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg(script)
-            .arg(address)
-            .arg(shot)
-            .env("CHROMIUM", &chromium)
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("node runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let stdout = node(
+        "graphiql.mjs",
+        vec![app.address.clone(), screenshot.display().to_string()],
+    )
+    .await;
     let shown: Value = serde_json::from_str(&stdout).expect("the script prints JSON");
     // Offline: the page asked nothing of any other host, and broke no policy.
     assert_eq!(shown["blocked"], serde_json::json!([]), "{shown}");

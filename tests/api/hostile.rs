@@ -285,15 +285,7 @@ async fn control_characters_in_any_text_input_are_bad_user_input_on_every_databa
             .await;
         assert_eq!(error_code(&body), Some("BAD_USER_INPUT"), "{date}: {body}");
     }
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::operability::metrics_page(&app).await;
     assert!(
         !metrics.contains("code=\"INTERNAL_SERVER_ERROR\""),
         "no outage counted: {metrics}"

@@ -15,7 +15,7 @@ use crate::{
 };
 use tollgate::credits::FeatureLimitType;
 
-async fn metrics_page(app: &crate::helpers::TestApp) -> String {
+pub(crate) async fn metrics_page(app: &crate::helpers::TestApp) -> String {
     app.client
         .get(format!("{}/metrics", app.address))
         .send()
@@ -27,7 +27,7 @@ async fn metrics_page(app: &crate::helpers::TestApp) -> String {
 }
 
 /// The value of the sample `name{labels}` in a Prometheus text page.
-fn sample(page: &str, series: &str) -> Option<f64> {
+pub(crate) fn sample(page: &str, series: &str) -> Option<f64> {
     page.lines()
         .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
         .and_then(|line| line.rsplit(' ').next())

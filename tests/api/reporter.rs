@@ -5,26 +5,9 @@ use std::time::Duration;
 
 use crate::{
     fake_stripe::{Answer, FakeStripe},
-    helpers::TestApp,
+    operability::{metrics_page, sample},
     stripe::{eventually, link_customer, reports, stripe_app},
 };
-
-async fn metric(app: &TestApp, line_start: &str) -> f64 {
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
 
 #[tokio::test]
 async fn a_refused_key_keeps_usage_pending_and_it_all_goes_out_once_the_key_works() {
@@ -54,8 +37,12 @@ async fn a_refused_key_keeps_usage_pending_and_it_all_goes_out_once_the_key_work
             "{report}"
         );
     }
-    let unauthorized = "tollgate_stripe_meter_events_total{outcome=\"unauthorized\"}";
-    assert!(metric(&app, unauthorized).await >= 8.0);
+    let page = metrics_page(&app).await;
+    let unauthorized = sample(
+        &page,
+        "tollgate_stripe_meter_events_total{outcome=\"unauthorized\"}",
+    );
+    assert!(unauthorized.is_some_and(|n| n >= 8.0), "{page}");
     // The key is fixed: everything is delivered, once.
     fake.with(|r| r.refuse_key = false);
     eventually("everything is delivered", || async {
