@@ -9,8 +9,13 @@
 //! and measures in the same run the floors each workload is compared with: `GET /healthz` (the
 //! HTTP floor) and the raw guard floor, the writes of a guarded `createTask` through the same
 //! driver without HTTP or GraphQL (one transaction per guard, and batched as the server
-//! batches). Reports req/s, p50, p99, errors and the server's peak RSS, runs `tollgate verify`
-//! after each database, and writes the table into BENCHMARKS.md between the throughput markers.
+//! batches). Reports req/s, p50, p99, errors, the server's CPU time and context switches per
+//! request (summed over /proc/PID/task/*/ before and after each workload: unlike req/s they
+//! barely move when the machine is busy) and its peak RSS, runs `tollgate verify` after each
+//! database, and writes the table into BENCHMARKS.md between the throughput markers.
+//!
+//! BENCH_SERVER_BIN=path/to/tollgate runs another build of the server (an older commit's, for a
+//! before/after comparison in one sitting); the table is then only printed, not written.
 //!
 //! PostgreSQL is used when BENCH_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres)
 //! answers; BENCH_DATABASE_URL=none skips it.
@@ -77,6 +82,77 @@ struct Row {
     errors: u64,
     denied: u64,
     floor: Floor,
+    /// The server's CPU time and context switches per request (NaN for the raw floors).
+    cost: Cost,
+}
+
+#[derive(Clone, Copy)]
+struct Cost {
+    cpu_us: f64,
+    switches: f64,
+}
+
+const NO_COST: Cost = Cost {
+    cpu_us: f64::NAN,
+    switches: f64::NAN,
+};
+
+/// CPU time (clock ticks) and context switches of all a process's threads so far.
+fn process_usage(pid: u32) -> (u64, u64) {
+    let mut ticks = 0;
+    let mut switches = 0;
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return (0, 0);
+    };
+    for task in tasks.flatten() {
+        let dir = task.path();
+        if let Ok(stat) = std::fs::read_to_string(dir.join("stat")) {
+            // After the `(comm)` field: state is field 3, utime 14 and stime 15.
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map_or("", |(_, rest)| rest)
+                .split_whitespace()
+                .collect();
+            let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+            ticks += field(14).unwrap_or(0) + field(15).unwrap_or(0);
+        }
+        if let Ok(status) = std::fs::read_to_string(dir.join("status")) {
+            switches += status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+    }
+    (ticks, switches)
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux).
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// The server's cost per request of `run` (which answers how many requests it made).
+fn measured(pid: u32, run: impl FnOnce() -> WrkResult) -> (WrkResult, Cost) {
+    let (ticks, switches) = process_usage(pid);
+    let result = run();
+    let (ticks_after, switches_after) = process_usage(pid);
+    let n = result.requests.max(1.0);
+    let cost = Cost {
+        cpu_us: (ticks_after - ticks) as f64 * 1e6 / clock_ticks() / n,
+        switches: (switches_after - switches) as f64 / n,
+    };
+    (result, cost)
+}
+
+/// The server binary: this build's, or BENCH_SERVER_BIN.
+fn server_bin() -> String {
+    std::env::var("BENCH_SERVER_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tollgate").to_owned())
 }
 
 fn main() {
@@ -166,7 +242,10 @@ fn main() {
 
     let table = render(&rows, seconds, pinned, &notes);
     println!("\n{table}");
-    write_into_benchmarks(&table);
+    match std::env::var("BENCH_SERVER_BIN") {
+        Ok(bin) => eprintln!("server {bin}: table not written into BENCHMARKS.md"),
+        Err(_) => write_into_benchmarks(&table),
+    }
 }
 
 fn ensure_wrk() {
@@ -214,8 +293,12 @@ async fn run_database(
     let limited = tenant_with_project(&client, &base, &token, "limited").await;
     move_to_plan(url, &limited.0, "limited").await;
 
-    let health = wrk(&base, "GET", "/healthz", None, None, seconds, pinned);
+    let pid = server.id();
+    let (health, cost) = measured(pid, || {
+        wrk(&base, "GET", "/healthz", None, None, seconds, pinned)
+    });
     rows.push(Row {
+        cost,
         database: label,
         workload: "`GET /healthz` (HTTP floor)".into(),
         rps: health.rps,
@@ -265,20 +348,23 @@ async fn run_database(
         ),
     ];
     for (name, body, floor) in workloads {
-        let r = wrk(
-            &base,
-            "POST",
-            "/graphql",
-            Some(&body),
-            Some(&token),
-            seconds,
-            pinned,
-        );
+        let (r, cost) = measured(pid, || {
+            wrk(
+                &base,
+                "POST",
+                "/graphql",
+                Some(&body),
+                Some(&token),
+                seconds,
+                pinned,
+            )
+        });
         eprintln!(
-            "{name}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors, {} denied",
-            r.rps, r.p50_ms, r.p99_ms, r.errors, r.denied
+            "{name}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors, {} denied, {:.0} µs CPU and {:.1} context switches per request",
+            r.rps, r.p50_ms, r.p99_ms, r.errors, r.denied, cost.cpu_us, cost.switches
         );
         rows.push(Row {
+            cost,
             database: label,
             workload: name.into(),
             rps: r.rps,
@@ -292,6 +378,7 @@ async fn run_database(
     rows.push(Row {
         database: label,
         workload: "raw guard, one transaction per guard".into(),
+        cost: NO_COST,
         rps: floor_txn,
         p50_ms: f64::NAN,
         p99_ms: f64::NAN,
@@ -302,6 +389,7 @@ async fn run_database(
     rows.push(Row {
         database: label,
         workload: "raw guard, batched as the server batches".into(),
+        cost: NO_COST,
         rps: floor_batch,
         p50_ms: f64::NAN,
         p99_ms: f64::NAN,
@@ -313,7 +401,7 @@ async fn run_database(
     let rss = peak_rss_mb(server.id());
     let _ = server.kill();
     let _ = server.wait();
-    let verify = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+    let verify = Command::new(server_bin())
         .arg("verify")
         .env("DATABASE_URL", url)
         .output()
@@ -349,7 +437,7 @@ fn pin(core: &str, program: &str, pinned: bool) -> Command {
 }
 
 fn start_server(url: &str, config: &Path, port: u16, pinned: bool) -> Child {
-    pin("0", env!("CARGO_BIN_EXE_tollgate"), pinned)
+    pin("0", &server_bin(), pinned)
         .args([
             "serve",
             "--config",
@@ -444,6 +532,8 @@ async fn move_to_plan(url: &str, tenant: &str, slug: &str) {
 }
 
 struct WrkResult {
+    /// Requests completed.
+    requests: f64,
     rps: f64,
     p50_ms: f64,
     p99_ms: f64,
@@ -520,6 +610,7 @@ fn wrk(
         .map(|x| x.parse().expect("number"))
         .collect();
     WrkResult {
+        requests: n[0],
         rps: n[0] / (n[1] / 1e6),
         p50_ms: n[2] / 1e3,
         p99_ms: n[3] / 1e3,
@@ -654,10 +745,14 @@ fn render(rows: &[Row], seconds: u64, pinned: bool, notes: &[String]) -> String 
     writeln!(t, "Run: {}.\n", Utc::now().format("%Y-%m-%d %H:%M UTC")).unwrap();
     writeln!(
         t,
-        "| database | workload | req/s | p50 ms | p99 ms | errors | denied | ratio to floor |"
+        "| database | workload | req/s | p50 ms | p99 ms | errors | denied | ratio to floor | server CPU µs/req | context switches/req |"
     )
     .unwrap();
-    writeln!(t, "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |").unwrap();
+    writeln!(
+        t,
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"
+    )
+    .unwrap();
     for r in rows {
         let ms = |v: f64| {
             if v.is_nan() {
@@ -669,9 +764,16 @@ fn render(rows: &[Row], seconds: u64, pinned: bool, notes: &[String]) -> String 
         let ratio = r.floor.map_or("–".to_owned(), |(name, f)| {
             format!("{:.2}× {name}", r.rps / f)
         });
+        let per = |v: f64, digits: usize| {
+            if v.is_nan() {
+                "–".to_owned()
+            } else {
+                format!("{v:.digits$}")
+            }
+        };
         writeln!(
             t,
-            "| {} | {} | {:.0} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
             r.database,
             r.workload,
             r.rps,
@@ -679,7 +781,9 @@ fn render(rows: &[Row], seconds: u64, pinned: bool, notes: &[String]) -> String 
             ms(r.p99_ms),
             r.errors,
             r.denied,
-            ratio
+            ratio,
+            per(r.cost.cpu_us, 0),
+            per(r.cost.switches, 1)
         )
         .unwrap();
     }
