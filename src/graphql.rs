@@ -18,31 +18,13 @@ use async_graphql::{
     parser::types::ExecutableDocument,
 };
 
-use crate::{
-    auth::Hasher, auth::Keys, auth::Viewer, billing::StripeHttp, config::Config, db::Database,
-    error::AppError, metrics::Metrics, projects::Writer, rate_limit::RateLimits,
-};
+use crate::{auth::Viewer, error::AppError, state::AppState};
 
-pub use limits::{has_control_characters, nesting_error};
+pub use limits::nesting_error;
 pub use mutation::Mutation;
 pub use query::Query;
 
 pub type TollgateSchema = Schema<Query, Mutation, EmptySubscription>;
-
-/// What resolvers need from the process: shared by every request.
-#[derive(Clone)]
-pub struct AppState {
-    pub db: Database,
-    pub writer: Writer,
-    pub config: Arc<Config>,
-    pub keys: Arc<Keys>,
-    /// Password hashing, bounded (`auth.hashing_concurrency`, `auth.hashing_queue`).
-    pub hasher: Hasher,
-    /// The Stripe client, when `stripe.secret_key` is configured.
-    pub stripe: Option<StripeHttp>,
-    pub metrics: Metrics,
-    pub limits: Arc<RateLimits>,
-}
 
 /// The client's address (for per-address rate limits).
 pub struct ClientAddress(pub std::net::IpAddr);

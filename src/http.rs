@@ -28,11 +28,12 @@ use crate::{
     auth, billing,
     error::AppError,
     graphql::{
-        AppState, ClientAddress, IdempotencyHeader, Schemas,
+        ClientAddress, IdempotencyHeader, Schemas,
         loaders::{SubscriptionLoader, UserLoader},
         nesting_error, with_code,
     },
     rate_limit::Client,
+    state::AppState,
 };
 
 /// The API's routes; `/metrics` among them unless it has an address of its own.

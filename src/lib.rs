@@ -1,7 +1,7 @@
 //! Tollgate: tracks, limits and charges a SaaS product's customers through credits, behind a
 //! GraphQL API. Start with `credits` (the domain and its invariants).
 
-/// Who is calling: passwords, tokens, the viewer, membership checks.
+/// Who is calling: tokens, accounts and password hashing, the viewer, tenancy checks.
 pub mod auth;
 /// Stripe: the usage outbox and its reporter, webhooks, Checkout and the billing portal.
 pub mod billing;
@@ -17,7 +17,7 @@ pub mod db;
 pub mod error;
 /// The GraphQL schema, its types and resolvers.
 pub mod graphql;
-/// The HTTP routes: /graphql, /healthz, /readyz.
+/// The HTTP routes: /graphql (and GraphiQL), /healthz, /readyz, /metrics, /webhooks/stripe.
 pub mod http;
 /// Idempotency keys of guarded mutations: claim, replay, purge.
 pub mod idempotency;
@@ -29,6 +29,8 @@ pub mod projects;
 pub mod rate_limit;
 /// Connect, migrate, serve.
 pub mod startup;
+/// `AppState`: what every request can reach.
+pub mod state;
 /// Logging set-up.
 pub mod telemetry;
 /// Tenants (workspaces) and memberships.

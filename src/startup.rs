@@ -24,11 +24,11 @@ use crate::{
     config::Config,
     credits,
     db::Database,
-    graphql::{self, AppState},
-    http, idempotency,
+    graphql, http, idempotency,
     metrics::Metrics,
     projects::Writer,
     rate_limit::RateLimits,
+    state::AppState,
     telemetry::{self, RootSpan},
 };
 

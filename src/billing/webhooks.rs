@@ -14,7 +14,7 @@ use stripe_shared::{CheckoutSession, Subscription};
 use stripe_webhook::{EventObject, Webhook, WebhookError};
 
 use super::sessions::TENANT_METADATA_KEY;
-use crate::{config::Config, db, graphql::AppState, http::BodyError};
+use crate::{config::Config, db, http::BodyError, state::AppState};
 
 /// The largest webhook body accepted (Stripe's events are far smaller).
 const MAX_EVENT_BYTES: usize = 1024 * 1024;

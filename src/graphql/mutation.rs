@@ -25,7 +25,7 @@ pub struct Mutation;
 /// and the Stripe client (`BAD_USER_INPUT` when Stripe is not configured).
 async fn billing_access<'a>(
     ctx: &Context<'_>,
-    state: &'a crate::graphql::AppState,
+    state: &'a crate::state::AppState,
     tenant_id: &ID,
 ) -> Result<
     (
@@ -49,7 +49,7 @@ async fn billing_access<'a>(
 
 /// One sign-in or sign-up attempt from the request's address: `RATE_LIMITED` past
 /// `rate_limit.auth_per_minute`.
-fn auth_attempt(ctx: &Context<'_>, state: &crate::graphql::AppState) -> Result<(), AppError> {
+fn auth_attempt(ctx: &Context<'_>, state: &crate::state::AppState) -> Result<(), AppError> {
     match ctx.data_opt::<ClientAddress>() {
         Some(address) => state.limits.check_auth(address.0),
         None => Ok(()),

@@ -5,7 +5,7 @@
 
 use actix_web::{HttpResponse, http::header, web};
 
-use crate::graphql::AppState;
+use crate::state::AppState;
 
 /// What the page may load: its own scripts and styles, inline styles (GraphiQL's editor sets
 /// them), fonts embedded in the stylesheet, and requests to this server.
