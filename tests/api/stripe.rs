@@ -384,9 +384,13 @@ pub(crate) fn reporter_env(fake: &FakeStripe, claim_seconds: &str) -> Vec<(&'sta
         ("TOLLGATE_STRIPE__SECRET_KEY", SECRET_KEY.to_owned()),
         ("TOLLGATE_STRIPE__API_BASE", fake.url.clone()),
         ("TOLLGATE_STRIPE__WORKER_INTERVAL_MS", "50".to_owned()),
-        ("TOLLGATE_STRIPE__REQUEST_TIMEOUT_MS", "800".to_owned()),
+        // Long enough that a loaded test machine does not time sends out (a timed-out send
+        // that Stripe did take is resent and counted as a duplicate), short of the claim.
+        ("TOLLGATE_STRIPE__REQUEST_TIMEOUT_MS", "1500".to_owned()),
         ("TOLLGATE_STRIPE__CLAIM_SECONDS", claim_seconds.to_owned()),
         ("TOLLGATE_STRIPE__BATCH_SIZE", "5".to_owned()),
+        ("TOLLGATE_STRIPE__BACKOFF_BASE_MS", "50".to_owned()),
+        ("TOLLGATE_STRIPE__BACKOFF_MAX_MS", "200".to_owned()),
     ]
 }
 
