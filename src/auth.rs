@@ -16,7 +16,7 @@ pub use hashing::Hasher;
 pub use tenancy::{require_admin, require_member, visible_project};
 pub use tokens::Keys;
 
-use crate::error::AppError;
+use crate::{db, error::AppError};
 use tokens::Identity;
 
 /// The caller of one request: a signed-in user or nobody.
@@ -56,7 +56,15 @@ pub async fn authenticate(
             "the Authorization header must be `Bearer <token>`",
         ))?;
     let user = match keys.verify(token)? {
-        Identity::User(id) => user::Entity::find_by_id(id).one(db).await?,
+        Identity::User(id) => {
+            // Raw, without sea-orm's `LIMIT ?` (the key is unique): a bound LIMIT made SQLite
+            // re-prepare the statement on every request.
+            let sql = "SELECT * FROM \"user\" WHERE id = $1";
+            user::Entity::find()
+                .from_raw_sql(db::statement(db.get_database_backend(), sql, [id.into()]))
+                .one(db)
+                .await?
+        }
         Identity::External(claims) => accounts::external_user(db, claims).await?,
     };
     let user = user.ok_or(AppError::Unauthenticated("invalid or expired token"))?;

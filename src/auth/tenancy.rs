@@ -15,7 +15,14 @@ pub async fn require_member(
     tenant_id: Uuid,
 ) -> Result<(user::Model, Role), AppError> {
     let user = viewer.require()?;
-    let membership = tenant_user::Entity::find_by_id((tenant_id, user.id))
+    // Raw, without sea-orm's `LIMIT ?` (see `authenticate`).
+    let sql = "SELECT * FROM tenant_user WHERE tenant_id = $1 AND user_id = $2";
+    let membership = tenant_user::Entity::find()
+        .from_raw_sql(db::statement(
+            db.get_database_backend(),
+            sql,
+            [tenant_id.into(), user.id.into()],
+        ))
         .one(db)
         .await?
         .ok_or(AppError::Forbidden)?;
