@@ -71,7 +71,7 @@ async fn run(
 ) {
     eprintln!("== {label}");
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut config = Config::defaults();
+    let mut config = Config::defaults().expect("built-in configuration");
     config.addr = "127.0.0.1:0".into();
     config.database_url = url.to_owned();
     config.jwt_secret = Some(SecretString::from(

@@ -637,7 +637,7 @@ fn run_floor(url: &str, mode: &str, seconds: u64, pinned: bool) -> f64 {
 /// The writes of a guarded `createTask` on an UNLIMITED plan, through the server's own code
 /// and driver, `CONNECTIONS` callers at once, without HTTP or GraphQL.
 async fn raw_floor(url: &str, batched: bool, seconds: u64) -> f64 {
-    let mut config = Config::defaults();
+    let mut config = Config::defaults().expect("built-in configuration");
     config.database_url = url.to_owned();
     common::on_unlimited_plan(&mut config);
     config.validate().expect("config");
@@ -683,7 +683,9 @@ async fn raw_floor(url: &str, batched: bool, seconds: u64) -> f64 {
     .insert(&db.write)
     .await
     .expect("project");
-    let credit_type = config.credit_type(tollgate::credits::CreditKind::TaskCreation);
+    let credit_type = config
+        .credit_type(tollgate::credits::CreditKind::TaskCreation)
+        .expect("the task credit type");
     let metrics = tollgate::metrics::Metrics::new().expect("metrics");
     let writer = batched.then(|| Writer::spawn(db.clone(), config.database.max_batch, metrics));
     let floor = Arc::new((db, writer));

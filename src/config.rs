@@ -1,18 +1,22 @@
-//! Typed configuration: built-in defaults, then an optional TOML file, then `TOLLGATE_*`
-//! environment variables (and `DATABASE_URL`), then command-line flags. Validated once at
-//! start-up: a bad value stops the process with a message naming the key.
+//! Typed configuration: the built-in defaults (`config/default.toml`, embedded in the binary),
+//! then an optional TOML file, then `TOLLGATE_*` environment variables (and `DATABASE_URL`),
+//! then command-line flags. Validated once at start-up: a bad value stops the process with a
+//! message naming the key. This file holds the types and the layering; the defaults are data.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use figment::{
     Figment,
-    providers::{Env, Format, Serialized, Toml},
+    providers::{Env, Format, Toml},
 };
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use crate::credits::{CreditKind, FeatureLimitType};
+
+/// The built-in configuration.
+const DEFAULTS: &str = include_str!("../config/default.toml");
 
 /// Everything Tollgate reads at start-up.
 #[derive(Debug, Clone, Deserialize)]
@@ -313,7 +317,7 @@ pub struct Overrides {
 impl Config {
     /// Defaults, then `file` (if any), then the environment, then `overrides`; validated.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Self> {
-        let mut figment = Figment::from(Serialized::defaults(Defaults::default()));
+        let mut figment = Figment::from(Toml::string(DEFAULTS));
         if let Some(path) = file {
             if !path.is_file() {
                 bail!("config file {} does not exist", path.display());
@@ -336,38 +340,19 @@ impl Config {
         Ok(config)
     }
 
-    /// The built-in configuration, as `cargo run` uses it with no file and no environment.
-    pub fn defaults() -> Self {
-        let d = Defaults::default();
-        Config {
-            addr: d.addr,
-            database_url: d.database_url,
-            jwt_secret: None,
-            token_ttl_seconds: d.token_ttl_seconds,
-            data_dir: d.data_dir,
-            log_format: d.log_format,
-            database: d.database,
-            idempotency: d.idempotency,
-            stripe: d.stripe,
-            graphql: d.graphql,
-            http: d.http,
-            rate_limit: d.rate_limit,
-            auth: d.auth,
-            tenants: d.tenants,
-            metrics: d.metrics,
-            jwt: d.jwt,
-            default_plan: d.default_plan,
-            credit_types: d.credit_types,
-            usage_based_units: d.usage_based_units,
-            plans: d.plans,
-        }
+    /// The built-in configuration, as `cargo run` uses it with no file and no environment
+    /// (not yet validated).
+    pub fn defaults() -> anyhow::Result<Self> {
+        Figment::from(Toml::string(DEFAULTS))
+            .extract()
+            .map_err(|e| anyhow::anyhow!("the built-in configuration does not load: {e}"))
     }
 
     /// Checks what serde cannot: references between keys and the fixed credit type values.
     pub fn validate(&mut self) -> anyhow::Result<()> {
         // Credit types: every configured value must be one the code knows; the ones the file
         // leaves out keep their defaults.
-        let mut merged = default_credit_types();
+        let mut merged = Config::defaults()?.credit_types;
         for (i, ct) in self.credit_types.iter().enumerate() {
             if CreditKind::from_value(&ct.value).is_none() {
                 bail!(
@@ -585,146 +570,24 @@ impl Config {
     }
 
     /// The credit type configured for `kind` (validation guarantees there is one).
-    pub fn credit_type(&self, kind: CreditKind) -> CreditTypeConfig {
+    pub fn credit_type(
+        &self,
+        kind: CreditKind,
+    ) -> Result<CreditTypeConfig, crate::error::AppError> {
         self.credit_types
             .iter()
             .find(|c| c.value == kind.value())
             .cloned()
-            .unwrap_or_else(|| kind.default_config())
+            .ok_or_else(|| {
+                crate::error::AppError::Internal(anyhow::anyhow!(
+                    "credit type {} is not configured",
+                    kind.value()
+                ))
+            })
     }
 
     pub fn is_sqlite(&self) -> bool {
         self.database_url.starts_with("sqlite:")
-    }
-}
-
-/// The serializable half of the defaults (secrets have none).
-#[derive(Serialize)]
-struct Defaults {
-    addr: String,
-    database_url: String,
-    token_ttl_seconds: u64,
-    data_dir: PathBuf,
-    log_format: LogFormat,
-    database: DatabaseSettings,
-    idempotency: IdempotencySettings,
-    stripe: StripeSettings,
-    graphql: GraphqlSettings,
-    http: HttpSettings,
-    rate_limit: RateLimitSettings,
-    auth: AuthSettings,
-    tenants: TenantSettings,
-    metrics: MetricsSettings,
-    jwt: JwtSettings,
-    default_plan: String,
-    credit_types: Vec<CreditTypeConfig>,
-    usage_based_units: Vec<UsageBasedUnitConfig>,
-    plans: Vec<PlanConfig>,
-}
-
-impl Default for Defaults {
-    fn default() -> Self {
-        Defaults {
-            addr: "127.0.0.1:8080".into(),
-            database_url: "sqlite://tollgate.db?mode=rwc".into(),
-            token_ttl_seconds: 24 * 3600,
-            data_dir: PathBuf::from(".tollgate"),
-            log_format: LogFormat::Pretty,
-            database: DatabaseSettings {
-                max_connections: 16,
-                acquire_timeout_ms: 5_000,
-                sqlite_busy_timeout_ms: 5_000,
-                max_batch: 64,
-            },
-            idempotency: IdempotencySettings {
-                retention_seconds: 24 * 3600,
-                purge_interval_seconds: 300,
-            },
-            stripe: StripeSettings {
-                secret_key: None,
-                webhook_secret: None,
-                api_base: "https://api.stripe.com/".into(),
-                worker_interval_ms: 1_000,
-                batch_size: 100,
-                concurrency: 8,
-                max_attempts: 12,
-                request_timeout_ms: 10_000,
-                claim_seconds: 60,
-                backoff_base_ms: 1_000,
-                backoff_max_ms: 3_600_000,
-                checkout_success_url: "http://localhost:3000/billing/success".into(),
-                checkout_cancel_url: "http://localhost:3000/billing".into(),
-                portal_return_url: "http://localhost:3000/billing".into(),
-                entitled_statuses: ["active", "trialing", "past_due"].map(Into::into).to_vec(),
-            },
-            graphql: GraphqlSettings {
-                max_nesting: 64,
-                max_depth: 12,
-                max_complexity: 2_000,
-                max_aliases: 30,
-                max_root_fields: 20,
-                max_batch: 10,
-                max_query_bytes: 16 * 1024,
-                introspection: true,
-                graphiql: true,
-            },
-            http: HttpSettings {
-                max_body_bytes: 64 * 1024,
-                cors_allowed_origins: Vec::new(),
-                trust_forwarded_for: false,
-                shutdown_timeout_seconds: 30,
-                body_timeout_seconds: 10,
-            },
-            auth: AuthSettings {
-                hashing_concurrency: 0,
-                hashing_queue: 32,
-            },
-            tenants: TenantSettings { max_per_user: 20 },
-            metrics: MetricsSettings {
-                addr: None,
-                bearer_token: None,
-            },
-            rate_limit: RateLimitSettings {
-                enabled: true,
-                auth_per_minute: 10,
-                auth_global_per_second: 20,
-                requests_per_second: 50,
-                burst: 100,
-            },
-            jwt: JwtSettings {
-                issuer: "tollgate".into(),
-                audience: "tollgate".into(),
-                leeway_seconds: 30,
-                external: None,
-            },
-            default_plan: "free".into(),
-            credit_types: default_credit_types(),
-            usage_based_units: vec![
-                unit("api", "API call", "API calls"),
-                unit("project-credits", "Project", "Projects"),
-                unit("task-credits", "Task", "Tasks"),
-            ],
-            plans: vec![
-                plan("free", "Free", FeatureLimitType::Monthly, 10),
-                plan("pro", "Pro", FeatureLimitType::Monthly, 1000),
-                plan("enterprise", "Enterprise", FeatureLimitType::Unlimited, 0),
-            ],
-        }
-    }
-}
-
-fn default_credit_types() -> Vec<CreditTypeConfig> {
-    CreditKind::ALL.map(CreditKind::default_config).to_vec()
-}
-
-fn unit(name: &str, title: &str, title_plural: &str) -> UsageBasedUnitConfig {
-    UsageBasedUnitConfig {
-        name: name.into(),
-        title: title.into(),
-        title_plural: title_plural.into(),
-        event_name: None,
-        credit_types: default_feeds(name),
-        stripe_price_id: None,
     }
 }
 
@@ -737,40 +600,27 @@ fn default_feeds(unit: &str) -> Vec<String> {
     }
 }
 
-fn plan(slug: &str, title: &str, kind: FeatureLimitType, value: i64) -> PlanConfig {
-    PlanConfig {
-        slug: slug.into(),
-        title: title.into(),
-        description: None,
-        features: vec![PlanFeatureConfig {
-            name: crate::credits::CREDITS_FEATURE.into(),
-            title: "Credits".into(),
-            kind,
-            value,
-        }],
-        stripe_price_ids: Vec::new(),
-    }
-}
-
-impl CreditKind {
-    fn default_config(self) -> CreditTypeConfig {
-        let (name, description, amount) = match self {
-            CreditKind::ProjectCreation => {
-                ("Project Creation", "When you create a new project.", 2)
-            }
-            CreditKind::TaskCreation => ("Task Creation", "When you create a new task.", 1),
-        };
-        CreditTypeConfig {
-            value: self.value().into(),
-            name: name.into(),
-            description: description.into(),
-            amount,
-            meter: None,
-        }
-    }
-}
-
 /// Makes `data_dir` exist, for state Tollgate generates on first start.
 pub fn ensure_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_built_in_configuration_loads_and_validates() {
+        let mut config = Config::defaults().unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.default_plan, "free");
+        let slugs: Vec<&str> = config.plans.iter().map(|p| p.slug.as_str()).collect();
+        assert_eq!(slugs, ["free", "pro", "enterprise"]);
+        assert_eq!(config.plans[0].features[0].kind, FeatureLimitType::Monthly);
+        for kind in CreditKind::ALL {
+            assert!(config.credit_type(kind).is_ok(), "{}", kind.value());
+        }
+        assert_eq!(config.graphql.max_nesting, 64);
+        assert!(config.jwt_secret.is_none() && config.stripe.secret_key.is_none());
+    }
 }

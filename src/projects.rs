@@ -58,7 +58,7 @@ pub async fn create_project(
         user.id,
         name.clone(),
         description.clone(),
-        config.credit_type(CreditKind::ProjectCreation),
+        config.credit_type(CreditKind::ProjectCreation)?,
     );
     if let Some(key) = key {
         let fingerprint = Fingerprint::new(
@@ -98,7 +98,7 @@ pub async fn create_task(
         &project,
         user.id,
         title.clone(),
-        config.credit_type(CreditKind::TaskCreation),
+        config.credit_type(CreditKind::TaskCreation)?,
     );
     if let Some(key) = key {
         let fingerprint = Fingerprint::new("createTask", &[&project.id.to_string(), &title]);

@@ -70,7 +70,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
         Some(pg) => pg.url.clone(),
         None => format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display()),
     };
-    let mut config = Config::defaults();
+    let mut config = Config::defaults().expect("built-in configuration");
     config.addr = "127.0.0.1:0".into();
     config.database_url = database_url.clone();
     config.jwt_secret = Some(SecretString::from(JWT_SECRET));
