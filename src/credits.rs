@@ -34,7 +34,10 @@ mod usage;
 
 pub use audit::{Report, verify};
 pub use period::Period;
-pub use plans::{PlanWithFeatures, plans, subscribe, sync_plans, tenant_subscriptions};
+pub use plans::{
+    PlanWithFeatures, StripeSubscriptionChange, plans, record_stripe_subscription, subscribe,
+    sync_plans, tenant_subscriptions,
+};
 pub use usage::{FeatureUsage, HistoryFilter, history, usage};
 
 /// The plan feature every credit type spends from.

@@ -14,7 +14,13 @@ use stripe_shared::{CheckoutSession, Subscription};
 use stripe_webhook::{EventObject, Webhook, WebhookError};
 
 use super::sessions::TENANT_METADATA_KEY;
-use crate::{config::Config, db, http::BodyError, state::AppState};
+use crate::{
+    config::Config,
+    credits::{self, StripeSubscriptionChange},
+    db,
+    http::BodyError,
+    state::AppState,
+};
 
 /// The largest webhook body accepted (Stripe's events are far smaller).
 const MAX_EVENT_BYTES: usize = 1024 * 1024;
@@ -293,38 +299,17 @@ async fn subscription_changed(
             subscription.cancel_at_period_end,
         )
     };
-    // The conditions make it safe against reordering: an older event changes nothing, and
-    // the deletion of a subscription other than the tenant's plan subscription changes
-    // nothing.
-    let mut sql = String::from(
-        "UPDATE tenant_subscription SET \
-         plan_id = COALESCE((SELECT id FROM plan WHERE slug = $2), plan_id), \
-         status = $3, current_period_start = $4, current_period_end = $5, \
-         stripe_subscription_id = $6, cancel_at_period_end = $7, stripe_event_at = $8, updated_at = $9 \
-         WHERE tenant_id = $1 AND (stripe_event_at IS NULL OR stripe_event_at <= $8)",
-    );
-    if deleted {
-        sql.push_str(" AND stripe_subscription_id = $10");
-    }
-    let mut values: Vec<sea_orm::Value> = vec![
-        tenant.into(),
-        plan.into(),
-        subscription.status.as_str().into(),
-        period.map(|p| p.0).into(),
-        period.map(|p| p.1).into(),
-        subscription_id.into(),
-        cancel_at_period_end.into(),
-        event_at.into(),
-        Utc::now().into(),
-    ];
-    if deleted {
-        values.push(subscription.id.as_str().into());
-    }
-    let changed = txn
-        .execute_raw(db::statement(backend, &sql, values))
-        .await?
-        .rows_affected()
-        == 1;
+    let change = StripeSubscriptionChange {
+        tenant_id: tenant,
+        plan: &plan,
+        status: subscription.status.as_str(),
+        period,
+        subscription_id: subscription_id.as_deref(),
+        cancel_at_period_end,
+        event_at,
+        ends: deleted.then(|| subscription.id.as_str()),
+    };
+    let changed = credits::record_stripe_subscription(txn, &change).await?;
     Ok(match (changed, deleted) {
         (false, true) => "not the tenant's plan subscription, or older than its state; ignored",
         (false, false) => "older than the subscription's state; ignored",

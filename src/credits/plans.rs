@@ -12,7 +12,7 @@ use sea_orm::{
     sea_query::{Expr, OnConflict},
 };
 
-use crate::{config::Config, db::Database, error::AppError};
+use crate::{config::Config, db, db::Database, error::AppError};
 
 /// A plan with its features, in their configured order.
 #[derive(Clone, Debug)]
@@ -81,6 +81,58 @@ pub async fn tenant_subscriptions(
             (s.tenant_id, (s, plan))
         })
         .collect())
+}
+
+/// What a Stripe subscription event says of a tenant's plan subscription.
+pub struct StripeSubscriptionChange<'a> {
+    pub tenant_id: Uuid,
+    /// The plan the tenant is on now (the default plan when the status is not entitled).
+    pub plan: &'a str,
+    pub status: &'a str,
+    /// The subscription's current period; `None`: calendar months.
+    pub period: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    pub subscription_id: Option<&'a str>,
+    pub cancel_at_period_end: bool,
+    /// When Stripe created the event: an older event than the last one applied changes nothing.
+    pub event_at: DateTime<Utc>,
+    /// For a deletion: the id of the subscription that ended. Only the tenant's own plan
+    /// subscription ending changes anything.
+    pub ends: Option<&'a str>,
+}
+
+/// Applies a Stripe subscription event to the tenant's subscription (inside the caller's
+/// transaction); whether it changed anything. Safe against Stripe's reordering and retries.
+pub async fn record_stripe_subscription(
+    txn: &impl ConnectionTrait,
+    change: &StripeSubscriptionChange<'_>,
+) -> Result<bool, DbErr> {
+    let mut sql = String::from(
+        "UPDATE tenant_subscription SET \
+         plan_id = COALESCE((SELECT id FROM plan WHERE slug = $2), plan_id), \
+         status = $3, current_period_start = $4, current_period_end = $5, \
+         stripe_subscription_id = $6, cancel_at_period_end = $7, stripe_event_at = $8, updated_at = $9 \
+         WHERE tenant_id = $1 AND (stripe_event_at IS NULL OR stripe_event_at <= $8)",
+    );
+    let mut values: Vec<sea_orm::Value> = vec![
+        change.tenant_id.into(),
+        change.plan.into(),
+        change.status.into(),
+        change.period.map(|p| p.0).into(),
+        change.period.map(|p| p.1).into(),
+        change.subscription_id.map(str::to_owned).into(),
+        change.cancel_at_period_end.into(),
+        change.event_at.into(),
+        Utc::now().into(),
+    ];
+    if let Some(ended) = change.ends {
+        sql.push_str(" AND stripe_subscription_id = $10");
+        values.push(ended.into());
+    }
+    let backend = txn.get_database_backend();
+    let result = txn
+        .execute_raw(db::statement(backend, &sql, values))
+        .await?;
+    Ok(result.rows_affected() == 1)
 }
 
 /// Subscribes a tenant to the plan `slug` (inside the caller's transaction).
