@@ -17,30 +17,39 @@ use crate::{
     auth::{self, Viewer},
     config::Config,
     credits::CreditKind,
-    db::Database,
     error::AppError,
     idempotency::Fingerprint,
+    state::AppState,
 };
 
 const MAX_NAME: usize = 200;
 const MAX_DESCRIPTION: usize = 2_000;
 pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 
+/// A project to create, and who pays for it.
 pub struct NewProject {
+    pub tenant_id: Uuid,
     pub name: String,
     pub description: Option<String>,
+    /// A repeat with the same key returns the first result and charges nothing.
+    pub idempotency_key: Option<String>,
+}
+
+/// A task to create in a project; the project's tenant pays.
+pub struct NewTask {
+    pub project_id: Uuid,
+    pub title: String,
+    pub idempotency_key: Option<String>,
 }
 
 /// Creates a project in `tenant_id`, paying `credit-project-creation`.
 pub async fn create_project(
-    db: &Database,
-    writer: &Writer,
-    config: &Config,
+    state: &AppState,
     viewer: &Viewer,
-    tenant_id: Uuid,
     input: NewProject,
-    idempotency_key: Option<String>,
 ) -> Result<project::Model, AppError> {
+    let (db, writer, config) = (&state.db, &state.writer, &state.config);
+    let tenant_id = input.tenant_id;
     let name = required_text("name", &input.name, MAX_NAME)?;
     let description = match input.description.as_deref().map(str::trim) {
         Some(d) if d.chars().count() > MAX_DESCRIPTION => {
@@ -51,7 +60,7 @@ pub async fn create_project(
         Some("") | None => None,
         Some(d) => Some(d.to_owned()),
     };
-    let key = check_idempotency_key(idempotency_key)?;
+    let key = check_idempotency_key(input.idempotency_key)?;
     let (user, _) = auth::require_member(&db.read, viewer, tenant_id).await?;
     let mut guarded = Guarded::project(
         tenant_id,
@@ -79,16 +88,14 @@ pub async fn create_project(
 
 /// Creates a task in `project_id`, paying `credit-task-creation` from the project's tenant.
 pub async fn create_task(
-    db: &Database,
-    writer: &Writer,
-    config: &Config,
+    state: &AppState,
     viewer: &Viewer,
-    project_id: Uuid,
-    title: &str,
-    idempotency_key: Option<String>,
+    input: NewTask,
 ) -> Result<task::Model, AppError> {
-    let title = required_text("title", title, MAX_NAME)?;
-    let key = check_idempotency_key(idempotency_key)?;
+    let (db, writer, config) = (&state.db, &state.writer, &state.config);
+    let project_id = input.project_id;
+    let title = required_text("title", &input.title, MAX_NAME)?;
+    let key = check_idempotency_key(input.idempotency_key)?;
     let user = viewer.require()?;
     // A project of a tenant the viewer is not in is as absent as one that does not exist.
     let project = auth::visible_project(&db.read, user.id, project_id)

@@ -14,7 +14,7 @@ use crate::{
         },
         viewer,
     },
-    projects::{self, NewProject},
+    projects::{self, NewProject, NewTask},
     tenants::{self, NewTenant},
 };
 
@@ -134,24 +134,14 @@ impl Mutation {
         input: CreateProjectInput,
         idempotency_key: Option<String>,
     ) -> async_graphql::Result<Project> {
-        let state = state(ctx)?;
-        let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
         let input = NewProject {
+            tenant_id: parse_id(&tenant_id, "tenantId").extend()?,
             name: input.name,
             description: input.description,
+            idempotency_key: idempotency_key.or_else(|| header_key(ctx)),
         };
-        let project = projects::create_project(
-            &state.db,
-            &state.writer,
-            &state.config,
-            viewer(ctx),
-            tenant_id,
-            input,
-            idempotency_key.or_else(|| header_key(ctx)),
-        )
-        .await
-        .extend()?;
-        Ok(project.into())
+        let project = projects::create_project(state(ctx)?, viewer(ctx), input).await;
+        Ok(project.extend()?.into())
     }
 
     /// Creates a task in a project, spending `credit-task-creation` credits of its tenant.
@@ -164,20 +154,13 @@ impl Mutation {
         input: CreateTaskInput,
         idempotency_key: Option<String>,
     ) -> async_graphql::Result<Task> {
-        let state = state(ctx)?;
-        let project_id = parse_id(&project_id, "projectId").extend()?;
-        let task = projects::create_task(
-            &state.db,
-            &state.writer,
-            &state.config,
-            viewer(ctx),
-            project_id,
-            &input.title,
-            idempotency_key.or_else(|| header_key(ctx)),
-        )
-        .await
-        .extend()?;
-        Ok(task.into())
+        let input = NewTask {
+            project_id: parse_id(&project_id, "projectId").extend()?,
+            title: input.title,
+            idempotency_key: idempotency_key.or_else(|| header_key(ctx)),
+        };
+        let task = projects::create_task(state(ctx)?, viewer(ctx), input).await;
+        Ok(task.extend()?.into())
     }
 
     /// A Stripe Checkout page where the tenant subscribes to `planSlug` (a plan with a Stripe
