@@ -1,8 +1,6 @@
 //! Tenants (workspaces) and their members. A new tenant's creator becomes its OWNER and the
 //! tenant is subscribed to the default plan, in one transaction.
 
-use std::str::FromStr;
-
 use chrono::Utc;
 use entity::{tenant, tenant_user, user};
 use sea_orm::{
@@ -15,32 +13,7 @@ use crate::{config::Config, credits, db::Database, error::AppError};
 const MAX_TENANT_NAME: usize = 100;
 const MAX_SLUG: usize = 48;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    Owner,
-    Admin,
-    Member,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Owner => "OWNER",
-            Role::Admin => "ADMIN",
-            Role::Member => "MEMBER",
-        }
-    }
-}
-
-impl FromStr for Role {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        [Role::Owner, Role::Admin, Role::Member]
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or(())
-    }
-}
+pub use entity::tenant_user::Role;
 
 pub struct NewTenant {
     pub name: String,
@@ -113,7 +86,7 @@ pub async fn create_tenant(
     tenant_user::ActiveModel {
         tenant_id: Set(tenant.id),
         user_id: Set(owner.id),
-        role: Set(Role::Owner.as_str().to_owned()),
+        role: Set(Role::Owner),
         created_at: Set(now),
     }
     .insert(&txn)
@@ -149,7 +122,7 @@ pub async fn memberships(
         .into_iter()
         .filter_map(|m| {
             let tenant = tenants.iter().find(|t| t.id == m.tenant_id)?.clone();
-            Some((tenant, m.role.parse().ok()?))
+            Some((tenant, m.role))
         })
         .collect())
 }

@@ -9,8 +9,23 @@ pub struct Model {
     pub tenant_id: Uuid,
     #[sea_orm(primary_key, auto_increment = false)]
     pub user_id: Uuid,
-    pub role: String,
+    pub role: Role,
     pub created_at: DateTimeUtc,
+}
+
+/// A member's role in a tenant, stored as `OWNER`, `ADMIN` or `MEMBER`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
+pub enum Role {
+    /// Created the tenant; can do everything.
+    #[sea_orm(string_value = "OWNER")]
+    Owner,
+    /// Manages the tenant and its billing.
+    #[sea_orm(string_value = "ADMIN")]
+    Admin,
+    /// Uses the tenant's resources.
+    #[sea_orm(string_value = "MEMBER")]
+    Member,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -23,7 +23,7 @@ pub struct Model {
     #[sea_orm(unique)]
     pub identifier: String,
     /// `PENDING`, `DELIVERED` or `FAILED`.
-    pub status: String,
+    pub status: UsageStatus,
     pub attempts: i32,
     pub last_error: Option<String>,
     pub next_attempt_at: DateTimeUtc,
@@ -31,6 +31,21 @@ pub struct Model {
     pub claimed_until: Option<DateTimeUtc>,
     pub reported_at: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,
+}
+
+/// Where a usage event stands.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
+pub enum UsageStatus {
+    /// Not yet accepted by Stripe (maybe waiting for a retry).
+    #[sea_orm(string_value = "PENDING")]
+    Pending,
+    /// Accepted by Stripe (or found already there: a duplicate identifier).
+    #[sea_orm(string_value = "DELIVERED")]
+    Delivered,
+    /// Can never be delivered: see `last_error`.
+    #[sea_orm(string_value = "FAILED")]
+    Failed,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

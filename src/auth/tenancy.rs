@@ -26,11 +26,7 @@ pub async fn require_member(
         .one(db)
         .await?
         .ok_or(AppError::Forbidden)?;
-    let role = membership
-        .role
-        .parse()
-        .map_err(|_| AppError::Internal(anyhow::anyhow!("unknown role {}", membership.role)))?;
-    Ok((user.clone(), role))
+    Ok((user.clone(), membership.role))
 }
 
 /// The viewer if they are an OWNER or ADMIN of `tenant_id`; `FORBIDDEN` otherwise.

@@ -13,36 +13,7 @@ use sea_orm::{
 
 use crate::{db, db::Database, error::AppError};
 
-/// Where a usage event stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UsageStatus {
-    /// Not yet accepted by Stripe (maybe waiting for a retry).
-    Pending,
-    /// Accepted by Stripe (or found already there: a duplicate identifier).
-    Delivered,
-    /// Can never be delivered: see `last_error`.
-    Failed,
-}
-
-impl UsageStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UsageStatus::Pending => "PENDING",
-            UsageStatus::Delivered => "DELIVERED",
-            UsageStatus::Failed => "FAILED",
-        }
-    }
-
-    pub fn parse(value: &str) -> Option<Self> {
-        [
-            UsageStatus::Pending,
-            UsageStatus::Delivered,
-            UsageStatus::Failed,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == value)
-    }
-}
+pub use entity::usage_event::UsageStatus;
 
 /// A usage event a reporter has claimed, with what it needs to send it.
 #[derive(Clone, Debug)]

@@ -16,7 +16,7 @@ use crate::{
 
 /// A member's role in a tenant.
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
-#[graphql(remote = "crate::tenants::Role")]
+#[graphql(remote = "entity::tenant_user::Role")]
 pub enum Role {
     /// Created the tenant; can do everything.
     Owner,

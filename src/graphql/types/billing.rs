@@ -87,9 +87,7 @@ impl From<usage_event::Model> for UsageReport {
             id: ID(e.id.to_string()),
             unit: e.unit,
             quantity: int(e.quantity),
-            status: UsageStatus::parse(&e.status)
-                .unwrap_or(UsageStatus::Pending)
-                .into(),
+            status: e.status.into(),
             attempts: e.attempts,
             last_error: e.last_error,
             reported_at: e.reported_at,
