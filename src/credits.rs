@@ -14,12 +14,9 @@
 //! 5. Periods in UTC: `MONTHLY` counts within the subscription's current period when known,
 //!    else the calendar month; `MAX` is lifetime.
 
-use std::str::FromStr;
-
 use chrono::{DateTime, Utc};
 use entity::credit_usage;
 use sea_orm::{ConnectionTrait, DatabaseBackend, EntityTrait, prelude::*};
-use serde::{Deserialize, Serialize};
 
 use crate::{
     config::CreditTypeConfig,
@@ -65,49 +62,7 @@ impl CreditKind {
     }
 }
 
-/// How a plan limits a feature (SaasRock's SubscriptionFeatureLimitType).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum FeatureLimitType {
-    NotIncluded,
-    Included,
-    Monthly,
-    Max,
-    Unlimited,
-}
-
-impl FeatureLimitType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FeatureLimitType::NotIncluded => "NOT_INCLUDED",
-            FeatureLimitType::Included => "INCLUDED",
-            FeatureLimitType::Monthly => "MONTHLY",
-            FeatureLimitType::Max => "MAX",
-            FeatureLimitType::Unlimited => "UNLIMITED",
-        }
-    }
-
-    /// Whether `value` caps usage (`MONTHLY`, `MAX`).
-    pub fn is_limited(self) -> bool {
-        matches!(self, FeatureLimitType::Monthly | FeatureLimitType::Max)
-    }
-}
-
-impl FromStr for FeatureLimitType {
-    type Err = AppError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [
-            FeatureLimitType::NotIncluded,
-            FeatureLimitType::Included,
-            FeatureLimitType::Monthly,
-            FeatureLimitType::Max,
-            FeatureLimitType::Unlimited,
-        ]
-        .into_iter()
-        .find(|t| t.as_str() == s)
-        .ok_or_else(|| AppError::Internal(anyhow::anyhow!("unknown feature limit type {s}")))
-    }
-}
+pub use entity::plan_feature::FeatureLimitType;
 
 /// What a tenant's plan allows of the `credits` feature now.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -429,7 +384,7 @@ pub(super) async fn subscribed_feature(
         Some(name) => Some(Feature {
             name,
             title: row.try_get("", "title")?,
-            kind: row.try_get::<String>("", "type")?.parse()?,
+            kind: row.try_get("", "type")?,
             value: row.try_get("", "value")?,
             used: row.try_get::<Option<i64>>("", "used")?.unwrap_or(0),
         }),

@@ -208,7 +208,7 @@ pub async fn sync_plans(db: &Database, config: &Config) -> Result<(), DbErr> {
                 plan_id: Set(plan_id),
                 name: Set(f.name.clone()),
                 title: Set(f.title.clone()),
-                kind: Set(f.kind.as_str().to_owned()),
+                kind: Set(f.kind),
                 value: Set(f.value),
                 order: Set(i32::try_from(order).unwrap_or(i32::MAX)),
             };

@@ -5,12 +5,12 @@ use async_graphql::{Enum, ID, SimpleObject};
 use super::int;
 use crate::{
     config::{CreditTypeConfig, UsageBasedUnitConfig},
-    credits::{self, PlanWithFeatures},
+    credits::PlanWithFeatures,
 };
 
 /// How a plan limits a feature.
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
-#[graphql(remote = "crate::credits::FeatureLimitType")]
+#[graphql(remote = "entity::plan_feature::FeatureLimitType")]
 pub enum FeatureLimitType {
     /// The plan does not include the feature: every use is refused.
     NotIncluded,
@@ -97,10 +97,7 @@ impl From<PlanWithFeatures> for Plan {
                 .map(|f| PlanFeature {
                     name: f.name,
                     title: f.title,
-                    kind: f
-                        .kind
-                        .parse::<credits::FeatureLimitType>()
-                        .map_or(FeatureLimitType::NotIncluded, Into::into),
+                    kind: f.kind.into(),
                     value: int(f.value),
                     order: f.order,
                 })
