@@ -19,8 +19,10 @@ use async_graphql::{
 
 use crate::config::GraphqlSettings;
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct Limits {
+    /// Documents already parsed, by their text (shared by every request of the schema).
+    parsed: Arc<Parsed>,
     max_query_bytes: usize,
     max_aliases: usize,
     max_root_fields: usize,
@@ -32,6 +34,7 @@ type Fragments = HashMap<Name, Positioned<FragmentDefinition>>;
 impl Limits {
     pub fn new(settings: &GraphqlSettings) -> Self {
         Limits {
+            parsed: Arc::default(),
             max_query_bytes: settings.max_query_bytes,
             max_aliases: settings.max_aliases,
             max_root_fields: settings.max_root_fields,
@@ -284,9 +287,43 @@ impl<'a> Counter<'a> {
     }
 }
 
+/// A bounded cache of parsed documents: clients send the same few documents over and over,
+/// and parsing them is a tenth of a request. Only short documents are kept, at most
+/// `PARSED_MAX` of them (then the cache starts over), so its memory stays small whatever
+/// clients send. A document's text is its whole input: the same text always parses the same.
+#[derive(Default)]
+struct Parsed(std::sync::Mutex<HashMap<String, ExecutableDocument>>);
+
+const PARSED_MAX: usize = 256;
+const PARSED_MAX_BYTES: usize = 2048;
+
+impl Parsed {
+    fn get(&self, query: &str) -> Option<ExecutableDocument> {
+        let cache = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache.get(query).cloned()
+    }
+
+    fn keep(&self, query: &str, document: &ExecutableDocument) {
+        if query.len() > PARSED_MAX_BYTES {
+            return;
+        }
+        let mut cache = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.len() >= PARSED_MAX {
+            cache.clear();
+        }
+        cache.insert(query.to_owned(), document.clone());
+    }
+}
+
 impl ExtensionFactory for Limits {
     fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(*self)
+        Arc::new(self.clone())
     }
 }
 
@@ -314,7 +351,14 @@ impl Extension for Limits {
                 "GRAPHQL_VALIDATION_FAILED",
             ));
         }
-        let document = next.run(ctx, query, variables).await?;
+        let document = match self.parsed.get(query) {
+            Some(document) => document,
+            None => {
+                let document = next.run(ctx, query, variables).await?;
+                self.parsed.keep(query, &document);
+                document
+            }
+        };
         self.check(&document)
             .map_err(|m| refused(m, "GRAPHQL_VALIDATION_FAILED"))?;
         if has_control_text(&document, variables) {

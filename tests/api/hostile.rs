@@ -548,3 +548,24 @@ async fn list_fan_out_is_in_the_cost_and_a_users_tenants_are_capped() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn a_document_seen_before_is_still_checked_with_each_requests_variables() {
+    let app = spawn_app().await;
+    let query = "mutation($e: String!) { signIn(email: $e, password: \"password1\") { token } }";
+    for _ in 0..3 {
+        let body = app
+            .gql(None, query, json!({ "e": "ann@example.com" }))
+            .await;
+        assert_eq!(error_code(&body), Some("UNAUTHENTICATED"), "{body}");
+        let body = app
+            .gql(None, query, json!({ "e": "ann\u{0}@example.com" }))
+            .await;
+        assert_eq!(error_code(&body), Some("BAD_USER_INPUT"), "{body}");
+    }
+    // A document that does not parse is refused every time, whatever came before.
+    for _ in 0..2 {
+        let body = app.gql(None, "{ creditTypes { value }", json!({})).await;
+        assert_eq!(error_code(&body), Some("GRAPHQL_PARSE_FAILED"), "{body}");
+    }
+}
