@@ -10,7 +10,10 @@
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
 use serde_json::{Value, json};
 
-use crate::helpers::spawn_app;
+use crate::{
+    helpers::spawn_app,
+    hostile::{deep_documents, nest},
+};
 
 /// Root fields with the arguments they take, and the fields below them.
 const QUERIES: &[&str] = &[
@@ -272,38 +275,21 @@ fn valid(rng: &mut StdRng, tenant: &str, project: &str) -> Value {
     json!({ "query": query, "variables": variables })
 }
 
-/// `open` × n, `inner`, `close` × n.
-fn nest(open: &str, inner: &str, close: &str, n: usize) -> String {
-    format!("{}{inner}{}", open.repeat(n), close.repeat(n))
-}
-
 /// A request nesting brackets deep (mostly far past the limit) somewhere a parser would
-/// recurse: an argument, an input object, a variable's default, the variables, selections.
+/// recurse: the documents of `hostile::deep_documents` (arguments, input objects, variable
+/// defaults, selections), or the variables.
 fn deep(rng: &mut StdRng) -> Value {
     let n = *[10, 63, 65, 200, 2_000, 10_000]
         .choose(rng)
         .unwrap_or(&10_000);
-    match rng.random_range(0..6) {
-        0 => {
-            json!({ "query": format!("{{ planFeatureUsage(tenantId: {}) {{ used }} }}", nest("[", "1", "]", n)) })
-        }
-        1 => {
-            json!({ "query": format!("{{ planFeatureUsage(tenantId: {}) {{ used }} }}", nest("{a: ", "1", "}", n)) })
-        }
-        2 => {
-            json!({ "query": format!("mutation {{ signUp(input: {{email: {}, password: \"p\", name: \"n\"}}) {{ token }} }}", nest("{email: ", "\"x\"", "}", n)) })
-        }
-        3 => {
-            json!({ "query": format!("query($x: [ID] = {}) {{ creditTypes {{ value }} }}", nest("[", "1", "]", n)) })
-        }
-        4 => {
-            let levels = n.min(120);
-            let variables: Value =
-                serde_json::from_str(&nest("[", "1", "]", levels)).unwrap_or(Value::Null);
-            json!({ "query": "query($x: [ID]) { creditTypes { value } }", "variables": { "x": variables } })
-        }
-        _ => json!({ "query": format!("{}{}", "{ me ".repeat(n), "}".repeat(n)) }),
+    if rng.random_bool(0.15) {
+        let variables: Value =
+            serde_json::from_str(&nest("[", "1", "]", n.min(120))).unwrap_or(Value::Null);
+        return json!({ "query": "query($x: [ID]) { creditTypes { value } }", "variables": { "x": variables } });
     }
+    let documents = deep_documents(n);
+    let (_, query) = documents.choose(rng).cloned().unwrap_or_default();
+    json!({ "query": query })
 }
 
 /// Documents that multiply work: list fan-out under many aliases, fragments reused and

@@ -11,14 +11,14 @@ use crate::helpers::{TestApp, error_code, spawn_app, spawn_app_with};
 
 const LEVELS: usize = 10_000;
 
-/// `open` × n, then `inner`, then `close` × n.
-fn nest(open: &str, inner: &str, close: &str, n: usize) -> String {
+/// `open` × n, then `inner`, then `close` × n (the fuzz test uses it too).
+pub(crate) fn nest(open: &str, inner: &str, close: &str, n: usize) -> String {
     format!("{}{inner}{}", open.repeat(n), close.repeat(n))
 }
 
 /// Documents that nest 10,000 levels deep: lists, objects and input objects, in arguments,
 /// in a variable's default value, and selection sets.
-fn deep_documents(n: usize) -> Vec<(&'static str, String)> {
+pub(crate) fn deep_documents(n: usize) -> Vec<(&'static str, String)> {
     vec![
         (
             "lists in an argument",
