@@ -43,8 +43,9 @@ use sea_orm::{
 use serde_json::json;
 use tollgate::{
     config::Config,
+    credits::{Spend, Statements, Writer},
     db::Database,
-    projects::{Guarded, Writer},
+    projects::TASK,
 };
 use uuid::Uuid;
 
@@ -643,7 +644,7 @@ async fn raw_floor(url: &str, batched: bool, seconds: u64) -> f64 {
     config.validate().expect("config");
     let db = Database::connect(&config).await.expect("db");
     tollgate::startup::migrate(&db).await.expect("migrate");
-    tollgate::credits::sync_plans(&db, &config)
+    tollgate::plans::sync_plans(&db, &config)
         .await
         .expect("plans");
     let now = Utc::now();
@@ -669,7 +670,7 @@ async fn raw_floor(url: &str, batched: bool, seconds: u64) -> f64 {
     .insert(&db.write)
     .await
     .expect("tenant");
-    tollgate::credits::subscribe(&db.write, tenant.id, "unlimited", now)
+    tollgate::plans::subscribe(&db.write, tenant.id, "unlimited", now)
         .await
         .expect("subscribed");
     let project = project::ActiveModel {
@@ -684,27 +685,45 @@ async fn raw_floor(url: &str, batched: bool, seconds: u64) -> f64 {
     .await
     .expect("project");
     let credit_type = config
-        .credit_type(tollgate::credits::CreditKind::TaskCreation)
+        .credit_type(tollgate::projects::TASK.credit_type)
         .expect("the task credit type");
     let metrics = tollgate::metrics::Metrics::new().expect("metrics");
-    let writer = batched.then(|| Writer::spawn(db.clone(), config.database.max_batch, metrics));
-    let floor = Arc::new((db, writer));
+    // Unbatched: one transaction per guard.
+    let max_batch = if batched {
+        config.database.max_batch
+    } else {
+        1
+    };
+    let statements = Statements::build(db.write.get_database_backend(), &tollgate::projects::PAID);
+    let writer = Arc::new(Writer::spawn(db, statements, max_batch, metrics));
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut callers = Vec::new();
     for _ in 0..CONNECTIONS {
-        let floor = Arc::clone(&floor);
+        let writer = Arc::clone(&writer);
         let (credit_type, project) = (credit_type.clone(), project.clone());
         let user_id = user.id;
         callers.push(tokio::spawn(async move {
-            let (db, writer) = &*floor;
             let mut done = 0u64;
             while Instant::now() < deadline {
-                let guarded = Guarded::task(&project, user_id, "floor".into(), credit_type.clone());
-                match writer {
-                    Some(writer) => writer.submit(guarded).await.expect("guard"),
-                    None => guarded.run_alone(db).await.expect("guard").created,
+                let id = Uuid::now_v7();
+                let spend = Spend {
+                    tenant_id: project.tenant_id,
+                    user_id: Some(user_id),
+                    credit_type: credit_type.clone(),
+                    paid: &TASK,
+                    row: vec![
+                        id.into(),
+                        project.tenant_id.into(),
+                        project.id.into(),
+                        "floor".into(),
+                        user_id.into(),
+                        Utc::now().into(),
+                    ],
+                    object_id: id,
+                    key: None,
                 };
+                writer.submit(spend).await.expect("guard");
                 done += 1;
             }
             done

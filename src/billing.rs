@@ -3,7 +3,7 @@
 //! the key is added later).
 //!
 //! - Usage goes out through an outbox: the guard writes a `usage_event` row in its own
-//!   transaction (`credits::consume`); the reporter sends each row to a Billing Meter exactly
+//!   transaction (the credits guard; its SQL is `outbox::spend_event_sql`); the reporter sends each row to a Billing Meter exactly
 //!   once (`reporter`, `outbox`).
 //! - Plans and periods come in as signed webhooks (`webhooks`).
 //! - Checkout and the billing portal are Stripe-hosted pages (`sessions`).

@@ -77,7 +77,7 @@ impl Cli {
             }
             Command::Verify => {
                 let db = Database::connect(&config).await?;
-                let report = crate::credits::verify(&db.read).await?;
+                let report = crate::credits::verify(&db.read, &crate::projects::PAID).await?;
                 print!("{report}");
                 if !report.is_clean() {
                     std::process::exit(1);

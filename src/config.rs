@@ -13,7 +13,7 @@ use figment::{
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-use crate::credits::{CreditKind, FeatureLimitType};
+use crate::credits::FeatureLimitType;
 
 /// The built-in configuration.
 const DEFAULTS: &str = include_str!("../config/default.toml");
@@ -352,13 +352,15 @@ impl Config {
     pub fn validate(&mut self) -> anyhow::Result<()> {
         // Credit types: every configured value must be one the code knows; the ones the file
         // leaves out keep their defaults.
+        // The built-in credit types are the defaults' (what projects and tasks spend).
         let mut merged = Config::defaults()?.credit_types;
         for (i, ct) in self.credit_types.iter().enumerate() {
-            if CreditKind::from_value(&ct.value).is_none() {
+            if !merged.iter().any(|known| known.value == ct.value) {
+                let known: Vec<&str> = merged.iter().map(|k| k.value.as_str()).collect();
                 bail!(
                     "invalid configuration: credit_types[{i}].value = {:?} is not a known credit type (known: {})",
                     ct.value,
-                    CreditKind::ALL.map(CreditKind::value).join(", ")
+                    known.join(", ")
                 );
             }
             if ct.amount < 0 {
@@ -569,19 +571,15 @@ impl Config {
             .find(|p| p.stripe_price_ids.iter().any(|id| id == price_id))
     }
 
-    /// The credit type configured for `kind` (validation guarantees there is one).
-    pub fn credit_type(
-        &self,
-        kind: CreditKind,
-    ) -> Result<CreditTypeConfig, crate::error::AppError> {
+    /// The credit type configured as `value` (validation guarantees the built-in ones).
+    pub fn credit_type(&self, value: &str) -> Result<CreditTypeConfig, crate::error::AppError> {
         self.credit_types
             .iter()
-            .find(|c| c.value == kind.value())
+            .find(|c| c.value == value)
             .cloned()
             .ok_or_else(|| {
                 crate::error::AppError::Internal(anyhow::anyhow!(
-                    "credit type {} is not configured",
-                    kind.value()
+                    "credit type {value} is not configured"
                 ))
             })
     }
@@ -594,8 +592,8 @@ impl Config {
 /// The credit types that feed a unit when its config names none.
 fn default_feeds(unit: &str) -> Vec<String> {
     match unit {
-        "project-credits" => vec![CreditKind::ProjectCreation.value().to_owned()],
-        "task-credits" => vec![CreditKind::TaskCreation.value().to_owned()],
+        "project-credits" => vec!["credit-project-creation".to_owned()],
+        "task-credits" => vec!["credit-task-creation".to_owned()],
         _ => Vec::new(),
     }
 }
@@ -617,8 +615,8 @@ mod tests {
         let slugs: Vec<&str> = config.plans.iter().map(|p| p.slug.as_str()).collect();
         assert_eq!(slugs, ["free", "pro", "enterprise"]);
         assert_eq!(config.plans[0].features[0].kind, FeatureLimitType::Monthly);
-        for kind in CreditKind::ALL {
-            assert!(config.credit_type(kind).is_ok(), "{}", kind.value());
+        for value in ["credit-project-creation", "credit-task-creation"] {
+            assert!(config.credit_type(value).is_ok(), "{value}");
         }
         assert_eq!(config.graphql.max_nesting, 64);
         assert!(config.jwt_secret.is_none() && config.stripe.secret_key.is_none());

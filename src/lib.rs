@@ -9,7 +9,8 @@ pub mod billing;
 pub mod cli;
 /// Typed configuration: defaults, TOML file, environment.
 pub mod config;
-/// THE DOMAIN: credit types, plans, usage, and the credits guard `consume`.
+/// THE DOMAIN: the credits guard (`credits::guard`, batched by `credits::Writer`), the
+/// plan-limit rule (`credits::limit`), usage, the ledger and its audit.
 pub mod credits;
 /// Database connections (a reader pool and, on SQLite, one writer).
 pub mod db;
@@ -23,7 +24,9 @@ pub mod http;
 pub mod idempotency;
 /// Prometheus metrics (`GET /metrics`).
 pub mod metrics;
-/// Guarded resources: projects and tasks, each created with its credit spend.
+/// Plans and subscriptions: the configured plans, and the plan each tenant is on.
+pub mod plans;
+/// Guarded resources: projects and tasks, each describing the row its credits pay for.
 pub mod projects;
 /// Per-client rate limits (governor), per process.
 pub mod rate_limit;

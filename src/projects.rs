@@ -1,26 +1,50 @@
-//! The guarded resources. Creating a project or a task is one transaction: the idempotency
-//! claim (when a key is given), the credits guard (`credits::consume`) and the insert commit
-//! together or not at all. Guards go through the process's `Writer`, which commits many
-//! callers' guards together; each caller is answered only after its commit.
+//! The guarded resources, projects and tasks: each describes the row it inserts and hands the
+//! spend to the credits `Writer`, which commits the idempotency claim (when a key is given),
+//! the spend and the row together or not at all.
 
-mod guard;
-mod writer;
-
-use chrono::Duration;
+use chrono::{Duration, Utc};
 use entity::{project, task};
-use sea_orm::prelude::*;
-
-pub use guard::{Created, Guarded};
-pub use writer::Writer;
+use sea_orm::{EntityTrait, prelude::*};
 
 use crate::{
     auth::{self, Viewer},
     config::Config,
-    credits::CreditKind,
+    credits::{IdempotencyKey, PaidTable, Spend, Spent},
     error::AppError,
     idempotency::Fingerprint,
     state::AppState,
 };
+
+/// A project's row, paid for with `credit-project-creation`.
+pub static PROJECT: PaidTable = PaidTable {
+    credit_type: "credit-project-creation",
+    table: "project",
+    columns: &[
+        "id",
+        "tenant_id",
+        "name",
+        "description",
+        "created_by",
+        "created_at",
+    ],
+};
+
+/// A task's row, paid for with `credit-task-creation`.
+pub static TASK: PaidTable = PaidTable {
+    credit_type: "credit-task-creation",
+    table: "task",
+    columns: &[
+        "id",
+        "tenant_id",
+        "project_id",
+        "title",
+        "created_by",
+        "created_at",
+    ],
+};
+
+/// Every table whose rows credits pay for.
+pub static PAID: [&PaidTable; 2] = [&PROJECT, &TASK];
 
 const MAX_NAME: usize = 200;
 const MAX_DESCRIPTION: usize = 2_000;
@@ -62,27 +86,45 @@ pub async fn create_project(
     };
     let key = check_idempotency_key(input.idempotency_key)?;
     let (user, _) = auth::require_member(&db.read, viewer, tenant_id).await?;
-    let mut guarded = Guarded::project(
+    let project = project::Model {
+        id: Uuid::now_v7(),
         tenant_id,
-        user.id,
-        name.clone(),
-        description.clone(),
-        config.credit_type(CreditKind::ProjectCreation)?,
-    );
-    if let Some(key) = key {
-        let fingerprint = Fingerprint::new(
+        name,
+        description,
+        created_by: user.id,
+        created_at: Utc::now(),
+    };
+    let key = key.map(|key| IdempotencyKey {
+        value: key,
+        fingerprint: Fingerprint::new(
             "createProject",
             &[
                 &tenant_id.to_string(),
-                &name,
-                description.as_deref().unwrap_or(""),
+                &project.name,
+                project.description.as_deref().unwrap_or(""),
             ],
-        );
-        guarded = guarded.with_key(key, fingerprint, retention(config));
-    }
-    match writer.submit(guarded).await? {
-        Created::Project(project) => Ok(project),
-        Created::Task(_) => Err(mismatch()),
+        ),
+        retention: retention(config),
+    });
+    let spend = Spend {
+        tenant_id,
+        user_id: Some(user.id),
+        credit_type: config.credit_type(PROJECT.credit_type)?,
+        paid: &PROJECT,
+        row: vec![
+            project.id.into(),
+            project.tenant_id.into(),
+            project.name.clone().into(),
+            project.description.clone().into(),
+            project.created_by.into(),
+            project.created_at.into(),
+        ],
+        object_id: project.id,
+        key,
+    };
+    match writer.submit(spend).await? {
+        Spent::Charged => Ok(project),
+        Spent::Replayed(id) => original(project::Entity::find_by_id(id).one(&db.read).await?),
     }
 }
 
@@ -101,28 +143,48 @@ pub async fn create_task(
     let project = auth::visible_project(&db.read, user.id, project_id)
         .await?
         .ok_or(AppError::NotFound("project"))?;
-    let mut guarded = Guarded::task(
-        &project,
-        user.id,
-        title.clone(),
-        config.credit_type(CreditKind::TaskCreation)?,
-    );
-    if let Some(key) = key {
-        let fingerprint = Fingerprint::new("createTask", &[&project.id.to_string(), &title]);
-        guarded = guarded.with_key(key, fingerprint, retention(config));
+    let task = task::Model {
+        id: Uuid::now_v7(),
+        tenant_id: project.tenant_id,
+        project_id: project.id,
+        title,
+        created_by: user.id,
+        created_at: Utc::now(),
+    };
+    let key = key.map(|key| IdempotencyKey {
+        value: key,
+        fingerprint: Fingerprint::new("createTask", &[&project.id.to_string(), &task.title]),
+        retention: retention(config),
+    });
+    let spend = Spend {
+        tenant_id: task.tenant_id,
+        user_id: Some(user.id),
+        credit_type: config.credit_type(TASK.credit_type)?,
+        paid: &TASK,
+        row: vec![
+            task.id.into(),
+            task.tenant_id.into(),
+            task.project_id.into(),
+            task.title.clone().into(),
+            task.created_by.into(),
+            task.created_at.into(),
+        ],
+        object_id: task.id,
+        key,
+    };
+    match writer.submit(spend).await? {
+        Spent::Charged => Ok(task),
+        Spent::Replayed(id) => original(task::Entity::find_by_id(id).one(&db.read).await?),
     }
-    match writer.submit(guarded).await? {
-        Created::Task(task) => Ok(task),
-        Created::Project(_) => Err(mismatch()),
-    }
+}
+
+/// The row an idempotent replay's first request created (committed before the key was).
+fn original<T>(row: Option<T>) -> Result<T, AppError> {
+    row.ok_or_else(|| AppError::Internal(anyhow::anyhow!("an idempotent original is gone")))
 }
 
 fn retention(config: &Config) -> Duration {
     Duration::seconds(i64::try_from(config.idempotency.retention_seconds).unwrap_or(i64::MAX))
-}
-
-fn mismatch() -> AppError {
-    AppError::Internal(anyhow::anyhow!("guard returned another kind of resource"))
 }
 
 fn required_text(field: &str, value: &str, max: usize) -> Result<String, AppError> {

@@ -22,11 +22,11 @@ use crate::{
     auth::{Hasher, Keys},
     billing::{self, StripeHttp},
     config::Config,
-    credits,
+    credits::{Statements, Writer},
     db::Database,
     graphql, http, idempotency,
     metrics::Metrics,
-    projects::Writer,
+    plans, projects,
     rate_limit::RateLimits,
     state::AppState,
     telemetry::{self, RootSpan},
@@ -47,7 +47,7 @@ impl Application {
         let db = Database::connect(&config).await?;
         let turn = StartUpLock::take(&config).await?;
         migrate(&db).await?;
-        credits::sync_plans(&db, &config).await?;
+        plans::sync_plans(&db, &config).await?;
         turn.release().await;
         let keys = Keys::from_config(&config)?;
         let listener = TcpListener::bind(&config.addr)
@@ -95,7 +95,12 @@ impl Application {
         }
         let hasher = Hasher::spawn(config.auth.hashing_concurrency, config.auth.hashing_queue)?;
         let state = AppState {
-            writer: Writer::spawn(db.clone(), config.database.max_batch, metrics.clone()),
+            writer: Writer::spawn(
+                db.clone(),
+                Statements::build(db.write.get_database_backend(), &projects::PAID),
+                config.database.max_batch,
+                metrics.clone(),
+            ),
             stripe,
             db: db.clone(),
             config: Arc::new(config),

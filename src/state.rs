@@ -7,9 +7,9 @@ use crate::{
     auth::{Hasher, Keys},
     billing::StripeHttp,
     config::Config,
+    credits::Writer,
     db::Database,
     metrics::Metrics,
-    projects::Writer,
     rate_limit::RateLimits,
 };
 

@@ -8,7 +8,7 @@ use sea_orm::{
     prelude::*,
 };
 
-use crate::{config::Config, credits, db::Database, error::AppError};
+use crate::{config::Config, db::Database, error::AppError, plans};
 
 const MAX_TENANT_NAME: usize = 100;
 const MAX_SLUG: usize = 48;
@@ -91,7 +91,7 @@ pub async fn create_tenant(
     }
     .insert(&txn)
     .await?;
-    credits::subscribe(&txn, tenant.id, &config.default_plan, now).await?;
+    plans::subscribe(&txn, tenant.id, &config.default_plan, now).await?;
     txn.commit().await?;
     tracing::info!(tenant.id = %tenant.id, user.id = %owner.id, "tenant created");
     Ok(tenant)

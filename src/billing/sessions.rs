@@ -14,7 +14,7 @@ use uuid::Uuid;
 use sea_orm::ConnectionTrait;
 
 use super::StripeHttp;
-use crate::{config::Config, credits, error::AppError};
+use crate::{config::Config, error::AppError, plans};
 
 /// The metadata key, on the subscription Checkout creates, that names the tenant: webhooks
 /// find the tenant by it even before `checkout.session.completed` links the customer.
@@ -34,7 +34,7 @@ pub async fn checkout(
     email: &str,
     plan_slug: &str,
 ) -> Result<String, AppError> {
-    let current = credits::tenant_subscriptions(db, &[tenant_id]).await?;
+    let current = plans::tenant_subscriptions(db, &[tenant_id]).await?;
     if let Some((subscription, _)) = current.get(&tenant_id)
         && subscription.stripe_subscription_id.is_some()
         && config.is_entitled(&subscription.status)

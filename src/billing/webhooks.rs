@@ -16,9 +16,9 @@ use stripe_webhook::{EventObject, Webhook, WebhookError};
 use super::sessions::TENANT_METADATA_KEY;
 use crate::{
     config::Config,
-    credits::{self, StripeSubscriptionChange},
     db,
     http::BodyError,
+    plans::{self, StripeSubscriptionChange},
     state::AppState,
 };
 
@@ -309,7 +309,7 @@ async fn subscription_changed(
         event_at,
         ends: deleted.then(|| subscription.id.as_str()),
     };
-    let changed = credits::record_stripe_subscription(txn, &change).await?;
+    let changed = plans::record_stripe_subscription(txn, &change).await?;
     Ok(match (changed, deleted) {
         (false, true) => "not the tenant's plan subscription, or older than its state; ignored",
         (false, false) => "older than the subscription's state; ignored",

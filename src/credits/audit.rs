@@ -13,7 +13,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::CreditKind;
+use super::PaidTable;
 
 /// Lines of detail a check reports before it only counts.
 const SHOWN: usize = 20;
@@ -54,12 +54,12 @@ impl fmt::Display for Report {
 
 type CounterKey = (Uuid, String, DateTime<Utc>);
 
-/// Checks invariant 3 over the whole database.
-pub async fn verify(db: &impl ConnectionTrait) -> Result<Report, DbErr> {
+/// Checks invariant 3 over the whole database, for the rows of every table in `paid`.
+pub async fn verify(db: &impl ConnectionTrait, paid: &[&PaidTable]) -> Result<Report, DbErr> {
     let mut report = Report::default();
     check_counters(db, &mut report).await?;
-    for kind in CreditKind::ALL {
-        check_resources(db, kind, &mut report).await?;
+    for paid in paid {
+        check_resources(db, paid, &mut report).await?;
     }
     check_outbox(db, &mut report).await?;
     Ok(report)
@@ -141,20 +141,19 @@ async fn check_counters(db: &impl ConnectionTrait, report: &mut Report) -> Resul
 
 async fn check_resources(
     db: &impl ConnectionTrait,
-    kind: CreditKind,
+    paid: &PaidTable,
     report: &mut Report,
 ) -> Result<(), DbErr> {
     let backend = db.get_database_backend();
-    let table = match kind {
-        CreditKind::ProjectCreation => "project",
-        CreditKind::TaskCreation => "task",
-    };
+    let (table, id) = (paid.table, paid.columns.first().copied().unwrap_or("id"));
     // The resource id as the ledger's `object_id` spells it (ids are blobs on SQLite).
     let id_text = match backend {
-        DatabaseBackend::Postgres => "CAST(r.id AS TEXT)".to_owned(),
-        _ => "lower(substr(hex(r.id),1,8)||'-'||substr(hex(r.id),9,4)||'-'||substr(hex(r.id),13,4)||'-'||substr(hex(r.id),17,4)||'-'||substr(hex(r.id),21))".to_owned(),
+        DatabaseBackend::Postgres => format!("CAST(r.{id} AS TEXT)"),
+        _ => format!(
+            "lower(substr(hex(r.{id}),1,8)||'-'||substr(hex(r.{id}),9,4)||'-'||substr(hex(r.{id}),13,4)||'-'||substr(hex(r.{id}),17,4)||'-'||substr(hex(r.{id}),21))"
+        ),
     };
-    let value = kind.value();
+    let value = paid.credit_type;
     let resources = scalar(db, &format!("SELECT CAST(COUNT(*) AS BIGINT) FROM {table}")).await?;
     let ledger_rows = scalar(
         db,
@@ -175,7 +174,7 @@ async fn check_resources(
             format!(
                 "SELECT {id_text} AS id, CAST(COUNT(c.id) AS BIGINT) AS n FROM {table} r \
                  LEFT JOIN credit c ON c.object_id = {id_text} AND c.type = '{value}' \
-                 GROUP BY r.id HAVING COUNT(c.id) <> 1"
+                 GROUP BY r.{id} HAVING COUNT(c.id) <> 1"
             ),
         ))
         .await?;

@@ -5,7 +5,10 @@ use chrono::{DateTime, Datelike, Utc};
 use entity::{credit, plan_feature};
 use sea_orm::{ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, prelude::*};
 
-use super::{FeatureLimitType, Period, PlanFeatureRow, subscribed_feature};
+use super::{
+    FeatureLimitType, Period,
+    limit::{fits, period_start_sql},
+};
 use crate::{db, error::AppError};
 
 /// Where a tenant stands on one feature of its plan.
@@ -67,23 +70,16 @@ pub async fn usage(
     let kind = own.kind;
     let period = Period::current(kind, subscription_period, now);
     let used = own.used;
-    let (enabled, message) = match kind {
-        FeatureLimitType::NotIncluded => (
-            false,
-            Some(format!("Your plan does not include {}.", own.title)),
-        ),
-        FeatureLimitType::Monthly if used >= own.value => (
-            false,
-            Some(format!(
-                "You've reached the limit this month ({used}/{}).",
-                own.value
-            )),
-        ),
-        FeatureLimitType::Max if used >= own.value => (
-            false,
-            Some(format!("You've reached the limit ({used}/{}).", own.value)),
-        ),
-        _ => (true, None),
+    // "May one more unit be used": the guard's own rule, for a cost of 1.
+    let enabled = fits(kind, own.value, used, 1);
+    let message = match kind {
+        _ if enabled => None,
+        FeatureLimitType::NotIncluded => Some(format!("Your plan does not include {}.", own.title)),
+        FeatureLimitType::Monthly => Some(format!(
+            "You've reached the limit this month ({used}/{}).",
+            own.value
+        )),
+        _ => Some(format!("You've reached the limit ({used}/{}).", own.value)),
     };
     Ok(Some(FeatureUsage {
         name: own.name,
@@ -146,4 +142,74 @@ pub async fn history(
         .all(db)
         .await?;
     Ok(db::page(rows, first))
+}
+
+/// `subscribed_feature`'s query: the plan feature, the subscription's period and the counter
+/// of the period that counts now (`limit::period_start_sql`).
+static FEATURE_SQL: db::PerBackend = db::PerBackend::new(|backend| {
+    format!(
+        "SELECT ts.current_period_start, ts.current_period_end, pf.name, pf.title, pf.type, \
+         pf.value, cu.used FROM tenant_subscription ts \
+         LEFT JOIN plan_feature pf ON pf.plan_id = ts.plan_id AND pf.name = :feature \
+         LEFT JOIN credit_usage cu ON cu.tenant_id = ts.tenant_id AND cu.feature = pf.name \
+         AND cu.period_start = {} \
+         WHERE ts.tenant_id = :tenant",
+        period_start_sql(backend)
+    )
+});
+
+/// The tenant's plan's `feature`, with the subscription's current period and what is used in
+/// the period that counts now: one query.
+/// `None` when the tenant has no subscription; `Some` with no feature when its plan lacks it.
+pub(super) async fn subscribed_feature(
+    conn: &impl ConnectionTrait,
+    tenant_id: Uuid,
+    feature: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<PlanFeatureRow>, AppError> {
+    let now_month = Period::calendar_month(now).start;
+    let statement = FEATURE_SQL.get(conn.get_database_backend()).bind(|name| {
+        Some(match name {
+            "tenant" => tenant_id.into(),
+            "feature" => feature.into(),
+            "now" => now.into(),
+            "month" => now_month.into(),
+            "lifetime" => Period::lifetime().start.into(),
+            _ => return None,
+        })
+    })?;
+    let Some(row) = conn.query_one_raw(statement).await? else {
+        return Ok(None);
+    };
+    let period = (
+        row.try_get("", "current_period_start")?,
+        row.try_get("", "current_period_end")?,
+    );
+    let name: Option<String> = row.try_get("", "name")?;
+    let feature = match name {
+        Some(name) => Some(Feature {
+            name,
+            title: row.try_get("", "title")?,
+            kind: row.try_get("", "type")?,
+            value: row.try_get("", "value")?,
+            used: row.try_get::<Option<i64>>("", "used")?.unwrap_or(0),
+        }),
+        None => None,
+    };
+    Ok(Some(PlanFeatureRow { period, feature }))
+}
+
+/// A tenant's subscription period and its plan's feature, as `subscribed_feature` reads them.
+pub(super) struct PlanFeatureRow {
+    pub(super) period: (Option<DateTime<Utc>>, Option<DateTime<Utc>>),
+    pub(super) feature: Option<Feature>,
+}
+
+pub(super) struct Feature {
+    pub(super) name: String,
+    pub(super) title: String,
+    pub(super) kind: FeatureLimitType,
+    pub(super) value: i64,
+    /// Used in the period the feature counts in now.
+    pub(super) used: i64,
 }

@@ -8,8 +8,8 @@ use entity::{tenant_subscription, user};
 use sea_orm::{DatabaseConnection, DbErr, EntityTrait, QueryFilter, prelude::*};
 
 use crate::{
-    credits::{self, PlanWithFeatures},
     error::AppError,
+    plans::{self, PlanWithFeatures},
 };
 
 /// Users by id (`Credit.user`).
@@ -38,7 +38,7 @@ impl Loader<Uuid> for SubscriptionLoader {
     type Error = Arc<AppError>;
 
     async fn load(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, Self::Value>, Arc<AppError>> {
-        credits::tenant_subscriptions(&self.0, ids)
+        plans::tenant_subscriptions(&self.0, ids)
             .await
             .map_err(Arc::new)
     }

@@ -18,7 +18,7 @@ use crate::{
         },
         viewer,
     },
-    tenants,
+    plans, tenants,
 };
 
 /// Largest page `creditHistory` and `usageReports` return.
@@ -42,7 +42,7 @@ impl Query {
 
     /// The plans on offer, with their limits. Public.
     async fn plans(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Plan>> {
-        let plans = credits::plans(&state(ctx)?.db.read).await.extend()?;
+        let plans = plans::plans(&state(ctx)?.db.read).await.extend()?;
         Ok(plans.into_iter().map(Plan::from).collect())
     }
 

@@ -8,9 +8,9 @@ use entity::{tenant, tenant_subscription, user};
 
 use super::{Plan, TenantSubscription, parse_id};
 use crate::{
-    credits,
     error::AppError,
     graphql::{loaders::SubscriptionLoader, state, viewer},
+    plans::PlanWithFeatures,
     tenants,
 };
 
@@ -120,12 +120,7 @@ impl From<tenant::Model> for Tenant {
 async fn load_subscription(
     ctx: &Context<'_>,
     tenant: &Tenant,
-) -> async_graphql::Result<
-    Option<(
-        tenant_subscription::Model,
-        Option<credits::PlanWithFeatures>,
-    )>,
-> {
+) -> async_graphql::Result<Option<(tenant_subscription::Model, Option<PlanWithFeatures>)>> {
     let id = parse_id(&tenant.id, "id").map_err(|e| e.extend())?;
     let loader = ctx
         .data::<DataLoader<SubscriptionLoader>>()

@@ -5,7 +5,7 @@ use async_graphql::{Enum, ID, SimpleObject};
 use super::int;
 use crate::{
     config::{CreditTypeConfig, UsageBasedUnitConfig},
-    credits::PlanWithFeatures,
+    plans::PlanWithFeatures,
 };
 
 /// How a plan limits a feature.

@@ -1,5 +1,6 @@
 //! Plans and subscriptions: the configured plans mirrored into the database at start-up,
-//! the plan a tenant is on, and subscribing a tenant to one.
+//! the plan a tenant is on, and subscribing a tenant to one. Owns the `plan`, `plan_feature`
+//! and `tenant_subscription` tables: nothing else writes them.
 
 use std::collections::HashMap;
 
