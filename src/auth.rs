@@ -8,44 +8,87 @@ mod hashing;
 mod tenancy;
 mod tokens;
 
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
 use entity::user;
-use sea_orm::{ConnectionTrait, EntityTrait};
+use sea_orm::{ConnectionTrait, EntityTrait, prelude::Uuid};
 
 pub use accounts::{SignUp, find_by_email, normalize_email, sign_in, sign_up};
 pub use hashing::Hasher;
-pub use tenancy::{require_admin, require_member, visible_project};
+pub use tenancy::{STANDING, require_admin, require_member, standing, visible_project};
 pub use tokens::Keys;
 
 use crate::{db, error::AppError};
 use tokens::Identity;
 
-/// The caller of one request: a signed-in user or nobody.
+/// The caller of one request: nobody, or the user a verified token names. The token is
+/// checked here (signature, expiry, issuer, audience); the user's row is checked by the
+/// database in the same query that reads what the request asks for (`tenancy`), so a signed-in
+/// read costs one database call. A token whose user no longer exists makes the request
+/// `UNAUTHENTICATED` (HTTP 401) as soon as a query finds it missing.
 #[derive(Clone, Debug, Default)]
-pub struct Viewer(Option<user::Model>);
+pub struct Viewer(Option<Token>);
+
+#[derive(Clone, Debug)]
+struct Token {
+    user_id: Uuid,
+    /// Set once a query found no row for `user_id`.
+    gone: Arc<AtomicBool>,
+}
 
 impl Viewer {
     pub const ANONYMOUS: Viewer = Viewer(None);
 
-    pub fn user(&self) -> Option<&user::Model> {
-        self.0.as_ref()
+    /// The viewer of a verified token naming `user_id`.
+    pub fn signed_in(user_id: Uuid) -> Self {
+        Viewer(Some(Token {
+            user_id,
+            gone: Arc::new(AtomicBool::new(false)),
+        }))
     }
 
-    /// The signed-in user, or `UNAUTHENTICATED`.
-    pub fn require(&self) -> Result<&user::Model, AppError> {
-        self.0.as_ref().ok_or(AppError::Unauthenticated(
+    /// The id of the user the token names, if any.
+    pub fn id(&self) -> Option<Uuid> {
+        self.0.as_ref().map(|t| t.user_id)
+    }
+
+    /// The signed-in user's id, or `UNAUTHENTICATED`.
+    pub fn require(&self) -> Result<Uuid, AppError> {
+        self.id().ok_or(AppError::Unauthenticated(
             "sign in first: send Authorization: Bearer <token>",
         ))
     }
+
+    /// Records that the token's user does not exist (the request will be answered 401) and
+    /// returns the error to give.
+    pub fn user_gone(&self) -> AppError {
+        if let Some(token) = &self.0 {
+            token.gone.store(true, Ordering::Relaxed);
+        }
+        AppError::Unauthenticated("invalid or expired token")
+    }
+
+    /// Whether a query found the token's user missing.
+    pub fn is_gone(&self) -> bool {
+        self.0
+            .as_ref()
+            .is_some_and(|t| t.gone.load(Ordering::Relaxed))
+    }
 }
 
-/// The viewer of a request from its `Authorization` header value (if any).
+/// The viewer of a request from its `Authorization` header value (if any). Tollgate's own
+/// tokens need no database call; an identity provider's token is matched to its user (and
+/// the user created on a first visit), which does.
 pub async fn authenticate(
     db: &impl ConnectionTrait,
     keys: &Keys,
     authorization: Option<&str>,
 ) -> Result<Viewer, AppError> {
     let Some(header) = authorization else {
-        return Ok(Viewer(None));
+        return Ok(Viewer::ANONYMOUS);
     };
     let token = header
         .strip_prefix("Bearer ")
@@ -55,18 +98,33 @@ pub async fn authenticate(
         .ok_or(AppError::Unauthenticated(
             "the Authorization header must be `Bearer <token>`",
         ))?;
-    let user = match keys.verify(token)? {
-        Identity::User(id) => {
-            // Raw, without sea-orm's `LIMIT ?` (the key is unique): a bound LIMIT made SQLite
-            // re-prepare the statement on every request.
-            let sql = "SELECT * FROM \"user\" WHERE id = $1";
-            user::Entity::find()
-                .from_raw_sql(db::statement(db.get_database_backend(), sql, [id.into()]))
-                .one(db)
+    let user_id = match keys.verify(token)? {
+        Identity::User(id) => id,
+        Identity::External(claims) => {
+            accounts::external_user(db, claims)
                 .await?
+                .ok_or(AppError::Unauthenticated("invalid or expired token"))?
+                .id
         }
-        Identity::External(claims) => accounts::external_user(db, claims).await?,
     };
-    let user = user.ok_or(AppError::Unauthenticated("invalid or expired token"))?;
-    Ok(Viewer(Some(user)))
+    Ok(Viewer::signed_in(user_id))
+}
+
+/// The signed-in user's row; `None` when anonymous, `UNAUTHENTICATED` when the token's user
+/// is gone. One query.
+pub async fn me(
+    db: &impl ConnectionTrait,
+    viewer: &Viewer,
+) -> Result<Option<user::Model>, AppError> {
+    let Some(id) = viewer.id() else {
+        return Ok(None);
+    };
+    // Raw, without sea-orm's `LIMIT ?` (the key is unique): a bound LIMIT made SQLite
+    // re-prepare the statement on every request.
+    let sql = "SELECT * FROM \"user\" WHERE id = $1";
+    let user = user::Entity::find()
+        .from_raw_sql(db::statement(db.get_database_backend(), sql, [id.into()]))
+        .one(db)
+        .await?;
+    user.map(Some).ok_or_else(|| viewer.user_gone())
 }

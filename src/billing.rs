@@ -2,9 +2,9 @@
 //! still writes usage events for tenants that have a Stripe customer, so nothing is lost if
 //! the key is added later).
 //!
-//! - Usage goes out through an outbox: the guard writes a `usage_event` row in its own
-//!   transaction (the credits guard; its SQL is `outbox::spend_event_sql`); the reporter sends each row to a Billing Meter exactly
-//!   once (`reporter`, `outbox`).
+//! - Usage goes out through an outbox: the credits guard writes a `usage_event` row in its own
+//!   transaction (with `outbox::spend_event_sql`); the reporter sends each row to a Billing
+//!   Meter exactly once (`reporter`, `outbox`).
 //! - Plans and periods come in as signed webhooks (`webhooks`).
 //! - Checkout and the billing portal are Stripe-hosted pages (`sessions`).
 

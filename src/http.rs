@@ -276,8 +276,8 @@ async fn execute(
         }
     };
     let address = client_address(req, state.config.http.trust_forwarded_for);
-    let client = match viewer.user() {
-        Some(user) => Client::User(user.id),
+    let client = match viewer.id() {
+        Some(user_id) => Client::User(user_id),
         None => Client::Address(address),
     };
     if let Err(e @ AppError::RateLimited { retry_after }) = state.limits.check_request(&client) {
@@ -332,6 +332,11 @@ async fn execute(
             BatchResponse::Batch(responses)
         }
     };
+    // A query found the token's user gone: as for any invalid token, nothing is answered.
+    if viewer.is_gone() {
+        let e = AppError::Unauthenticated("invalid or expired token");
+        return state.reject(StatusCode::UNAUTHORIZED, e.code(), &e.to_string());
+    }
     // `application/graphql-response+json`, with the response's cache-control and headers.
     GraphQLResponse::from(with_default_codes(response)).respond_to(req)
 }

@@ -85,13 +85,14 @@ pub async fn create_project(
         Some(d) => Some(d.to_owned()),
     };
     let key = check_idempotency_key(input.idempotency_key)?;
-    let (user, _) = auth::require_member(&db.read, viewer, tenant_id).await?;
+    let user_id = viewer.require()?;
+    auth::require_member(&db.read, viewer, tenant_id).await?;
     let project = project::Model {
         id: Uuid::now_v7(),
         tenant_id,
         name,
         description,
-        created_by: user.id,
+        created_by: user_id,
         created_at: Utc::now(),
     };
     let key = key.map(|key| IdempotencyKey {
@@ -108,7 +109,7 @@ pub async fn create_project(
     });
     let spend = Spend {
         tenant_id,
-        user_id: Some(user.id),
+        user_id: Some(user_id),
         credit_type: config.credit_type(PROJECT.credit_type)?,
         paid: &PROJECT,
         row: vec![
@@ -138,9 +139,9 @@ pub async fn create_task(
     let project_id = input.project_id;
     let title = required_text("title", &input.title, MAX_NAME)?;
     let key = check_idempotency_key(input.idempotency_key)?;
-    let user = viewer.require()?;
+    let user_id = viewer.require()?;
     // A project of a tenant the viewer is not in is as absent as one that does not exist.
-    let project = auth::visible_project(&db.read, user.id, project_id)
+    let project = auth::visible_project(&db.read, viewer, project_id)
         .await?
         .ok_or(AppError::NotFound("project"))?;
     let task = task::Model {
@@ -148,7 +149,7 @@ pub async fn create_task(
         tenant_id: project.tenant_id,
         project_id: project.id,
         title,
-        created_by: user.id,
+        created_by: user_id,
         created_at: Utc::now(),
     };
     let key = key.map(|key| IdempotencyKey {
@@ -158,7 +159,7 @@ pub async fn create_task(
     });
     let spend = Spend {
         tenant_id: task.tenant_id,
-        user_id: Some(user.id),
+        user_id: Some(user_id),
         credit_type: config.credit_type(TASK.credit_type)?,
         paid: &TASK,
         row: vec![

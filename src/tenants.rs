@@ -2,13 +2,19 @@
 //! tenant is subscribed to the default plan, in one transaction.
 
 use chrono::Utc;
-use entity::{tenant, tenant_user, user};
+use entity::{tenant, tenant_user};
 use sea_orm::{
-    ActiveValue::Set, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    prelude::*,
+    ActiveValue::Set, ConnectionTrait, EntityTrait, FromQueryResult, PaginatorTrait, QueryFilter,
+    QueryOrder, prelude::*,
 };
 
-use crate::{config::Config, db::Database, error::AppError, plans};
+use crate::{
+    auth::{self, STANDING, Viewer},
+    config::Config,
+    db::{self, Database, PerBackend},
+    error::AppError,
+    plans,
+};
 
 const MAX_TENANT_NAME: usize = 100;
 const MAX_SLUG: usize = 48;
@@ -24,7 +30,7 @@ pub struct NewTenant {
 pub async fn create_tenant(
     db: &Database,
     config: &Config,
-    owner: &user::Model,
+    viewer: &Viewer,
     input: NewTenant,
 ) -> Result<tenant::Model, AppError> {
     let name = input.name.trim().to_owned();
@@ -45,20 +51,26 @@ pub async fn create_tenant(
             "slug must be 1 to {MAX_SLUG} lower-case letters, digits or inner hyphens"
         )));
     }
+    let owner = viewer.require()?;
     let now = Utc::now();
     let txn = db.begin_write().await?;
     // Inside the write transaction (on PostgreSQL with the user's row locked): concurrent
     // creations by one user cannot both pass the cap.
-    if txn.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
-        txn.execute_raw(sea_orm::Statement::from_sql_and_values(
-            sea_orm::DatabaseBackend::Postgres,
-            "SELECT 1 FROM \"user\" WHERE id = $1 FOR UPDATE",
-            [owner.id.into()],
-        ))
-        .await?;
+    let lock = match txn.get_database_backend() {
+        sea_orm::DatabaseBackend::Postgres => " FOR UPDATE",
+        _ => "",
+    };
+    let sql = format!("SELECT 1 FROM \"user\" WHERE id = $1{lock}");
+    let backend = txn.get_database_backend();
+    if txn
+        .query_one_raw(db::statement(backend, &sql, [owner.into()]))
+        .await?
+        .is_none()
+    {
+        return Err(viewer.user_gone());
     }
     let belongs_to = tenant_user::Entity::find()
-        .filter(tenant_user::Column::UserId.eq(owner.id))
+        .filter(tenant_user::Column::UserId.eq(owner))
         .count(&txn)
         .await?;
     if belongs_to >= config.tenants.max_per_user {
@@ -85,7 +97,7 @@ pub async fn create_tenant(
     };
     tenant_user::ActiveModel {
         tenant_id: Set(tenant.id),
-        user_id: Set(owner.id),
+        user_id: Set(owner),
         role: Set(Role::Owner),
         created_at: Set(now),
     }
@@ -93,7 +105,7 @@ pub async fn create_tenant(
     .await?;
     plans::subscribe(&txn, tenant.id, &config.default_plan, now).await?;
     txn.commit().await?;
-    tracing::info!(tenant.id = %tenant.id, user.id = %owner.id, "tenant created");
+    tracing::info!(tenant.id = %tenant.id, user.id = %owner, "tenant created");
     Ok(tenant)
 }
 
@@ -102,6 +114,39 @@ pub async fn find(
     tenant_id: Uuid,
 ) -> Result<Option<tenant::Model>, AppError> {
     Ok(tenant::Entity::find_by_id(tenant_id).one(db).await?)
+}
+
+/// The tenant `tenant_id`, for a member of it (`auth::standing`): one query, the viewer's
+/// check included.
+pub async fn tenant(
+    db: &impl ConnectionTrait,
+    viewer: &Viewer,
+    tenant_id: Uuid,
+) -> Result<Option<tenant::Model>, AppError> {
+    static SQL: PerBackend = PerBackend::new(|_| {
+        format!(
+            "SELECT tu.role AS viewer_role, t.* FROM {STANDING} \
+             LEFT JOIN tenant t ON t.id = tu.tenant_id WHERE u.id = :user"
+        )
+    });
+    let user_id = viewer.require()?;
+    let statement = SQL.get(db.get_database_backend()).bind(|name| match name {
+        "tenant" => Some(tenant_id.into()),
+        "user" => Some(user_id.into()),
+        _ => None,
+    })?;
+    let row = db.query_one_raw(statement).await?;
+    let found = match &row {
+        Some(row) => Some(row.try_get::<Option<Role>>("", "viewer_role")?),
+        None => None,
+    };
+    auth::standing(viewer, found)?;
+    match row {
+        Some(row) if row.try_get::<Option<Uuid>>("", "id")?.is_some() => {
+            Ok(Some(tenant::Model::from_query_result(&row, "")?))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// The tenants `user_id` belongs to, with the role in each, oldest membership first.

@@ -1,62 +1,96 @@
-//! Who may do what in a tenant: membership and role checks, made against `tenant_user` on
-//! every request.
+//! Who may do what in a tenant: membership and role checks, made by the database on every
+//! request — in the same query as what the request reads (`STANDING`), so that a read costs
+//! one call. Never cached in the process.
 
-use entity::{project, tenant_user, user};
-use sea_orm::{ConnectionTrait, EntityTrait, prelude::*};
+use entity::{project, tenant_user::Role};
+use sea_orm::{ConnectionTrait, FromQueryResult, QueryResult, prelude::*};
 
 use super::Viewer;
-use crate::{db, error::AppError, tenants::Role};
+use crate::{db::PerBackend, error::AppError};
 
-/// The viewer's role in `tenant_id`, or `FORBIDDEN` when they are not a member (whether or
-/// not the tenant exists, so ids of other tenants reveal nothing).
+/// The FROM clause of a query that checks the viewer in the same call: `u` is the token's
+/// user, `tu` its membership of `:tenant` (null when it is not a member). With `WHERE u.id =
+/// :user` such a query yields no row when the user is gone; join what the request reads on
+/// `tu.tenant_id`, so that nothing is read for a non-member.
+pub const STANDING: &str =
+    "\"user\" u LEFT JOIN tenant_user tu ON tu.tenant_id = :tenant AND tu.user_id = u.id";
+
+/// The viewer's role from what a `STANDING` query found: `found` is `None` when it returned
+/// no row (the token's user is gone: `UNAUTHENTICATED`), `Some(None)` when the viewer is not
+/// a member (`FORBIDDEN`, whether or not the tenant exists, so ids of other tenants reveal
+/// nothing).
+pub fn standing(viewer: &Viewer, found: Option<Option<Role>>) -> Result<Role, AppError> {
+    match found {
+        None => Err(viewer.user_gone()),
+        Some(None) => Err(AppError::Forbidden),
+        Some(Some(role)) => Ok(role),
+    }
+}
+
+/// The viewer's role in `tenant_id` (see `standing`): one query.
 pub async fn require_member(
     db: &impl ConnectionTrait,
     viewer: &Viewer,
     tenant_id: Uuid,
-) -> Result<(user::Model, Role), AppError> {
-    let user = viewer.require()?;
-    // Raw, without sea-orm's `LIMIT ?` (see `authenticate`).
-    let sql = "SELECT * FROM tenant_user WHERE tenant_id = $1 AND user_id = $2";
-    let membership = tenant_user::Entity::find()
-        .from_raw_sql(db::statement(
-            db.get_database_backend(),
-            sql,
-            [tenant_id.into(), user.id.into()],
-        ))
-        .one(db)
-        .await?
-        .ok_or(AppError::Forbidden)?;
-    Ok((user.clone(), membership.role))
+) -> Result<Role, AppError> {
+    static SQL: PerBackend =
+        PerBackend::new(|_| format!("SELECT tu.role FROM {STANDING} WHERE u.id = :user"));
+    let user_id = viewer.require()?;
+    let statement = SQL.get(db.get_database_backend()).bind(|name| match name {
+        "tenant" => Some(tenant_id.into()),
+        "user" => Some(user_id.into()),
+        _ => None,
+    })?;
+    let found = match db.query_one_raw(statement).await? {
+        Some(row) => Some(row.try_get::<Option<Role>>("", "role")?),
+        None => None,
+    };
+    standing(viewer, found)
 }
 
-/// The viewer if they are an OWNER or ADMIN of `tenant_id`; `FORBIDDEN` otherwise.
+/// The viewer's id if they are an OWNER or ADMIN of `tenant_id`; `FORBIDDEN` otherwise.
 pub async fn require_admin(
     db: &impl ConnectionTrait,
     viewer: &Viewer,
     tenant_id: Uuid,
-) -> Result<user::Model, AppError> {
+) -> Result<Uuid, AppError> {
     match require_member(db, viewer, tenant_id).await? {
-        (user, Role::Owner | Role::Admin) => Ok(user),
-        (_, Role::Member) => Err(AppError::Forbidden),
+        Role::Owner | Role::Admin => viewer.require(),
+        Role::Member => Err(AppError::Forbidden),
     }
 }
 
-/// The project `project_id` if `user_id` is a member of its tenant: one query.
+/// The project `project_id` if the viewer is a member of its tenant: one query. `None` for a
+/// project of a tenant the viewer is not in, as for one that does not exist.
 pub async fn visible_project(
     db: &impl ConnectionTrait,
-    user_id: Uuid,
+    viewer: &Viewer,
     project_id: Uuid,
 ) -> Result<Option<project::Model>, AppError> {
-    let backend = db.get_database_backend();
-    let sql = "SELECT p.* FROM project p \
-               JOIN tenant_user tu ON tu.tenant_id = p.tenant_id AND tu.user_id = $2 \
-               WHERE p.id = $1";
-    Ok(project::Entity::find()
-        .from_raw_sql(db::statement(
-            backend,
-            sql,
-            [project_id.into(), user_id.into()],
-        ))
-        .one(db)
-        .await?)
+    static SQL: PerBackend = PerBackend::new(|_| {
+        "SELECT tu.role AS viewer_role, p.* FROM \"user\" u \
+         LEFT JOIN project p ON p.id = :project \
+         LEFT JOIN tenant_user tu ON tu.tenant_id = p.tenant_id AND tu.user_id = u.id \
+         WHERE u.id = :user"
+            .to_owned()
+    });
+    let user_id = viewer.require()?;
+    let statement = SQL.get(db.get_database_backend()).bind(|name| match name {
+        "project" => Some(project_id.into()),
+        "user" => Some(user_id.into()),
+        _ => None,
+    })?;
+    let Some(row) = db.query_one_raw(statement).await? else {
+        return Err(viewer.user_gone());
+    };
+    member_row(&row)
+}
+
+/// The row of a `STANDING`-style query's entity, when the viewer's role (`viewer_role`) says
+/// it may be seen.
+fn member_row<M: FromQueryResult>(row: &QueryResult) -> Result<Option<M>, AppError> {
+    match row.try_get::<Option<Role>>("", "viewer_role")? {
+        Some(_) => Ok(Some(M::from_query_result(row, "")?)),
+        None => Ok(None),
+    }
 }

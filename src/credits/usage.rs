@@ -2,14 +2,18 @@
 //! its ledger, paged by keyset (O(page), whatever the depth).
 
 use chrono::{DateTime, Datelike, Utc};
-use entity::{credit, plan_feature};
-use sea_orm::{ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, prelude::*};
+use entity::{credit, tenant_user::Role};
+use sea_orm::{ConnectionTrait, DatabaseBackend, FromQueryResult, QueryResult, prelude::*};
 
 use super::{
     FeatureLimitType, Period,
     limit::{fits, period_start_sql},
 };
-use crate::{db, error::AppError};
+use crate::{
+    auth::{self, STANDING, Viewer},
+    db::{self, Sql},
+    error::AppError,
+};
 
 /// Where a tenant stands on one feature of its plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,30 +40,45 @@ impl FeatureUsage {
     }
 }
 
-/// The tenant's usage of `feature` at `now`; `None` when no plan defines the feature.
-/// One query (plan, period and counter row): the cost does not grow with the ledger.
+/// The tenant's usage of `feature` at `now`, for a member of it (`auth::standing`); `None`
+/// when no plan defines the feature. One query — the viewer's user and membership, plan,
+/// period and counter row: the cost does not grow with the ledger.
 pub async fn usage(
     db: &impl ConnectionTrait,
+    viewer: &Viewer,
     tenant_id: Uuid,
     feature: &str,
     now: DateTime<Utc>,
 ) -> Result<Option<FeatureUsage>, AppError> {
+    let user_id = viewer.require()?;
+    let statement = FEATURE_SQL
+        .get(db.get_database_backend())
+        .bind(|name| match name {
+            "user" => Some(user_id.into()),
+            name => feature_value(name, tenant_id, feature, now),
+        })?;
+    let row = db.query_one_raw(statement).await?;
+    let found = match &row {
+        Some(row) => Some(row.try_get::<Option<Role>>("", "viewer_role")?),
+        None => None,
+    };
+    auth::standing(viewer, found)?;
+    let Some(row) = row else {
+        return Err(viewer.user_gone());
+    };
     let Some(PlanFeatureRow {
         period: subscription_period,
         feature: Some(own),
-    }) = subscribed_feature(db, tenant_id, feature, now).await?
+    }) = plan_feature_row(&row)?
     else {
-        let Some(any) = plan_feature::Entity::find()
-            .filter(plan_feature::Column::Name.eq(feature))
-            .one(db)
-            .await?
-        else {
+        // The tenant's plan lacks it: not included, if any plan has it.
+        let Some(title) = row.try_get::<Option<String>>("", "any_title")? else {
             return Ok(None);
         };
         return Ok(Some(FeatureUsage {
-            name: any.name,
-            message: Some(format!("Your plan does not include {}.", any.title)),
-            title: any.title,
+            name: feature.to_owned(),
+            message: Some(format!("Your plan does not include {title}.")),
+            title,
             kind: FeatureLimitType::NotIncluded,
             value: 0,
             used: 0,
@@ -105,9 +124,11 @@ pub struct HistoryFilter {
 }
 
 /// Ledger rows of a tenant, newest first, `first` after the row `after` (keyset: the cost
-/// of a page does not depend on how deep it is). The bool says whether more follow.
+/// of a page does not depend on how deep it is), for a member of it (`auth::standing`). The
+/// bool says whether more follow. One query, the viewer's check included.
 pub async fn history(
     db: &impl ConnectionTrait,
+    viewer: &Viewer,
     tenant_id: Uuid,
     first: u64,
     after: Option<Uuid>,
@@ -120,43 +141,110 @@ pub async fn history(
             )));
         }
     }
-    let mut query = credit::Entity::find().filter(credit::Column::TenantId.eq(tenant_id));
-    if let Some(after) = after {
-        query = query.filter(credit::Column::Id.lt(after));
+    let user_id = viewer.require()?;
+    let mut conditions = String::new();
+    for (present, condition) in [
+        (after.is_some(), " AND id < :after"),
+        (filter.credit_type.is_some(), " AND type = :credit_type"),
+        (filter.user_id.is_some(), " AND user_id = :filter_user"),
+        (filter.from.is_some(), " AND created_at >= :from"),
+        (filter.to.is_some(), " AND created_at < :to"),
+    ] {
+        if present {
+            conditions.push_str(condition);
+        }
     }
-    if let Some(kind) = &filter.credit_type {
-        query = query.filter(credit::Column::Kind.eq(kind.as_str()));
+    // The page size is a literal (at most 101 texts): a bound LIMIT makes SQLite re-prepare.
+    let sql = Sql::new(
+        db.get_database_backend(),
+        &format!(
+            "SELECT tu.role AS viewer_role, c.* FROM {STANDING} \
+             LEFT JOIN (SELECT * FROM credit WHERE tenant_id = :tenant{conditions} \
+             ORDER BY id DESC LIMIT {}) c ON tu.role IS NOT NULL \
+             WHERE u.id = :user ORDER BY c.id DESC",
+            first + 1
+        ),
+    );
+    let statement = sql.bind(|name| {
+        Some(match name {
+            "user" => user_id.into(),
+            "tenant" => tenant_id.into(),
+            "after" => after.into(),
+            "credit_type" => filter.credit_type.clone().into(),
+            "filter_user" => filter.user_id.into(),
+            "from" => filter.from.into(),
+            "to" => filter.to.into(),
+            _ => return None,
+        })
+    })?;
+    let rows = db.query_all_raw(statement).await?;
+    let found = match rows.first() {
+        Some(row) => Some(row.try_get::<Option<Role>>("", "viewer_role")?),
+        None => None,
+    };
+    auth::standing(viewer, found)?;
+    let mut page = Vec::with_capacity(rows.len());
+    for row in &rows {
+        if row.try_get::<Option<Uuid>>("", "id")?.is_some() {
+            page.push(credit::Model::from_query_result(row, "")?);
+        }
     }
-    if let Some(user_id) = filter.user_id {
-        query = query.filter(credit::Column::UserId.eq(user_id));
-    }
-    if let Some(from) = filter.from {
-        query = query.filter(credit::Column::CreatedAt.gte(from));
-    }
-    if let Some(to) = filter.to {
-        query = query.filter(credit::Column::CreatedAt.lt(to));
-    }
-    let rows = query
-        .order_by_desc(credit::Column::Id)
-        .limit(first + 1)
-        .all(db)
-        .await?;
-    Ok(db::page(rows, first))
+    Ok(db::page(page, first))
 }
 
-/// `subscribed_feature`'s query: the plan feature, the subscription's period and the counter
-/// of the period that counts now (`limit::period_start_sql`).
-static FEATURE_SQL: db::PerBackend = db::PerBackend::new(|backend| {
+/// The plan feature `:feature` of a tenant's subscription, the subscription's period and the
+/// counter of the period that counts now (`limit::period_start_sql`), joined onto `from`,
+/// which names the subscription `ts`.
+fn feature_sql(backend: DatabaseBackend, columns: &str, from: &str, filter: &str) -> String {
     format!(
-        "SELECT ts.current_period_start, ts.current_period_end, pf.name, pf.title, pf.type, \
-         pf.value, cu.used FROM tenant_subscription ts \
+        "SELECT {columns}ts.tenant_id AS subscribed, ts.current_period_start, \
+         ts.current_period_end, pf.name, pf.title, pf.type, pf.value, cu.used FROM {from} \
          LEFT JOIN plan_feature pf ON pf.plan_id = ts.plan_id AND pf.name = :feature \
          LEFT JOIN credit_usage cu ON cu.tenant_id = ts.tenant_id AND cu.feature = pf.name \
          AND cu.period_start = {} \
-         WHERE ts.tenant_id = :tenant",
+         WHERE {filter}",
         period_start_sql(backend)
     )
+}
+
+/// `usage`'s query: the viewer's standing, the feature, and — only when the tenant's plan
+/// lacks it — the title some plan gives it.
+static FEATURE_SQL: db::PerBackend = db::PerBackend::new(|backend| {
+    feature_sql(
+        backend,
+        "tu.role AS viewer_role, CASE WHEN pf.name IS NULL THEN \
+         (SELECT a.title FROM plan_feature a WHERE a.name = :feature LIMIT 1) END AS any_title, ",
+        &format!("{STANDING} LEFT JOIN tenant_subscription ts ON ts.tenant_id = tu.tenant_id"),
+        "u.id = :user",
+    )
 });
+
+/// `subscribed_feature`'s query.
+static SUBSCRIBED_SQL: db::PerBackend = db::PerBackend::new(|backend| {
+    feature_sql(
+        backend,
+        "",
+        "tenant_subscription ts",
+        "ts.tenant_id = :tenant",
+    )
+});
+
+/// The value of the feature queries' parameter `name`.
+fn feature_value(
+    name: &str,
+    tenant_id: Uuid,
+    feature: &str,
+    now: DateTime<Utc>,
+) -> Option<sea_orm::Value> {
+    Some(match name {
+        "tenant" => tenant_id.into(),
+        "feature" => feature.into(),
+        "now" => now.into(),
+        "month" => Period::calendar_month(now).start.into(),
+        "lifetime" => Period::lifetime().start.into(),
+        _ => return None,
+    })
+}
 
 /// The tenant's plan's `feature`, with the subscription's current period and what is used in
 /// the period that counts now: one query.
@@ -167,20 +255,20 @@ pub(super) async fn subscribed_feature(
     feature: &str,
     now: DateTime<Utc>,
 ) -> Result<Option<PlanFeatureRow>, AppError> {
-    let now_month = Period::calendar_month(now).start;
-    let statement = FEATURE_SQL.get(conn.get_database_backend()).bind(|name| {
-        Some(match name {
-            "tenant" => tenant_id.into(),
-            "feature" => feature.into(),
-            "now" => now.into(),
-            "month" => now_month.into(),
-            "lifetime" => Period::lifetime().start.into(),
-            _ => return None,
-        })
-    })?;
-    let Some(row) = conn.query_one_raw(statement).await? else {
+    let statement = SUBSCRIBED_SQL
+        .get(conn.get_database_backend())
+        .bind(|name| feature_value(name, tenant_id, feature, now))?;
+    match conn.query_one_raw(statement).await? {
+        Some(row) => plan_feature_row(&row),
+        None => Ok(None),
+    }
+}
+
+/// A `feature_sql` row: `None` when the tenant has no subscription.
+fn plan_feature_row(row: &QueryResult) -> Result<Option<PlanFeatureRow>, AppError> {
+    if row.try_get::<Option<Uuid>>("", "subscribed")?.is_none() {
         return Ok(None);
-    };
+    }
     let period = (
         row.try_get("", "current_period_start")?,
         row.try_get("", "current_period_end")?,
@@ -198,7 +286,6 @@ pub(super) async fn subscribed_feature(
     };
     Ok(Some(PlanFeatureRow { period, feature }))
 }
-
 /// A tenant's subscription period and its plan's feature, as `subscribed_feature` reads them.
 pub(super) struct PlanFeatureRow {
     pub(super) period: (Option<DateTime<Utc>>, Option<DateTime<Utc>>),

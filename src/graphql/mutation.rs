@@ -36,7 +36,10 @@ async fn billing_access<'a>(
     AppError,
 > {
     let tenant_id = parse_id(tenant_id, "tenantId")?;
-    let user = auth::require_admin(&state.db.read, viewer(ctx), tenant_id).await?;
+    auth::require_admin(&state.db.read, viewer(ctx), tenant_id).await?;
+    let user = auth::me(&state.db.read, viewer(ctx))
+        .await?
+        .ok_or_else(|| viewer(ctx).user_gone())?;
     let client = state
         .stripe
         .as_ref()
@@ -112,12 +115,11 @@ impl Mutation {
         input: CreateTenantInput,
     ) -> async_graphql::Result<Tenant> {
         let state = state(ctx)?;
-        let owner = viewer(ctx).require().extend()?;
         let input = NewTenant {
             name: input.name,
             slug: input.slug,
         };
-        let tenant = tenants::create_tenant(&state.db, &state.config, owner, input)
+        let tenant = tenants::create_tenant(&state.db, &state.config, viewer(ctx), input)
             .await
             .extend()?;
         Ok(tenant.into())

@@ -60,16 +60,16 @@ impl Query {
     }
 
     /// The signed-in user; null when anonymous.
-    async fn me(&self, ctx: &Context<'_>) -> Option<User> {
-        viewer(ctx).user().cloned().map(User::from)
+    async fn me(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<User>> {
+        let me = auth::me(&state(ctx)?.db.read, viewer(ctx)).await.extend()?;
+        Ok(me.map(User::from))
     }
 
     /// A tenant you are a member of.
     async fn tenant(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Tenant>> {
-        let db = &state(ctx)?.db.read;
         let id = parse_id(&id, "id").extend()?;
-        auth::require_member(db, viewer(ctx), id).await.extend()?;
-        Ok(tenants::find(db, id).await.extend()?.map(Tenant::from))
+        let tenant = tenants::tenant(&state(ctx)?.db.read, viewer(ctx), id).await;
+        Ok(tenant.extend()?.map(Tenant::from))
     }
 
     /// A tenant's usage of one feature of its plan (default `credits`); null when no plan
@@ -82,13 +82,8 @@ impl Query {
     ) -> async_graphql::Result<Option<PlanFeatureUsage>> {
         let db = &state(ctx)?.db.read;
         let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
-        auth::require_member(db, viewer(ctx), tenant_id)
-            .await
-            .extend()?;
-        let usage = credits::usage(db, tenant_id, &feature, Utc::now())
-            .await
-            .extend()?;
-        Ok(usage.map(PlanFeatureUsage::from))
+        let usage = credits::usage(db, viewer(ctx), tenant_id, &feature, Utc::now()).await;
+        Ok(usage.extend()?.map(PlanFeatureUsage::from))
     }
 
     /// The tenant's credit ledger, newest first, `first` (at most 100) at a time. Members only.
@@ -115,10 +110,7 @@ impl Query {
             from: filter.from,
             to: filter.to,
         };
-        auth::require_member(db, viewer(ctx), tenant_id)
-            .await
-            .extend()?;
-        let (rows, more) = credits::history(db, tenant_id, first, after, &filter)
+        let (rows, more) = credits::history(db, viewer(ctx), tenant_id, first, after, &filter)
             .await
             .extend()?;
         let rows = rows
