@@ -9,19 +9,22 @@ mod tenancy;
 mod tokens;
 
 use std::sync::{
-    Arc,
+    Arc, LazyLock,
     atomic::{AtomicBool, Ordering},
 };
 
 use entity::user;
-use sea_orm::{ConnectionTrait, EntityTrait, prelude::Uuid};
+use sea_orm::{ConnectionTrait, prelude::Uuid};
 
 pub use accounts::{SignUp, find_by_email, normalize_email, sign_in, sign_up};
 pub use hashing::Hasher;
-pub use tenancy::{STANDING, require_admin, require_member, standing, visible_project};
+pub use tenancy::{STANDING, require_admin, require_member, standing_of, visible_project};
 pub use tokens::Keys;
 
-use crate::{db, error::AppError};
+use crate::{
+    db::{Database, PerBackend, Shape},
+    error::AppError,
+};
 use tokens::Identity;
 
 /// The caller of one request: nobody, or the user a verified token names. The token is
@@ -112,19 +115,18 @@ pub async fn authenticate(
 
 /// The signed-in user's row; `None` when anonymous, `UNAUTHENTICATED` when the token's user
 /// is gone. One query.
-pub async fn me(
-    db: &impl ConnectionTrait,
-    viewer: &Viewer,
-) -> Result<Option<user::Model>, AppError> {
+pub async fn me(db: &Database, viewer: &Viewer) -> Result<Option<user::Model>, AppError> {
+    static SQL: PerBackend =
+        PerBackend::new(|_| "SELECT * FROM \"user\" WHERE id = :user".to_owned());
+    static SHAPE: LazyLock<Shape> = LazyLock::new(Shape::of::<user::Entity>);
     let Some(id) = viewer.id() else {
         return Ok(None);
     };
-    // Raw, without sea-orm's `LIMIT ?` (the key is unique): a bound LIMIT made SQLite
-    // re-prepare the statement on every request.
-    let sql = "SELECT * FROM \"user\" WHERE id = $1";
-    let user = user::Entity::find()
-        .from_raw_sql(db::statement(db.get_database_backend(), sql, [id.into()]))
-        .one(db)
-        .await?;
-    user.map(Some).ok_or_else(|| viewer.user_gone())
+    let statement = SQL
+        .get(db.backend())
+        .bind(|name| (name == "user").then(|| id.into()))?;
+    match db.query_one(&statement, &SHAPE).await? {
+        Some(row) => Ok(Some(row.model::<user::Entity>()?)),
+        None => Err(viewer.user_gone()),
+    }
 }

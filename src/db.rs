@@ -1,10 +1,22 @@
-//! Database connections. On SQLite, which allows one writer, every write transaction goes
-//! through a single writer connection (so guards queue in-process instead of failing with
-//! SQLITE_BUSY) while reads use a pool; on Postgres both are the same pool.
+//! Database connections. The request path's reads go through `Database::query`: on SQLite on
+//! the request's own thread (`sqlite`), on PostgreSQL on connections of our own (`postgres`) —
+//! one round trip each. Everything else uses sea-orm: on SQLite, which allows one writer,
+//! every write transaction goes through a single writer connection (so guards queue in-process
+//! instead of failing with SQLITE_BUSY) while reads use a pool; on PostgreSQL both are the
+//! same pool. Every round trip — a statement, BEGIN, COMMIT, the pool's ping when it takes a
+//! connection back — is counted (`round_trips`, `tollgate_db_round_trips_total`).
+
+mod postgres;
+mod sql;
+mod sqlite;
+
+pub use sql::{PerBackend, Sql};
+pub use sqlite::Shape;
 
 use std::{
+    str::FromStr,
     sync::{
-        Arc, OnceLock,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -12,9 +24,11 @@ use std::{
 
 use anyhow::Context;
 use sea_orm::{
-    ConnectOptions, DatabaseBackend, DatabaseConnection, DatabaseTransaction, DbErr, RuntimeErr,
-    SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
-    sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
+    ActiveModelTrait, ConnectOptions, DatabaseBackend, DatabaseConnection, DatabaseTransaction,
+    DbErr, EntityTrait, FromQueryResult, Iterable, QueryResult, RuntimeErr, SqliteTransactionMode,
+    Statement, TransactionOptions, TransactionTrait, TryGetable, TryIntoModel,
+    sea_query::ValueType,
+    sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
 };
 
 use crate::config::Config;
@@ -25,31 +39,88 @@ pub struct Database {
     pub read: DatabaseConnection,
     /// For write transactions: on SQLite one connection, on Postgres the same pool as `read`.
     pub write: DatabaseConnection,
-    statements: Arc<AtomicU64>,
+    /// The request path's reads.
+    readers: Arc<Readers>,
+    counts: Arc<Counts>,
+}
+
+enum Readers {
+    Sqlite(sqlite::Readers),
+    Postgres(Box<postgres::Readers>),
+}
+
+#[derive(Default)]
+struct Counts {
+    statements: AtomicU64,
+    round_trips: AtomicU64,
+}
+
+impl Counts {
+    fn trip(&self, statements: u64, round_trips: u64) {
+        self.statements.fetch_add(statements, Ordering::Relaxed);
+        self.round_trips.fetch_add(round_trips, Ordering::Relaxed);
+    }
 }
 
 impl Database {
     pub async fn connect(config: &Config) -> anyhow::Result<Self> {
-        let statements = Arc::new(AtomicU64::new(0));
+        let counts = Arc::new(Counts::default());
         let settings = &config.database;
-        let (read, write) = if config.is_sqlite() {
-            let read = open(config, settings.max_connections, &statements).await?;
-            let write = open(config, 1, &statements).await?;
-            (read, write)
+        let (read, write, readers) = if config.is_sqlite() {
+            let read = open(config, settings.max_connections, &counts).await?;
+            let write = open(config, 1, &counts).await?;
+            let path = SqliteConnectOptions::from_str(&config.database_url)
+                .context("the SQLite URL")?
+                .get_filename()
+                .to_owned();
+            let busy_timeout = Duration::from_millis(settings.sqlite_busy_timeout_ms);
+            let readers = Readers::Sqlite(sqlite::Readers::new(path, busy_timeout));
+            (read, write, readers)
         } else {
-            let pool = open(config, settings.max_connections, &statements).await?;
-            (pool.clone(), pool)
+            let pool = open(config, settings.max_connections, &counts).await?;
+            let readers = postgres::Readers::new(&config.database_url, settings.max_connections)?;
+            (pool.clone(), pool, Readers::Postgres(Box::new(readers)))
         };
         Ok(Database {
             read,
             write,
-            statements,
+            readers: Arc::new(readers),
+            counts,
         })
+    }
+
+    /// One read of the request path, in one round trip; its rows (on SQLite typed by
+    /// `shape`; PostgreSQL's rows carry their types).
+    pub async fn query(&self, statement: &Statement, shape: &Shape) -> Result<Vec<Row>, DbErr> {
+        self.counts.trip(1, 1);
+        match &*self.readers {
+            Readers::Sqlite(readers) => readers.query(statement, shape),
+            Readers::Postgres(readers) => readers.query(statement).await,
+        }
+    }
+
+    pub fn backend(&self) -> DatabaseBackend {
+        self.write.get_database_backend()
+    }
+
+    /// `query`'s first row.
+    pub async fn query_one(
+        &self,
+        statement: &Statement,
+        shape: &Shape,
+    ) -> Result<Option<Row>, DbErr> {
+        Ok(self.query(statement, shape).await?.into_iter().next())
     }
 
     /// How many SQL statements this process has sent (for tests and metrics).
     pub fn statements(&self) -> u64 {
-        self.statements.load(Ordering::Relaxed)
+        self.counts.statements.load(Ordering::Relaxed)
+    }
+
+    /// How many round trips to the database this process has made: statements, BEGINs,
+    /// COMMITs and the pool's pings (for tests and metrics).
+    pub fn round_trips(&self) -> u64 {
+        self.counts.round_trips.load(Ordering::Relaxed)
     }
 
     /// A round trip to the database, for readiness checks.
@@ -61,12 +132,61 @@ impl Database {
     /// lock from its first statement (another process's writer makes it wait, up to the busy
     /// timeout, instead of failing mid-transaction); a plain `BEGIN` on Postgres.
     pub async fn begin_write(&self) -> Result<DatabaseTransaction, DbErr> {
+        // BEGIN, and the COMMIT or ROLLBACK that will end it.
+        self.counts.trip(0, 2);
         self.write
             .begin_with_options(TransactionOptions {
                 sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
                 ..TransactionOptions::default()
             })
             .await
+    }
+}
+
+/// One row of a request-path read: as PostgreSQL's driver gave it, or SQLite's values typed by
+/// the query's `Shape`. Read it by column name, or as an entity's model.
+#[derive(Debug)]
+pub enum Row {
+    Postgres(QueryResult),
+    Sqlite(std::collections::BTreeMap<String, sea_orm::Value>),
+}
+
+impl Row {
+    /// Column `name`.
+    pub fn get<T: TryGetable + ValueType>(&self, name: &str) -> Result<T, DbErr> {
+        match self {
+            Row::Postgres(row) => row.try_get("", name),
+            Row::Sqlite(values) => {
+                let value = values
+                    .get(name)
+                    .ok_or_else(|| DbErr::Type(format!("no column {name}")))?;
+                T::try_from(value.clone())
+                    .map_err(|_| DbErr::Type(format!("column {name}: unexpected {value:?}")))
+            }
+        }
+    }
+
+    /// The row as a model of entity `E` (its columns by name; others are ignored).
+    pub fn model<E>(&self) -> Result<E::Model, DbErr>
+    where
+        E: EntityTrait,
+        E::Model: FromQueryResult,
+        E::ActiveModel: ActiveModelTrait<Entity = E> + TryIntoModel<E::Model>,
+    {
+        match self {
+            Row::Postgres(row) => E::Model::from_query_result(row, ""),
+            Row::Sqlite(values) => {
+                let mut model = <E::ActiveModel as ActiveModelTrait>::default();
+                for column in E::Column::iter() {
+                    let name = sea_orm::IdenStatic::as_str(&column);
+                    let value = values
+                        .get(name)
+                        .ok_or_else(|| DbErr::Type(format!("no column {name}")))?;
+                    model.try_set(column, value.clone())?;
+                }
+                model.try_into_model()
+            }
+        }
     }
 }
 
@@ -82,122 +202,6 @@ pub fn statement(
         _ => sql.replace('$', "?"),
     };
     Statement::from_sql_and_values(backend, sql, values)
-}
-
-/// SQL written once with named parameters (`:tenant`, `:now`; a name may repeat), turned
-/// into `backend`'s numbered ones (`$1` on Postgres, `?1` on SQLite): each name gets the number
-/// of its first appearance. Build it once; bind it per call.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Sql {
-    backend: DatabaseBackend,
-    text: String,
-    /// The parameter names, in number order.
-    names: Vec<String>,
-}
-
-impl Sql {
-    pub fn new(backend: DatabaseBackend, named: &str) -> Self {
-        let sign = match backend {
-            DatabaseBackend::Postgres => '$',
-            _ => '?',
-        };
-        let mut text = String::with_capacity(named.len());
-        let mut names: Vec<String> = Vec::new();
-        let mut chars = named.char_indices().peekable();
-        let mut quoted = false;
-        while let Some((i, c)) = chars.next() {
-            let starts_name = !quoted
-                && c == ':'
-                && !named[..i].ends_with(':')
-                && chars
-                    .peek()
-                    .is_some_and(|&(_, n)| n.is_ascii_lowercase() || n == '_');
-            if !starts_name {
-                quoted ^= c == '\'';
-                text.push(c);
-                continue;
-            }
-            let mut name = String::new();
-            while let Some(&(_, n)) = chars.peek() {
-                if !(n.is_ascii_alphanumeric() || n == '_') {
-                    break;
-                }
-                name.push(n);
-                chars.next();
-            }
-            let number = match names.iter().position(|known| *known == name) {
-                Some(at) => at + 1,
-                None => {
-                    names.push(name);
-                    names.len()
-                }
-            };
-            text.push(sign);
-            text.push_str(&number.to_string());
-        }
-        Sql {
-            backend,
-            text,
-            names,
-        }
-    }
-
-    /// The statement as the database sees it.
-    pub fn text(&self) -> &str {
-        &self.text
-    }
-
-    /// The parameter names, in number order.
-    pub fn names(&self) -> &[String] {
-        &self.names
-    }
-
-    /// The statement with each parameter bound to `value(name)`; an error names a parameter
-    /// `value` does not know.
-    pub fn bind(
-        &self,
-        mut value: impl FnMut(&str) -> Option<sea_orm::Value>,
-    ) -> Result<Statement, DbErr> {
-        let values = self
-            .names
-            .iter()
-            .map(|name| {
-                value(name)
-                    .ok_or_else(|| DbErr::Custom(format!("SQL parameter :{name} is not bound")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Statement::from_sql_and_values(
-            self.backend,
-            self.text.clone(),
-            values,
-        ))
-    }
-}
-
-/// A statement whose text is a constant of the code, built the first time each dialect needs
-/// it (a `static`: it never changes once built).
-pub struct PerBackend {
-    build: fn(DatabaseBackend) -> String,
-    postgres: OnceLock<Sql>,
-    sqlite: OnceLock<Sql>,
-}
-
-impl PerBackend {
-    pub const fn new(build: fn(DatabaseBackend) -> String) -> Self {
-        PerBackend {
-            build,
-            postgres: OnceLock::new(),
-            sqlite: OnceLock::new(),
-        }
-    }
-
-    pub fn get(&self, backend: DatabaseBackend) -> &Sql {
-        let cell = match backend {
-            DatabaseBackend::Postgres => &self.postgres,
-            _ => &self.sqlite,
-        };
-        cell.get_or_init(|| Sql::new(backend, &(self.build)(backend)))
-    }
 }
 
 /// A keyset page from `first + 1` rows read: the first `first`, and whether more follow.
@@ -230,7 +234,7 @@ pub fn is_transient(err: &DbErr) -> bool {
 async fn open(
     config: &Config,
     max_connections: u32,
-    statements: &Arc<AtomicU64>,
+    counts: &Arc<Counts>,
 ) -> anyhow::Result<DatabaseConnection> {
     let settings = &config.database;
     let busy_timeout = Duration::from_millis(settings.sqlite_busy_timeout_ms);
@@ -249,45 +253,27 @@ async fn open(
                 .busy_timeout(busy_timeout)
                 .foreign_keys(true)
         });
+    // sqlx pings every connection its pool takes back, right after this hook: a round trip.
+    let released = Arc::clone(counts);
+    options.map_sqlx_sqlite_pool_opts(move |o| {
+        let released = Arc::clone(&released);
+        o.after_release(move |_, _| {
+            released.trip(0, 1);
+            Box::pin(async { Ok(true) })
+        })
+    });
+    let released = Arc::clone(counts);
+    options.map_sqlx_postgres_pool_opts(move |o| {
+        let released = Arc::clone(&released);
+        o.after_release(move |_, _| {
+            released.trip(0, 1);
+            Box::pin(async { Ok(true) })
+        })
+    });
     let mut conn = sea_orm::Database::connect(options)
         .await
         .context("cannot connect to the database")?;
-    let counter = Arc::clone(statements);
-    conn.set_metric_callback(move |_| {
-        counter.fetch_add(1, Ordering::Relaxed);
-    });
+    let counter = Arc::clone(counts);
+    conn.set_metric_callback(move |_| counter.trip(1, 1));
     Ok(conn)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn named_parameters_are_numbered_by_first_appearance_outside_quotes() {
-        let named = "SELECT :b, ':not_a_param', :a, :b, x::text, strftime('%H:%M', :a_2)";
-        let pg = Sql::new(DatabaseBackend::Postgres, named);
-        assert_eq!(
-            pg.text(),
-            "SELECT $1, ':not_a_param', $2, $1, x::text, strftime('%H:%M', $3)"
-        );
-        assert_eq!(pg.names(), ["b", "a", "a_2"]);
-        let sqlite = Sql::new(DatabaseBackend::Sqlite, named);
-        assert!(
-            sqlite
-                .text()
-                .starts_with("SELECT ?1, ':not_a_param', ?2, ?1")
-        );
-    }
-
-    #[test]
-    fn binding_fails_when_a_named_parameter_has_no_value() {
-        let sql = Sql::new(DatabaseBackend::Postgres, "SELECT :known, :unknown");
-        let err = sql
-            .bind(|name| (name == "known").then(|| 1i64.into()))
-            .unwrap_err();
-        assert!(err.to_string().contains(":unknown"), "{err}");
-        let ok = sql.bind(|_| Some(1i64.into())).unwrap();
-        assert_eq!(ok.values.map(|v| v.0.len()), Some(2));
-    }
 }

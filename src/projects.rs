@@ -86,7 +86,7 @@ pub async fn create_project(
     };
     let key = check_idempotency_key(input.idempotency_key)?;
     let user_id = viewer.require()?;
-    auth::require_member(&db.read, viewer, tenant_id).await?;
+    auth::require_member(db, viewer, tenant_id).await?;
     let project = project::Model {
         id: Uuid::now_v7(),
         tenant_id,
@@ -141,7 +141,7 @@ pub async fn create_task(
     let key = check_idempotency_key(input.idempotency_key)?;
     let user_id = viewer.require()?;
     // A project of a tenant the viewer is not in is as absent as one that does not exist.
-    let project = auth::visible_project(&db.read, viewer, project_id)
+    let project = auth::visible_project(db, viewer, project_id)
         .await?
         .ok_or(AppError::NotFound("project"))?;
     let task = task::Model {

@@ -1,17 +1,19 @@
 //! Tenants (workspaces) and their members. A new tenant's creator becomes its OWNER and the
 //! tenant is subscribed to the default plan, in one transaction.
 
+use std::sync::LazyLock;
+
 use chrono::Utc;
 use entity::{tenant, tenant_user};
 use sea_orm::{
-    ActiveValue::Set, ConnectionTrait, EntityTrait, FromQueryResult, PaginatorTrait, QueryFilter,
-    QueryOrder, prelude::*,
+    ActiveValue::Set, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    prelude::*,
 };
 
 use crate::{
     auth::{self, STANDING, Viewer},
     config::Config,
-    db::{self, Database, PerBackend},
+    db::{self, Database, PerBackend, Shape},
     error::AppError,
     plans,
 };
@@ -119,7 +121,7 @@ pub async fn find(
 /// The tenant `tenant_id`, for a member of it (`auth::standing`): one query, the viewer's
 /// check included.
 pub async fn tenant(
-    db: &impl ConnectionTrait,
+    db: &Database,
     viewer: &Viewer,
     tenant_id: Uuid,
 ) -> Result<Option<tenant::Model>, AppError> {
@@ -130,20 +132,17 @@ pub async fn tenant(
         )
     });
     let user_id = viewer.require()?;
-    let statement = SQL.get(db.get_database_backend()).bind(|name| match name {
+    static SHAPE: LazyLock<Shape> = LazyLock::new(Shape::of::<tenant::Entity>);
+    let statement = SQL.get(db.backend()).bind(|name| match name {
         "tenant" => Some(tenant_id.into()),
         "user" => Some(user_id.into()),
         _ => None,
     })?;
-    let row = db.query_one_raw(statement).await?;
-    let found = match &row {
-        Some(row) => Some(row.try_get::<Option<Role>>("", "viewer_role")?),
-        None => None,
-    };
-    auth::standing(viewer, found)?;
+    let row = db.query_one(&statement, &SHAPE).await?;
+    auth::standing_of(viewer, row.as_ref())?;
     match row {
-        Some(row) if row.try_get::<Option<Uuid>>("", "id")?.is_some() => {
-            Ok(Some(tenant::Model::from_query_result(&row, "")?))
+        Some(row) if row.get::<Option<Uuid>>("id")?.is_some() => {
+            Ok(Some(row.model::<tenant::Entity>()?))
         }
         _ => Ok(None),
     }

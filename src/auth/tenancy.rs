@@ -2,11 +2,16 @@
 //! request — in the same query as what the request reads (`STANDING`), so that a read costs
 //! one call. Never cached in the process.
 
+use std::sync::LazyLock;
+
 use entity::{project, tenant_user::Role};
-use sea_orm::{ConnectionTrait, FromQueryResult, QueryResult, prelude::*};
+use sea_orm::prelude::*;
 
 use super::Viewer;
-use crate::{db::PerBackend, error::AppError};
+use crate::{
+    db::{Database, PerBackend, Row, Shape},
+    error::AppError,
+};
 
 /// The FROM clause of a query that checks the viewer in the same call: `u` is the token's
 /// user, `tu` its membership of `:tenant` (null when it is not a member). With `WHERE u.id =
@@ -29,20 +34,20 @@ pub fn standing(viewer: &Viewer, found: Option<Option<Role>>) -> Result<Role, Ap
 
 /// The viewer's role in `tenant_id` (see `standing`): one query.
 pub async fn require_member(
-    db: &impl ConnectionTrait,
+    db: &Database,
     viewer: &Viewer,
     tenant_id: Uuid,
 ) -> Result<Role, AppError> {
     static SQL: PerBackend =
         PerBackend::new(|_| format!("SELECT tu.role FROM {STANDING} WHERE u.id = :user"));
     let user_id = viewer.require()?;
-    let statement = SQL.get(db.get_database_backend()).bind(|name| match name {
+    let statement = SQL.get(db.backend()).bind(|name| match name {
         "tenant" => Some(tenant_id.into()),
         "user" => Some(user_id.into()),
         _ => None,
     })?;
-    let found = match db.query_one_raw(statement).await? {
-        Some(row) => Some(row.try_get::<Option<Role>>("", "role")?),
+    let found = match db.query_one(&statement, &Shape::default()).await? {
+        Some(row) => Some(row.get::<Option<Role>>("role")?),
         None => None,
     };
     standing(viewer, found)
@@ -50,7 +55,7 @@ pub async fn require_member(
 
 /// The viewer's id if they are an OWNER or ADMIN of `tenant_id`; `FORBIDDEN` otherwise.
 pub async fn require_admin(
-    db: &impl ConnectionTrait,
+    db: &Database,
     viewer: &Viewer,
     tenant_id: Uuid,
 ) -> Result<Uuid, AppError> {
@@ -63,7 +68,7 @@ pub async fn require_admin(
 /// The project `project_id` if the viewer is a member of its tenant: one query. `None` for a
 /// project of a tenant the viewer is not in, as for one that does not exist.
 pub async fn visible_project(
-    db: &impl ConnectionTrait,
+    db: &Database,
     viewer: &Viewer,
     project_id: Uuid,
 ) -> Result<Option<project::Model>, AppError> {
@@ -75,22 +80,27 @@ pub async fn visible_project(
             .to_owned()
     });
     let user_id = viewer.require()?;
-    let statement = SQL.get(db.get_database_backend()).bind(|name| match name {
+    static SHAPE: LazyLock<Shape> = LazyLock::new(Shape::of::<project::Entity>);
+    let statement = SQL.get(db.backend()).bind(|name| match name {
         "project" => Some(project_id.into()),
         "user" => Some(user_id.into()),
         _ => None,
     })?;
-    let Some(row) = db.query_one_raw(statement).await? else {
+    let Some(row) = db.query_one(&statement, &SHAPE).await? else {
         return Err(viewer.user_gone());
     };
-    member_row(&row)
-}
-
-/// The row of a `STANDING`-style query's entity, when the viewer's role (`viewer_role`) says
-/// it may be seen.
-fn member_row<M: FromQueryResult>(row: &QueryResult) -> Result<Option<M>, AppError> {
-    match row.try_get::<Option<Role>>("", "viewer_role")? {
-        Some(_) => Ok(Some(M::from_query_result(row, "")?)),
+    match row.get::<Option<Role>>("viewer_role")? {
+        Some(_) => Ok(Some(row.model::<project::Entity>()?)),
         None => Ok(None),
     }
+}
+
+/// The viewer's role from the `viewer_role` column of a `STANDING` query's first row (see
+/// `standing`).
+pub fn standing_of(viewer: &Viewer, row: Option<&Row>) -> Result<Role, AppError> {
+    let found = match row {
+        Some(row) => Some(row.get::<Option<Role>>("viewer_role")?),
+        None => None,
+    };
+    standing(viewer, found)
 }

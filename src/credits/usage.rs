@@ -1,9 +1,11 @@
 //! What a tenant has used and spent: its usage of a plan feature (one counter row, O(1)) and
 //! its ledger, paged by keyset (O(page), whatever the depth).
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Datelike, Utc};
-use entity::{credit, tenant_user::Role};
-use sea_orm::{ConnectionTrait, DatabaseBackend, FromQueryResult, QueryResult, prelude::*};
+use entity::credit;
+use sea_orm::{ColumnType, ConnectionTrait, DatabaseBackend, prelude::*};
 
 use super::{
     FeatureLimitType, Period,
@@ -11,7 +13,7 @@ use super::{
 };
 use crate::{
     auth::{self, STANDING, Viewer},
-    db::{self, Sql},
+    db::{self, Database, Row, Shape, Sql},
     error::AppError,
 };
 
@@ -44,25 +46,19 @@ impl FeatureUsage {
 /// when no plan defines the feature. One query — the viewer's user and membership, plan,
 /// period and counter row: the cost does not grow with the ledger.
 pub async fn usage(
-    db: &impl ConnectionTrait,
+    db: &Database,
     viewer: &Viewer,
     tenant_id: Uuid,
     feature: &str,
     now: DateTime<Utc>,
 ) -> Result<Option<FeatureUsage>, AppError> {
     let user_id = viewer.require()?;
-    let statement = FEATURE_SQL
-        .get(db.get_database_backend())
-        .bind(|name| match name {
-            "user" => Some(user_id.into()),
-            name => feature_value(name, tenant_id, feature, now),
-        })?;
-    let row = db.query_one_raw(statement).await?;
-    let found = match &row {
-        Some(row) => Some(row.try_get::<Option<Role>>("", "viewer_role")?),
-        None => None,
-    };
-    auth::standing(viewer, found)?;
+    let statement = FEATURE_SQL.get(db.backend()).bind(|name| match name {
+        "user" => Some(user_id.into()),
+        name => feature_value(name, tenant_id, feature, now),
+    })?;
+    let row = db.query_one(&statement, &FEATURE_SHAPE).await?;
+    auth::standing_of(viewer, row.as_ref())?;
     let Some(row) = row else {
         return Err(viewer.user_gone());
     };
@@ -72,7 +68,7 @@ pub async fn usage(
     }) = plan_feature_row(&row)?
     else {
         // The tenant's plan lacks it: not included, if any plan has it.
-        let Some(title) = row.try_get::<Option<String>>("", "any_title")? else {
+        let Some(title) = row.get::<Option<String>>("any_title")? else {
             return Ok(None);
         };
         return Ok(Some(FeatureUsage {
@@ -127,7 +123,7 @@ pub struct HistoryFilter {
 /// of a page does not depend on how deep it is), for a member of it (`auth::standing`). The
 /// bool says whether more follow. One query, the viewer's check included.
 pub async fn history(
-    db: &impl ConnectionTrait,
+    db: &Database,
     viewer: &Viewer,
     tenant_id: Uuid,
     first: u64,
@@ -156,7 +152,7 @@ pub async fn history(
     }
     // The page size is a literal (at most 101 texts): a bound LIMIT makes SQLite re-prepare.
     let sql = Sql::new(
-        db.get_database_backend(),
+        db.backend(),
         &format!(
             "SELECT tu.role AS viewer_role, c.* FROM {STANDING} \
              LEFT JOIN (SELECT * FROM credit WHERE tenant_id = :tenant{conditions} \
@@ -177,16 +173,13 @@ pub async fn history(
             _ => return None,
         })
     })?;
-    let rows = db.query_all_raw(statement).await?;
-    let found = match rows.first() {
-        Some(row) => Some(row.try_get::<Option<Role>>("", "viewer_role")?),
-        None => None,
-    };
-    auth::standing(viewer, found)?;
+    static SHAPE: LazyLock<Shape> = LazyLock::new(Shape::of::<credit::Entity>);
+    let rows = db.query(&statement, &SHAPE).await?;
+    auth::standing_of(viewer, rows.first())?;
     let mut page = Vec::with_capacity(rows.len());
     for row in &rows {
-        if row.try_get::<Option<Uuid>>("", "id")?.is_some() {
-            page.push(credit::Model::from_query_result(row, "")?);
+        if row.get::<Option<Uuid>>("id")?.is_some() {
+            page.push(row.model::<credit::Entity>()?);
         }
     }
     Ok(db::page(page, first))
@@ -217,6 +210,16 @@ static FEATURE_SQL: db::PerBackend = db::PerBackend::new(|backend| {
         &format!("{STANDING} LEFT JOIN tenant_subscription ts ON ts.tenant_id = tu.tenant_id"),
         "u.id = :user",
     )
+});
+
+/// The types of `feature_sql`'s columns, for SQLite.
+static FEATURE_SHAPE: LazyLock<Shape> = LazyLock::new(|| {
+    Shape::default()
+        .with("subscribed", ColumnType::Uuid)
+        .with("current_period_start", ColumnType::TimestampWithTimeZone)
+        .with("current_period_end", ColumnType::TimestampWithTimeZone)
+        .with("value", ColumnType::BigInteger)
+        .with("used", ColumnType::BigInteger)
 });
 
 /// `subscribed_feature`'s query.
@@ -259,28 +262,28 @@ pub(super) async fn subscribed_feature(
         .get(conn.get_database_backend())
         .bind(|name| feature_value(name, tenant_id, feature, now))?;
     match conn.query_one_raw(statement).await? {
-        Some(row) => plan_feature_row(&row),
+        Some(row) => plan_feature_row(&Row::Postgres(row)),
         None => Ok(None),
     }
 }
 
 /// A `feature_sql` row: `None` when the tenant has no subscription.
-fn plan_feature_row(row: &QueryResult) -> Result<Option<PlanFeatureRow>, AppError> {
-    if row.try_get::<Option<Uuid>>("", "subscribed")?.is_none() {
+fn plan_feature_row(row: &Row) -> Result<Option<PlanFeatureRow>, AppError> {
+    if row.get::<Option<Uuid>>("subscribed")?.is_none() {
         return Ok(None);
     }
     let period = (
-        row.try_get("", "current_period_start")?,
-        row.try_get("", "current_period_end")?,
+        row.get("current_period_start")?,
+        row.get("current_period_end")?,
     );
-    let name: Option<String> = row.try_get("", "name")?;
+    let name: Option<String> = row.get("name")?;
     let feature = match name {
         Some(name) => Some(Feature {
             name,
-            title: row.try_get("", "title")?,
-            kind: row.try_get("", "type")?,
-            value: row.try_get("", "value")?,
-            used: row.try_get::<Option<i64>>("", "used")?.unwrap_or(0),
+            title: row.get("title")?,
+            kind: row.get("type")?,
+            value: row.get("value")?,
+            used: row.get::<Option<i64>>("used")?.unwrap_or(0),
         }),
         None => None,
     };

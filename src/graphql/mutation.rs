@@ -36,8 +36,8 @@ async fn billing_access<'a>(
     AppError,
 > {
     let tenant_id = parse_id(tenant_id, "tenantId")?;
-    auth::require_admin(&state.db.read, viewer(ctx), tenant_id).await?;
-    let user = auth::me(&state.db.read, viewer(ctx))
+    auth::require_admin(&state.db, viewer(ctx), tenant_id).await?;
+    let user = auth::me(&state.db, viewer(ctx))
         .await?
         .ok_or_else(|| viewer(ctx).user_gone())?;
     let client = state

@@ -61,14 +61,14 @@ impl Query {
 
     /// The signed-in user; null when anonymous.
     async fn me(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<User>> {
-        let me = auth::me(&state(ctx)?.db.read, viewer(ctx)).await.extend()?;
+        let me = auth::me(&state(ctx)?.db, viewer(ctx)).await.extend()?;
         Ok(me.map(User::from))
     }
 
     /// A tenant you are a member of.
     async fn tenant(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Tenant>> {
         let id = parse_id(&id, "id").extend()?;
-        let tenant = tenants::tenant(&state(ctx)?.db.read, viewer(ctx), id).await;
+        let tenant = tenants::tenant(&state(ctx)?.db, viewer(ctx), id).await;
         Ok(tenant.extend()?.map(Tenant::from))
     }
 
@@ -80,7 +80,7 @@ impl Query {
         tenant_id: ID,
         #[graphql(default = "credits")] feature: String,
     ) -> async_graphql::Result<Option<PlanFeatureUsage>> {
-        let db = &state(ctx)?.db.read;
+        let db = &state(ctx)?.db;
         let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
         let usage = credits::usage(db, viewer(ctx), tenant_id, &feature, Utc::now()).await;
         Ok(usage.extend()?.map(PlanFeatureUsage::from))
@@ -96,7 +96,7 @@ impl Query {
         after: Option<String>,
         filter: Option<CreditHistoryFilter>,
     ) -> async_graphql::Result<CreditConnection> {
-        let db = &state(ctx)?.db.read;
+        let db = &state(ctx)?.db;
         let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
         let (first, after) = page(first, after.as_deref()).extend()?;
         let filter = filter.unwrap_or_default();
@@ -132,13 +132,13 @@ impl Query {
         #[graphql(default = 20)] first: Option<i32>,
         after: Option<String>,
     ) -> async_graphql::Result<UsageReportConnection> {
-        let db = &state(ctx)?.db.read;
+        let db = &state(ctx)?.db;
         let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
         let (first, after) = page(first, after.as_deref()).extend()?;
         auth::require_admin(db, viewer(ctx), tenant_id)
             .await
             .extend()?;
-        let (rows, more) = billing::outbox::reports(db, tenant_id, first, after)
+        let (rows, more) = billing::outbox::reports(&db.read, tenant_id, first, after)
             .await
             .extend()?;
         let rows = rows

@@ -1,0 +1,85 @@
+//! PostgreSQL reads on connections of our own (sqlx, without its pool): one network round
+//! trip per read. sqlx's pool pings every connection it takes back — a second round trip per
+//! request — and sea-orm runs on that pool; the request path's reads come here instead. Each
+//! connection keeps its prepared statements.
+
+use std::sync::{Mutex, PoisonError};
+
+use sea_orm::{DbErr, QueryResult, Statement};
+use sea_query_sqlx::SqlxValues;
+use sqlx::{
+    AssertSqlSafe, Connection,
+    postgres::{PgConnectOptions, PgConnection},
+};
+use tokio::sync::Semaphore;
+
+use super::Row;
+
+/// Up to `max` connections to one database, opened as needed.
+pub struct Readers {
+    options: PgConnectOptions,
+    permits: Semaphore,
+    idle: Mutex<Vec<PgConnection>>,
+}
+
+impl Readers {
+    pub fn new(url: &str, max: u32) -> Result<Self, DbErr> {
+        let options: PgConnectOptions = url
+            .parse()
+            .map_err(|e| DbErr::Conn(sea_orm::RuntimeErr::Internal(format!("{e}"))))?;
+        Ok(Readers {
+            options,
+            permits: Semaphore::new(usize::try_from(max.max(1)).unwrap_or(1)),
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Runs one statement: one round trip.
+    pub async fn query(&self, statement: &Statement) -> Result<Vec<Row>, DbErr> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| DbErr::Custom("the reader connections are closed".to_owned()))?;
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let mut conn = match idle {
+            Some(conn) => conn,
+            None => PgConnection::connect_with(&self.options)
+                .await
+                .map_err(|e| DbErr::Conn(sea_orm::RuntimeErr::Internal(e.to_string())))?,
+        };
+        let values = statement
+            .values
+            .clone()
+            .unwrap_or(sea_orm::Values(Vec::new()));
+        let rows = sqlx::query_with(AssertSqlSafe(statement.sql.as_str()), SqlxValues(values))
+            .fetch_all(&mut conn)
+            .await;
+        match rows {
+            Ok(rows) => {
+                self.idle
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(conn);
+                Ok(rows
+                    .into_iter()
+                    .map(|row| Row::Postgres(QueryResult::from(row)))
+                    .collect())
+            }
+            // The statement's own error leaves the connection usable; anything else (I/O, the
+            // protocol) and it is dropped, to be replaced on a later read.
+            Err(sqlx::Error::Database(e)) => {
+                self.idle
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(conn);
+                Err(DbErr::Query(sea_orm::RuntimeErr::Internal(e.to_string())))
+            }
+            Err(e) => Err(DbErr::Query(sea_orm::RuntimeErr::Internal(e.to_string()))),
+        }
+    }
+}

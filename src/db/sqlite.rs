@@ -1,0 +1,276 @@
+//! SQLite reads on the request's own thread (rusqlite): a read costs no hand-off to a
+//! connection thread, where sqlx-sqlite costs one per statement and one more per return to
+//! its pool. Connections are kept idle between reads and opened as needed — a read never
+//! awaits while it holds one, so there are at most as many as threads reading at once.
+//!
+//! Values are bound and read back exactly as sqlx-sqlite writes them (UUIDs as 16-byte blobs,
+//! times as RFC 3339 text, booleans as integers), so both drivers share one database file.
+//! Rows come back as `Row`s of sea-orm values typed by a `Shape`: the same decoding code
+//! serves both databases.
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{Mutex, PoisonError},
+    time::Duration,
+};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{
+    Connection, OpenFlags,
+    types::{Value as Sqlite, ValueRef},
+};
+use sea_orm::{
+    ColumnTrait, ColumnType, DbErr, EntityTrait, IdenStatic, Iterable, Statement, Value,
+};
+use uuid::Uuid;
+
+use super::Row;
+
+/// Statements each connection keeps prepared (the hot reads, and `creditHistory`'s variants).
+const PREPARED: usize = 256;
+
+/// The column types of a query's result, by name, to read SQLite's values back as the types
+/// sea-orm decodes. Columns not named here are read by their storage class.
+#[derive(Clone, Debug, Default)]
+pub struct Shape(Vec<(String, ColumnType)>);
+
+impl Shape {
+    /// Every column of entity `E`.
+    pub fn of<E: EntityTrait>() -> Self {
+        Shape::default().and::<E>()
+    }
+
+    /// … and every column of entity `E`.
+    pub fn and<E: EntityTrait>(mut self) -> Self {
+        for column in E::Column::iter() {
+            let def = column.def();
+            self.0.push((
+                IdenStatic::as_str(&column).to_owned(),
+                def.get_column_type().clone(),
+            ));
+        }
+        self
+    }
+
+    /// … and a column `name` of type `kind`.
+    pub fn with(mut self, name: &str, kind: ColumnType) -> Self {
+        self.0.push((name.to_owned(), kind));
+        self
+    }
+
+    fn kind(&self, name: &str) -> Option<&ColumnType> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, k)| k)
+    }
+}
+
+/// Reader connections to one SQLite file.
+pub struct Readers {
+    path: PathBuf,
+    busy_timeout: Duration,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Readers {
+    pub fn new(path: PathBuf, busy_timeout: Duration) -> Self {
+        Readers {
+            path,
+            busy_timeout,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs one read-only statement on this thread; its rows typed by `shape`.
+    pub fn query(&self, statement: &Statement, shape: &Shape) -> Result<Vec<Row>, DbErr> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => self.open()?,
+        };
+        let rows = run(&conn, statement, shape);
+        // A connection whose statement failed is still sound: SQLite reports, it does not
+        // break. Keep it.
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(conn);
+        rows
+    }
+
+    fn open(&self) -> Result<Connection, DbErr> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        let conn = Connection::open_with_flags(&self.path, flags).map_err(error)?;
+        conn.busy_timeout(self.busy_timeout).map_err(error)?;
+        // Readers never write, whatever a statement says.
+        conn.pragma_update(None, "query_only", true)
+            .map_err(error)?;
+        conn.set_prepared_statement_cache_capacity(PREPARED);
+        Ok(conn)
+    }
+}
+
+fn run(conn: &Connection, statement: &Statement, shape: &Shape) -> Result<Vec<Row>, DbErr> {
+    let mut prepared = conn.prepare_cached(&statement.sql).map_err(error)?;
+    let values = statement.values.as_ref().map_or(&[][..], |v| &v.0[..]);
+    for (i, value) in values.iter().enumerate() {
+        prepared
+            .raw_bind_parameter(i + 1, bind(value)?)
+            .map_err(error)?;
+    }
+    let names: Vec<String> = prepared
+        .column_names()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let kinds: Vec<Option<ColumnType>> = names.iter().map(|n| shape.kind(n).cloned()).collect();
+    let mut rows = prepared.raw_query();
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(error)? {
+        let mut values = BTreeMap::new();
+        for (i, name) in names.iter().enumerate() {
+            let value = row.get_ref(i).map_err(error)?;
+            values.insert(name.clone(), read(value, kinds[i].as_ref(), name)?);
+        }
+        out.push(Row::Sqlite(values));
+    }
+    Ok(out)
+}
+
+/// A sea-orm value as sqlx-sqlite binds it.
+fn bind(value: &Value) -> Result<Sqlite, DbErr> {
+    Ok(match value {
+        Value::Bool(v) => v.map_or(Sqlite::Null, |b| Sqlite::Integer(i64::from(b))),
+        Value::TinyInt(v) => v.map_or(Sqlite::Null, |n| Sqlite::Integer(n.into())),
+        Value::SmallInt(v) => v.map_or(Sqlite::Null, |n| Sqlite::Integer(n.into())),
+        Value::Int(v) => v.map_or(Sqlite::Null, |n| Sqlite::Integer(n.into())),
+        Value::BigInt(v) => v.map_or(Sqlite::Null, Sqlite::Integer),
+        Value::TinyUnsigned(v) => v.map_or(Sqlite::Null, |n| Sqlite::Integer(n.into())),
+        Value::SmallUnsigned(v) => v.map_or(Sqlite::Null, |n| Sqlite::Integer(n.into())),
+        Value::Unsigned(v) => v.map_or(Sqlite::Null, |n| Sqlite::Integer(n.into())),
+        Value::Double(v) => v.map_or(Sqlite::Null, Sqlite::Real),
+        Value::String(v) => v.clone().map_or(Sqlite::Null, Sqlite::Text),
+        Value::Bytes(v) => v.clone().map_or(Sqlite::Null, Sqlite::Blob),
+        Value::Uuid(v) => v.map_or(Sqlite::Null, |u| Sqlite::Blob(u.as_bytes().to_vec())),
+        Value::ChronoDateTimeUtc(v) => v.map_or(Sqlite::Null, |t| {
+            Sqlite::Text(t.to_rfc3339_opts(SecondsFormat::AutoSi, false))
+        }),
+        Value::Json(v) => v
+            .as_ref()
+            .map_or(Sqlite::Null, |j| Sqlite::Text(j.to_string())),
+        other => {
+            return Err(DbErr::Custom(format!("no SQLite binding for {other:?}")));
+        }
+    })
+}
+
+/// A SQLite value as the sea-orm value of `kind` (by storage class when unknown).
+fn read(value: ValueRef<'_>, kind: Option<&ColumnType>, name: &str) -> Result<Value, DbErr> {
+    let wrong = || DbErr::Type(format!("column {name}: unexpected SQLite value {value:?}"));
+    let null = matches!(value, ValueRef::Null);
+    Ok(match kind {
+        Some(ColumnType::Uuid) => Value::Uuid(match value {
+            ValueRef::Blob(b) => Some(Uuid::from_slice(b).map_err(|_| wrong())?),
+            ValueRef::Text(t) => Some(Uuid::try_parse_ascii(t).map_err(|_| wrong())?),
+            _ if null => None,
+            _ => return Err(wrong()),
+        }),
+        Some(ColumnType::TimestampWithTimeZone | ColumnType::Timestamp | ColumnType::DateTime) => {
+            Value::ChronoDateTimeUtc(match value {
+                ValueRef::Text(t) => Some(time(t).ok_or_else(wrong)?),
+                _ if null => None,
+                _ => return Err(wrong()),
+            })
+        }
+        Some(ColumnType::Boolean) => Value::Bool(match value {
+            ValueRef::Integer(n) => Some(n != 0),
+            _ if null => None,
+            _ => return Err(wrong()),
+        }),
+        Some(ColumnType::Integer) => Value::Int(match value {
+            ValueRef::Integer(n) => Some(i32::try_from(n).map_err(|_| wrong())?),
+            _ if null => None,
+            _ => return Err(wrong()),
+        }),
+        Some(ColumnType::BigInteger) => Value::BigInt(match value {
+            ValueRef::Integer(n) => Some(n),
+            _ if null => None,
+            _ => return Err(wrong()),
+        }),
+        Some(ColumnType::Json | ColumnType::JsonBinary) => Value::Json(match value {
+            ValueRef::Text(t) => Some(Box::new(serde_json::from_slice(t).map_err(|_| wrong())?)),
+            _ if null => None,
+            _ => return Err(wrong()),
+        }),
+        Some(_) | None => match value {
+            ValueRef::Null => Value::String(None),
+            ValueRef::Integer(n) => Value::BigInt(Some(n)),
+            ValueRef::Real(f) => Value::Double(Some(f)),
+            ValueRef::Text(t) => {
+                Value::String(Some(String::from_utf8(t.to_vec()).map_err(|_| wrong())?))
+            }
+            ValueRef::Blob(b) => Value::Bytes(Some(b.to_vec())),
+        },
+    })
+}
+
+/// A time as sqlx-sqlite writes it (RFC 3339), or as SQLite's own functions do.
+fn time(text: &[u8]) -> Option<DateTime<Utc>> {
+    let text = std::str::from_utf8(text).ok()?;
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Some(t.with_timezone(&Utc));
+    }
+    chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f")
+        .ok()
+        .map(|t| t.and_utc())
+}
+
+fn error(e: rusqlite::Error) -> DbErr {
+    DbErr::Custom(format!("SQLite: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_round_trip_in_the_encoding_sqlx_writes() {
+        let conn = Connection::open_in_memory().unwrap();
+        let id = Uuid::now_v7();
+        let at = DateTime::parse_from_rfc3339("2026-11-30T08:00:00.123456789+00:00")
+            .unwrap()
+            .with_timezone(&Utc);
+        let statement = Statement::from_sql_and_values(
+            sea_orm::DatabaseBackend::Sqlite,
+            "SELECT ?1 AS id, ?2 AS at, ?3 AS at_text, ?4 AS n, ?5 AS gone",
+            [
+                id.into(),
+                at.into(),
+                at.into(),
+                7i64.into(),
+                Option::<Uuid>::None.into(),
+            ],
+        );
+        let shape = Shape::default()
+            .with("id", ColumnType::Uuid)
+            .with("at", ColumnType::TimestampWithTimeZone)
+            .with("n", ColumnType::BigInteger)
+            .with("gone", ColumnType::Uuid);
+        let rows = run(&conn, &statement, &shape).unwrap();
+        let row = &rows[0];
+        assert_eq!(row.get::<Uuid>("id").unwrap(), id);
+        assert_eq!(row.get::<DateTime<Utc>>("at").unwrap(), at);
+        // Exactly sqlx-sqlite's text: counter rows are keyed by it.
+        assert_eq!(
+            row.get::<String>("at_text").unwrap(),
+            "2026-11-30T08:00:00.123456789+00:00"
+        );
+        assert_eq!(row.get::<i64>("n").unwrap(), 7);
+        assert_eq!(row.get::<Option<Uuid>>("gone").unwrap(), None);
+    }
+}
