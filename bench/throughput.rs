@@ -694,8 +694,12 @@ async fn raw_floor(url: &str, batched: bool, seconds: u64) -> f64 {
     } else {
         1
     };
-    let statements = Statements::build(db.write.get_database_backend(), &tollgate::projects::PAID);
-    let writer = Arc::new(Writer::spawn(db, statements, max_batch, metrics));
+    let statements = Statements::build(db.backend(), &tollgate::projects::PAID);
+    let writer = Arc::new(
+        Writer::spawn(db, statements, max_batch, metrics)
+            .await
+            .expect("writer"),
+    );
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut callers = Vec::new();

@@ -18,7 +18,9 @@ use sea_orm::{ConnectionTrait, prelude::Uuid};
 
 pub use accounts::{SignUp, find_by_email, normalize_email, sign_in, sign_up};
 pub use hashing::Hasher;
-pub use tenancy::{STANDING, require_admin, require_member, standing_of, visible_project};
+pub use tenancy::{
+    STANDING, require_admin, require_member, standing_in, standing_of, visible_project,
+};
 pub use tokens::Keys;
 
 use crate::{

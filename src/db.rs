@@ -7,9 +7,11 @@
 //! connection back — is counted (`round_trips`, `tollgate_db_round_trips_total`).
 
 mod postgres;
+mod session;
 mod sql;
 mod sqlite;
 
+pub use session::Session;
 pub use sql::{PerBackend, Sql};
 pub use sqlite::Shape;
 
@@ -101,6 +103,18 @@ impl Database {
 
     pub fn backend(&self) -> DatabaseBackend {
         self.write.get_database_backend()
+    }
+
+    /// A connection of its own for write transactions (the credits writer's), outside every
+    /// pool.
+    pub async fn session(&self) -> Result<Session, DbErr> {
+        let counts = Arc::clone(&self.counts);
+        match &*self.readers {
+            Readers::Sqlite(readers) => {
+                Session::sqlite(readers.path(), readers.busy_timeout(), counts)
+            }
+            Readers::Postgres(readers) => Session::postgres(readers.options(), counts).await,
+        }
     }
 
     /// `query`'s first row.
@@ -214,6 +228,9 @@ pub fn page<T>(mut rows: Vec<T>, first: u64) -> (Vec<T>, bool) {
 /// Whether `err` is worth retrying the whole transaction for: a Postgres serialization
 /// failure or deadlock, or SQLite's busy/locked after its timeout.
 pub fn is_transient(err: &DbErr) -> bool {
+    if let DbErr::Custom(message) = err {
+        return message.starts_with(sqlite::BUSY);
+    }
     let (DbErr::Exec(RuntimeErr::SqlxError(e))
     | DbErr::Query(RuntimeErr::SqlxError(e))
     | DbErr::Conn(RuntimeErr::SqlxError(e))) = err

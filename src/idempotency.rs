@@ -4,14 +4,17 @@
 //! concurrent duplicate waits on the claim's row and then does the same. Keys are per tenant
 //! and are forgotten after the configured retention.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Duration, Utc};
 use entity::idempotency_key;
-use sea_orm::{
-    ActiveValue::Set, ConnectionTrait, EntityTrait, QueryFilter, prelude::*, sea_query::OnConflict,
-};
+use sea_orm::{ColumnType, EntityTrait, QueryFilter, prelude::*};
 use sha2::{Digest, Sha256};
 
-use crate::{db::Database, error::AppError};
+use crate::{
+    db::{Database, PerBackend, Session, Shape},
+    error::AppError,
+};
 
 /// What a guarded request asked for, to tell a replay from a reuse of its key.
 pub struct Fingerprint {
@@ -44,9 +47,10 @@ pub enum Claim {
     Replay(Uuid),
 }
 
-/// Claims `key` for a request creating `resource_id`, inside the guard's transaction.
+/// Claims `key` for a request creating `resource_id`, inside the guard's transaction: one
+/// statement when the key is new.
 pub async fn claim(
-    txn: &impl ConnectionTrait,
+    session: &mut Session,
     tenant_id: Uuid,
     key: &str,
     request: &Fingerprint,
@@ -54,43 +58,65 @@ pub async fn claim(
     now: DateTime<Utc>,
     retention: Duration,
 ) -> Result<Claim, AppError> {
-    // An expired key is free again, even before the purge has run.
-    idempotency_key::Entity::delete_many()
-        .filter(idempotency_key::Column::TenantId.eq(tenant_id))
-        .filter(idempotency_key::Column::Key.eq(key))
-        .filter(idempotency_key::Column::CreatedAt.lt(now - retention))
-        .exec(txn)
-        .await?;
-    let row = idempotency_key::ActiveModel {
-        tenant_id: Set(tenant_id),
-        key: Set(key.to_owned()),
-        operation: Set(request.operation.to_owned()),
-        request_hash: Set(request.hash.clone()),
-        resource_id: Set(resource_id),
-        created_at: Set(now),
+    static INSERT: PerBackend = PerBackend::new(|_| {
+        "INSERT INTO idempotency_key (tenant_id, key, operation, request_hash, resource_id, \
+         created_at) VALUES (:tenant, :key, :operation, :hash, :resource, :now) \
+         ON CONFLICT (tenant_id, key) DO NOTHING"
+            .to_owned()
+    });
+    static EXISTING: PerBackend = PerBackend::new(|_| {
+        "SELECT operation, request_hash, resource_id, created_at FROM idempotency_key \
+         WHERE tenant_id = :tenant AND key = :key"
+            .to_owned()
+    });
+    static EXPIRED: PerBackend = PerBackend::new(|_| {
+        "DELETE FROM idempotency_key WHERE tenant_id = :tenant AND key = :key AND created_at < :expired"
+            .to_owned()
+    });
+    static SHAPE: LazyLock<Shape> = LazyLock::new(|| {
+        Shape::default()
+            .with("resource_id", ColumnType::Uuid)
+            .with("created_at", ColumnType::TimestampWithTimeZone)
+    });
+    let backend = session.backend();
+    let value = |name: &str| -> Option<sea_orm::Value> {
+        Some(match name {
+            "tenant" => tenant_id.into(),
+            "key" => key.into(),
+            "operation" => request.operation.into(),
+            "hash" => request.hash.as_str().into(),
+            "resource" => resource_id.into(),
+            "now" => now.into(),
+            "expired" => (now - retention).into(),
+            _ => return None,
+        })
     };
-    let inserted = idempotency_key::Entity::insert(row)
-        .on_conflict(
-            OnConflict::columns([
-                idempotency_key::Column::TenantId,
-                idempotency_key::Column::Key,
-            ])
-            .do_nothing()
-            .to_owned(),
-        )
-        .exec_without_returning(txn)
-        .await?;
-    if inserted == 1 {
-        return Ok(Claim::Claimed);
+    for _ in 0..2 {
+        if session.execute(&INSERT.get(backend).bind(value)?).await? == 1 {
+            return Ok(Claim::Claimed);
+        }
+        let rows = session
+            .query(&EXISTING.get(backend).bind(value)?, &SHAPE)
+            .await?;
+        let Some(existing) = rows.first() else {
+            // Deleted since (by the purge): claim it again.
+            continue;
+        };
+        // An expired key is free again, even before the purge has run.
+        if existing.get::<DateTime<Utc>>("created_at")? < now - retention {
+            session.execute(&EXPIRED.get(backend).bind(value)?).await?;
+            continue;
+        }
+        if existing.get::<String>("operation")? != request.operation
+            || existing.get::<String>("request_hash")? != request.hash
+        {
+            return Err(AppError::IdempotencyKeyReused);
+        }
+        return Ok(Claim::Replay(existing.get("resource_id")?));
     }
-    let existing = idempotency_key::Entity::find_by_id((tenant_id, key.to_owned()))
-        .one(txn)
-        .await?
-        .ok_or_else(|| AppError::Internal(anyhow::anyhow!("idempotency key vanished")))?;
-    if existing.operation != request.operation || existing.request_hash != request.hash {
-        return Err(AppError::IdempotencyKeyReused);
-    }
-    Ok(Claim::Replay(existing.resource_id))
+    Err(AppError::Internal(anyhow::anyhow!(
+        "idempotency key {key:?} could not be claimed"
+    )))
 }
 
 /// Deletes keys older than `retention`; returns how many.

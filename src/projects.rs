@@ -2,6 +2,11 @@
 //! spend to the credits `Writer`, which commits the idempotency claim (when a key is given),
 //! the spend and the row together or not at all.
 
+use std::{
+    collections::HashMap,
+    sync::{Mutex, PoisonError},
+};
+
 use chrono::{Duration, Utc};
 use entity::{project, task};
 use sea_orm::{EntityTrait, prelude::*};
@@ -85,8 +90,8 @@ pub async fn create_project(
         Some(d) => Some(d.to_owned()),
     };
     let key = check_idempotency_key(input.idempotency_key)?;
+    // The guard checks membership in its own statement.
     let user_id = viewer.require()?;
-    auth::require_member(db, viewer, tenant_id).await?;
     let project = project::Model {
         id: Uuid::now_v7(),
         tenant_id,
@@ -123,7 +128,7 @@ pub async fn create_project(
         object_id: project.id,
         key,
     };
-    match writer.submit(spend).await? {
+    match writer.submit(spend).await.map_err(|e| spender(viewer, e))? {
         Spent::Charged => Ok(project),
         Spent::Replayed(id) => original(project::Entity::find_by_id(id).one(&db.read).await?),
     }
@@ -140,21 +145,30 @@ pub async fn create_task(
     let title = required_text("title", &input.title, MAX_NAME)?;
     let key = check_idempotency_key(input.idempotency_key)?;
     let user_id = viewer.require()?;
-    // A project of a tenant the viewer is not in is as absent as one that does not exist.
-    let project = auth::visible_project(db, viewer, project_id)
-        .await?
-        .ok_or(AppError::NotFound("project"))?;
+    // The tenant a project is in never changes: once read, it is known (the guard still
+    // checks membership). A project of a tenant the viewer is not in is as absent as one
+    // that does not exist.
+    let tenant_id = match state.project_tenants.get(project_id) {
+        Some(tenant_id) => tenant_id,
+        None => {
+            let project = auth::visible_project(db, viewer, project_id)
+                .await?
+                .ok_or(AppError::NotFound("project"))?;
+            state.project_tenants.insert(project.id, project.tenant_id);
+            project.tenant_id
+        }
+    };
     let task = task::Model {
         id: Uuid::now_v7(),
-        tenant_id: project.tenant_id,
-        project_id: project.id,
+        tenant_id,
+        project_id,
         title,
         created_by: user_id,
         created_at: Utc::now(),
     };
     let key = key.map(|key| IdempotencyKey {
         value: key,
-        fingerprint: Fingerprint::new("createTask", &[&project.id.to_string(), &task.title]),
+        fingerprint: Fingerprint::new("createTask", &[&project_id.to_string(), &task.title]),
         retention: retention(config),
     });
     let spend = Spend {
@@ -173,9 +187,49 @@ pub async fn create_task(
         object_id: task.id,
         key,
     };
-    match writer.submit(spend).await? {
+    let spent = writer
+        .submit(spend)
+        .await
+        .map_err(|e| match spender(viewer, e) {
+            AppError::Forbidden => AppError::NotFound("project"),
+            e => e,
+        })?;
+    match spent {
         Spent::Charged => Ok(task),
         Spent::Replayed(id) => original(task::Entity::find_by_id(id).one(&db.read).await?),
+    }
+}
+
+/// A guard's refusal of the spender as the viewer sees it: a user gone makes the whole request
+/// `UNAUTHENTICATED`.
+fn spender(viewer: &Viewer, e: AppError) -> AppError {
+    match e {
+        AppError::Unauthenticated(_) => viewer.user_gone(),
+        e => e,
+    }
+}
+
+/// The tenant of each project seen. A project never changes tenant, so this decides nothing
+/// the database would not (the guard checks membership); it saves the read of the project on
+/// each `createTask`. Bounded: emptied when full.
+#[derive(Default)]
+pub struct ProjectTenants(Mutex<HashMap<Uuid, Uuid>>);
+
+/// Projects `ProjectTenants` holds at most.
+const KNOWN_PROJECTS: usize = 100_000;
+
+impl ProjectTenants {
+    fn get(&self, project_id: Uuid) -> Option<Uuid> {
+        let known = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        known.get(&project_id).copied()
+    }
+
+    fn insert(&self, project_id: Uuid, tenant_id: Uuid) {
+        let mut known = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if known.len() >= KNOWN_PROJECTS {
+            known.clear();
+        }
+        known.insert(project_id, tenant_id);
     }
 }
 

@@ -97,10 +97,12 @@ impl Application {
         let state = AppState {
             writer: Writer::spawn(
                 db.clone(),
-                Statements::build(db.write.get_database_backend(), &projects::PAID),
+                Statements::build(db.backend(), &projects::PAID),
                 config.database.max_batch,
                 metrics.clone(),
-            ),
+            )
+            .await?,
+            project_tenants: Arc::default(),
             stripe,
             db: db.clone(),
             config: Arc::new(config),

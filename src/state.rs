@@ -10,6 +10,7 @@ use crate::{
     credits::Writer,
     db::Database,
     metrics::Metrics,
+    projects::ProjectTenants,
     rate_limit::RateLimits,
 };
 
@@ -26,4 +27,6 @@ pub struct AppState {
     pub stripe: Option<StripeHttp>,
     pub metrics: Metrics,
     pub limits: Arc<RateLimits>,
+    /// The tenant of each project seen (immutable facts; see `projects::ProjectTenants`).
+    pub project_tenants: Arc<ProjectTenants>,
 }

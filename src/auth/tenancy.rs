@@ -9,7 +9,7 @@ use sea_orm::prelude::*;
 
 use super::Viewer;
 use crate::{
-    db::{Database, PerBackend, Row, Shape},
+    db::{Database, PerBackend, Row, Session, Shape},
     error::AppError,
 };
 
@@ -32,16 +32,37 @@ pub fn standing(viewer: &Viewer, found: Option<Option<Role>>) -> Result<Role, Ap
     }
 }
 
+/// The role of `user_id` in `tenant_id`, read in a write transaction: `UNAUTHENTICATED` when
+/// the user is gone, `FORBIDDEN` when not a member.
+pub async fn standing_in(
+    session: &mut Session,
+    user_id: Uuid,
+    tenant_id: Uuid,
+) -> Result<Role, AppError> {
+    let statement = MEMBER_SQL.get(session.backend()).bind(|name| match name {
+        "tenant" => Some(tenant_id.into()),
+        "user" => Some(user_id.into()),
+        _ => None,
+    })?;
+    match session.query(&statement, &Shape::default()).await?.first() {
+        None => Err(AppError::Unauthenticated("invalid or expired token")),
+        Some(row) => row.get::<Option<Role>>("role")?.ok_or(AppError::Forbidden),
+    }
+}
+
+/// The role of `:user` in `:tenant`: no row when the user is gone, a null role when not a
+/// member.
+static MEMBER_SQL: PerBackend =
+    PerBackend::new(|_| format!("SELECT tu.role FROM {STANDING} WHERE u.id = :user"));
+
 /// The viewer's role in `tenant_id` (see `standing`): one query.
 pub async fn require_member(
     db: &Database,
     viewer: &Viewer,
     tenant_id: Uuid,
 ) -> Result<Role, AppError> {
-    static SQL: PerBackend =
-        PerBackend::new(|_| format!("SELECT tu.role FROM {STANDING} WHERE u.id = :user"));
     let user_id = viewer.require()?;
-    let statement = SQL.get(db.backend()).bind(|name| match name {
+    let statement = MEMBER_SQL.get(db.backend()).bind(|name| match name {
         "tenant" => Some(tenant_id.into()),
         "user" => Some(user_id.into()),
         _ => None,

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, Utc};
-use sea_orm::{ConnectionTrait, DatabaseBackend, prelude::*};
+use sea_orm::{DatabaseBackend, prelude::*};
 
 use super::{
     CREDITS_FEATURE, FeatureLimitType, Period,
@@ -16,9 +16,10 @@ use super::{
     usage::{PlanFeatureRow, subscribed_feature},
 };
 use crate::{
+    auth,
     billing::outbox,
     config::CreditTypeConfig,
-    db::Sql,
+    db::{Session, Shape, Sql},
     error::{AppError, Shortfall},
     idempotency::{self, Claim, Fingerprint},
 };
@@ -63,24 +64,20 @@ pub enum Spent {
     Replayed(Uuid),
 }
 
-impl Spend {
-    /// Whether the spend can share a transaction with others: a refused spend writes nothing,
-    /// but a refused keyed spend would leave its key claimed without a savepoint.
-    pub(super) fn batchable(&self) -> bool {
-        self.key.is_none()
-    }
-}
-
 /// The guard's statements for one paid table.
 #[derive(Debug)]
 enum GuardSql {
     /// One statement: data-modifying CTEs, each feeding the next.
     Postgres(Sql),
-    /// One call of statements, each later one conditional on the one before having written
-    /// its row (`changes()`); the outbox row is a second call, made only for a billable
-    /// tenant (sqlx-sqlite binds a multi-statement call's parameters wrongly once a statement
-    /// skips numbers, as the outbox's would).
-    Sqlite { spend: Sql, outbox: Sql },
+    /// Statements run one after the other on the writer's own thread (no round trip is a
+    /// hand-off): the counter upsert, then — only if it wrote its row — the ledger row, the
+    /// paid row and, for a metered type, the outbox row.
+    Sqlite {
+        spend: Sql,
+        ledger: Sql,
+        paid: Sql,
+        outbox: Sql,
+    },
 }
 
 /// Every guard statement this process can run, built once at start-up: per paid table, and
@@ -115,13 +112,15 @@ impl Statements {
 }
 
 /// The counter upsert: adds `:cost` to the period's counter, creating it, only if the whole
-/// cost fits the plan's ceiling. Its row lock decides between concurrent spenders, on any
-/// number of replicas.
+/// cost fits the plan's ceiling and `:user` (when given) is a member of the tenant. Its row
+/// lock decides between concurrent spenders, on any number of replicas.
 fn spend_sql(backend: DatabaseBackend) -> String {
     let plan = plan_sql(backend);
     format!(
         "INSERT INTO credit_usage (tenant_id, feature, period_start, used) \
          SELECT :tenant, :feature, p.period_start, :cost FROM ({plan}) p WHERE :cost <= p.lim \
+         AND (:user IS NULL OR EXISTS (SELECT 1 FROM tenant_user tu \
+         WHERE tu.tenant_id = :tenant AND tu.user_id = :user)) \
          ON CONFLICT (tenant_id, feature, period_start) DO UPDATE SET used = credit_usage.used + excluded.used \
          WHERE credit_usage.used + excluded.used <= (SELECT p.lim FROM ({plan}) p)"
     )
@@ -167,15 +166,11 @@ fn build(backend: DatabaseBackend, paid: &PaidTable, metered: bool) -> GuardSql 
         _ => {
             let period = format!("(SELECT p.period_start FROM ({}) p)", plan_sql(backend));
             GuardSql::Sqlite {
-                spend: Sql::new(
+                spend: Sql::new(backend, &spend),
+                ledger: Sql::new(backend, &ledger_sql(&period)),
+                paid: Sql::new(
                     backend,
-                    &format!(
-                        "{spend}; {} WHERE changes() = 1; \
-                         INSERT INTO {table} ({columns}) SELECT {values} WHERE changes() = 1; \
-                         SELECT changes() AS created, EXISTS (SELECT 1 FROM tenant \
-                         WHERE id = :tenant AND stripe_customer_id IS NOT NULL) AS billable",
-                        ledger_sql(&period)
-                    ),
+                    &format!("INSERT INTO {table} ({columns}) VALUES ({values})"),
                 ),
                 outbox: Sql::new(backend, &outbox::spend_event_sql("1 = 1")),
             }
@@ -183,18 +178,18 @@ fn build(backend: DatabaseBackend, paid: &PaidTable, metered: bool) -> GuardSql 
     }
 }
 
-/// The spend's writes inside `txn`: claim its key, then the guard's statement. On a refusal
-/// (`INSUFFICIENT_CREDITS`, `FEATURE_NOT_INCLUDED`) it has written nothing, except a key
-/// claim, which its caller must roll back.
+/// The spend's writes inside the session's open transaction: claim its key, then the guard's
+/// statement. On a refusal (`INSUFFICIENT_CREDITS`, `FEATURE_NOT_INCLUDED`, `FORBIDDEN`) it
+/// has written nothing, except a key claim, which its caller must undo.
 pub(super) async fn write(
-    txn: &impl ConnectionTrait,
+    session: &mut Session,
     statements: &Statements,
     spend: &Spend,
 ) -> Result<Spent, AppError> {
     let now = Utc::now();
     if let Some(key) = &spend.key {
         let claim = idempotency::claim(
-            txn,
+            session,
             spend.tenant_id,
             &key.value,
             &key.fingerprint,
@@ -204,16 +199,22 @@ pub(super) async fn write(
         )
         .await?;
         if let Claim::Replay(original) = claim {
+            // A replay writes nothing, so the guard's statement did not check the spender:
+            // only a member may see what the key made.
+            if let Some(user_id) = spend.user_id {
+                auth::standing_in(session, user_id, spend.tenant_id).await?;
+            }
             return Ok(Spent::Replayed(original));
         }
     }
-    consume(txn, statements.get(spend)?, spend, now).await?;
+    consume(session, statements.get(spend)?, spend, now).await?;
     Ok(Spent::Charged)
 }
 
-/// The guard's statement, bound and run; `Err` (a refusal, explained) when it wrote nothing.
+/// The guard's statements, bound and run; `Err` (a refusal, explained) when they wrote
+/// nothing.
 async fn consume(
-    txn: &impl ConnectionTrait,
+    session: &mut Session,
     sql: &GuardSql,
     spend: &Spend,
     now: DateTime<Utc>,
@@ -243,31 +244,43 @@ async fn consume(
         })
     };
     let created = match sql {
-        GuardSql::Postgres(sql) => txn.query_one_raw(sql.bind(value)?).await?.is_some(),
-        GuardSql::Sqlite { spend: sql, outbox } => {
-            let rows = txn.query_all_raw(sql.bind(value)?).await?;
-            let Some(row) = rows.last() else {
-                return Err(AppError::Internal(anyhow::anyhow!(
-                    "the guard returned no row"
-                )));
-            };
-            let created = row.try_get_by_index::<i64>(0)? == 1;
-            let billable = row.try_get_by_index::<bool>(1)?;
-            if created && billable && spend.credit_type.meter.is_some() {
-                txn.execute_raw(outbox.bind(value)?).await?;
+        GuardSql::Postgres(sql) => !session
+            .query(&sql.bind(value)?, &Shape::default())
+            .await?
+            .is_empty(),
+        GuardSql::Sqlite {
+            spend: counter,
+            ledger,
+            paid,
+            outbox,
+        } => {
+            let spent = session.execute(&counter.bind(value)?).await? == 1;
+            if spent {
+                session.execute(&ledger.bind(value)?).await?;
+                session.execute(&paid.bind(value)?).await?;
+                if spend.credit_type.meter.is_some() {
+                    session.execute(&outbox.bind(value)?).await?;
+                }
             }
-            created
+            spent
         }
     };
     match created {
         true => Ok(()),
-        false => Err(refusal(txn, spend, now).await),
+        false => Err(refusal(session, spend, now).await),
     }
 }
 
-/// Why a spend was refused, for the client: no entitlement, or the counter as it stands.
-async fn refusal(txn: &impl ConnectionTrait, spend: &Spend, now: DateTime<Utc>) -> AppError {
-    let row = match subscribed_feature(txn, spend.tenant_id, CREDITS_FEATURE, now).await {
+/// Why a spend was refused, for the client: the spender is not a member (`FORBIDDEN`; its
+/// user gone: `UNAUTHENTICATED`), no entitlement, or the counter as it stands.
+async fn refusal(session: &mut Session, spend: &Spend, now: DateTime<Utc>) -> AppError {
+    if let Some(user_id) = spend.user_id {
+        match auth::standing_in(session, user_id, spend.tenant_id).await {
+            Ok(_) => {}
+            Err(e) => return e,
+        }
+    }
+    let row = match subscribed_feature(session, spend.tenant_id, CREDITS_FEATURE, now).await {
         Ok(row) => row,
         Err(e) => return e,
     };
@@ -332,13 +345,16 @@ mod tests {
     fn snapshot(backend: DatabaseBackend, metered: bool) -> String {
         match build(backend, &WIDGET, metered) {
             GuardSql::Postgres(sql) => readable(&sql),
-            GuardSql::Sqlite { spend, outbox } => {
-                format!(
-                    "{}\n\n-- then, for a billable tenant:\n{}",
-                    readable(&spend),
-                    readable(&outbox)
-                )
-            }
+            GuardSql::Sqlite {
+                spend,
+                ledger,
+                paid,
+                outbox,
+            } => [spend, ledger, paid, outbox]
+                .iter()
+                .map(readable)
+                .collect::<Vec<_>>()
+                .join("\n\n-- then, if the counter took the cost:\n"),
         }
     }
 
@@ -350,7 +366,7 @@ mod tests {
     }
 
     #[test]
-    fn sqlite_guard_is_statements_each_conditional_on_the_one_before() {
+    fn sqlite_guard_is_the_counter_upsert_then_the_rows_it_pays_for() {
         insta::assert_snapshot!(snapshot(DatabaseBackend::Sqlite, true));
     }
 

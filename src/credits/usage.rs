@@ -5,7 +5,7 @@ use std::sync::LazyLock;
 
 use chrono::{DateTime, Datelike, Utc};
 use entity::credit;
-use sea_orm::{ColumnType, ConnectionTrait, DatabaseBackend, prelude::*};
+use sea_orm::{ColumnType, DatabaseBackend, prelude::*};
 
 use super::{
     FeatureLimitType, Period,
@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     auth::{self, STANDING, Viewer},
-    db::{self, Database, Row, Shape, Sql},
+    db::{self, Database, Row, Session, Shape, Sql},
     error::AppError,
 };
 
@@ -253,16 +253,16 @@ fn feature_value(
 /// the period that counts now: one query.
 /// `None` when the tenant has no subscription; `Some` with no feature when its plan lacks it.
 pub(super) async fn subscribed_feature(
-    conn: &impl ConnectionTrait,
+    session: &mut Session,
     tenant_id: Uuid,
     feature: &str,
     now: DateTime<Utc>,
 ) -> Result<Option<PlanFeatureRow>, AppError> {
     let statement = SUBSCRIBED_SQL
-        .get(conn.get_database_backend())
+        .get(session.backend())
         .bind(|name| feature_value(name, tenant_id, feature, now))?;
-    match conn.query_one_raw(statement).await? {
-        Some(row) => plan_feature_row(&Row::Postgres(row)),
+    match session.query(&statement, &FEATURE_SHAPE).await?.first() {
+        Some(row) => plan_feature_row(row),
         None => Ok(None),
     }
 }

@@ -1,24 +1,24 @@
-//! The per-process guard writer: many callers' spends in one commit. Callers hand over a
-//! `Spend` and wait; the writer takes what is queued (up to `max_batch`), runs each spend's
-//! writes in one transaction and commits once, then answers every caller. A refused spend
-//! writes nothing, so it needs no savepoint; if anything else fails, the batch is rolled back
-//! and its spends are replayed one by one, each in its own transaction. A keyed spend runs
-//! alone (a refusal must roll its key claim back). Correctness never rests on the writer
-//! being alone: every spend is still the conditional upsert, so any number of replicas may
-//! write to one database.
+//! The per-process guard writer: many callers' spends in one commit, on one connection of its
+//! own. Callers hand over a `Spend` and wait; the writer takes what is queued (up to
+//! `max_batch`), runs each spend's writes in one transaction and commits once, then answers
+//! every caller. A refused spend writes nothing, so it needs no savepoint; a keyed one gets a
+//! savepoint (a refusal must undo its key claim). If anything else fails, the batch is rolled
+//! back and its spends are replayed one by one, each in its own transaction. Correctness never
+//! rests on the writer being alone: every spend is still the conditional upsert, so any number
+//! of replicas may write to one database.
 //!
-//! Why: on SQLite every statement, BEGIN and COMMIT included, is a hand-off to sqlx's
-//! connection thread, and on Postgres one tenant's spends wait for each other's commit to be
-//! flushed; a batch shares those costs (DESIGN.md, "Performance architecture").
-
-use std::sync::Arc;
+//! Where: on SQLite a thread of its own with a rusqlite connection — each statement a call on
+//! that thread, no hand-off, and commits and checkpoints off the request threads; on
+//! PostgreSQL a task with an sqlx connection outside the pool (no ping after each batch). A
+//! batch costs BEGIN and COMMIT once for all its spends (DESIGN.md, "Performance
+//! architecture").
 
 use sea_orm::DbErr;
 use tokio::sync::{mpsc, oneshot};
 
 use super::guard::{self, Spend, Spent, Statements};
 use crate::{
-    db::{self, Database},
+    db::{self, Database, Session},
     error::AppError,
     metrics::Metrics,
 };
@@ -26,51 +26,61 @@ use crate::{
 /// Attempts of one spend's transaction before a contention error is given up on.
 const ATTEMPTS: u32 = 5;
 
+/// The savepoint a keyed spend runs under.
+const KEYED: &str = "keyed_spend";
+
 type Reply = oneshot::Sender<Result<Spent, AppError>>;
+type Job = (Spend, Reply);
 
 /// A handle to the process's guard writer.
 #[derive(Clone)]
 pub struct Writer {
-    db: Database,
-    statements: Arc<Statements>,
-    jobs: mpsc::Sender<(Spend, Reply)>,
+    jobs: mpsc::Sender<Job>,
     metrics: Metrics,
 }
 
 impl Writer {
-    /// Starts the writer task; it runs until every handle is dropped.
-    pub fn spawn(db: Database, statements: Statements, max_batch: usize, metrics: Metrics) -> Self {
-        let statements = Arc::new(statements);
-        let (jobs, queue) = mpsc::channel(4 * max_batch.max(1));
-        tokio::spawn(run(
-            db.clone(),
-            Arc::clone(&statements),
-            queue,
-            max_batch.max(1),
-        ));
-        Writer {
+    /// Opens the writer's connection and starts it; it runs until every handle is dropped.
+    pub async fn spawn(
+        db: Database,
+        statements: Statements,
+        max_batch: usize,
+        metrics: Metrics,
+    ) -> Result<Self, DbErr> {
+        let max_batch = max_batch.max(1);
+        let (jobs, queue) = mpsc::channel(4 * max_batch);
+        let session = db.session().await?;
+        let running = Running {
             db,
+            session,
             statements,
-            jobs,
-            metrics,
+        };
+        match running.db.backend() {
+            sea_orm::DatabaseBackend::Postgres => {
+                tokio::spawn(running.run(queue, max_batch));
+            }
+            // SQLite's calls never wait on the async runtime: a plain thread runs them.
+            _ => {
+                std::thread::Builder::new()
+                    .name("tollgate-writer".to_owned())
+                    .spawn(move || futures::executor::block_on(running.run(queue, max_batch)))
+                    .map_err(|e| DbErr::Custom(format!("cannot start the writer thread: {e}")))?;
+            }
         }
+        Ok(Writer { jobs, metrics })
     }
 
     /// Runs `spend` and answers once its writes are committed (or refused).
     pub async fn submit(&self, spend: Spend) -> Result<Spent, AppError> {
         // What the credits metric needs, taken before the spend is handed over.
         let (credit_type, amount) = (spend.credit_type.value.clone(), spend.credit_type.amount);
-        let spent = if spend.batchable() {
-            let (reply, answer) = oneshot::channel();
-            let stopped = || AppError::Internal(anyhow::anyhow!("the guard writer has stopped"));
-            self.jobs
-                .send((spend, reply))
-                .await
-                .map_err(|_| stopped())?;
-            answer.await.map_err(|_| stopped())??
-        } else {
-            alone(&self.db, &self.statements, &spend).await?
-        };
+        let (reply, answer) = oneshot::channel();
+        let stopped = || AppError::Internal(anyhow::anyhow!("the guard writer has stopped"));
+        self.jobs
+            .send((spend, reply))
+            .await
+            .map_err(|_| stopped())?;
+        let spent = answer.await.map_err(|_| stopped())??;
         if spent == Spent::Charged {
             self.metrics.credits(&credit_type, amount);
         }
@@ -78,73 +88,116 @@ impl Writer {
     }
 }
 
-async fn run(
+struct Running {
     db: Database,
-    statements: Arc<Statements>,
-    mut queue: mpsc::Receiver<(Spend, Reply)>,
-    max_batch: usize,
-) {
-    let mut batch = Vec::with_capacity(max_batch);
-    while queue.recv_many(&mut batch, max_batch).await > 0 {
-        // One lock order for every batch on every replica: no deadlocks between batches.
-        batch.sort_by_key(|(spend, _)| spend.tenant_id);
-        match write_batch(&db, &statements, &batch).await {
-            Ok(outcomes) => {
-                for ((_, reply), outcome) in batch.drain(..).zip(outcomes) {
-                    let _ = reply.send(outcome);
+    session: Session,
+    statements: Statements,
+}
+
+impl Running {
+    async fn run(mut self, mut queue: mpsc::Receiver<Job>, max_batch: usize) {
+        let mut batch = Vec::with_capacity(max_batch);
+        while queue.recv_many(&mut batch, max_batch).await > 0 {
+            // One lock order for every batch on every replica: no deadlocks between batches.
+            batch.sort_by_key(|(spend, _)| spend.tenant_id);
+            match self.write_batch(&batch).await {
+                Ok(outcomes) => {
+                    for ((_, reply), outcome) in batch.drain(..).zip(outcomes) {
+                        let _ = reply.send(outcome);
+                    }
                 }
-            }
-            Err(e) => {
-                tracing::warn!(error.cause = %format!("{e:#}"), batch.size = batch.len(), "guard batch failed; replaying one by one");
-                for (spend, reply) in batch.drain(..) {
-                    let _ = reply.send(alone(&db, &statements, &spend).await);
+                Err(e) => {
+                    tracing::warn!(error.cause = %format!("{e:#}"), batch.size = batch.len(), "guard batch failed; replaying one by one");
+                    self.recover().await;
+                    for (spend, reply) in batch.drain(..) {
+                        let outcome = self.alone(&spend).await;
+                        let _ = reply.send(outcome);
+                    }
                 }
             }
         }
     }
-}
 
-/// Every spend's writes in one transaction. `Err` means nothing was committed.
-async fn write_batch(
-    db: &Database,
-    statements: &Statements,
-    batch: &[(Spend, Reply)],
-) -> Result<Vec<Result<Spent, AppError>>, anyhow::Error> {
-    let txn = db.begin_write().await?;
-    let mut outcomes = Vec::with_capacity(batch.len());
-    for (spend, _) in batch {
-        match guard::write(&txn, statements, spend).await {
-            Err(AppError::Internal(e)) => return Err(e),
-            outcome => outcomes.push(outcome),
+    /// Every spend's writes in one transaction. `Err` means nothing was committed.
+    async fn write_batch(
+        &mut self,
+        batch: &[Job],
+    ) -> Result<Vec<Result<Spent, AppError>>, anyhow::Error> {
+        self.session.begin().await?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for (spend, _) in batch {
+            match self.write(spend).await {
+                Err(AppError::Internal(e)) => return Err(e),
+                outcome => outcomes.push(outcome),
+            }
+        }
+        self.session.commit().await?;
+        Ok(outcomes)
+    }
+
+    /// One spend's writes in the open transaction; a keyed spend's under a savepoint, undone
+    /// when it is refused.
+    async fn write(&mut self, spend: &Spend) -> Result<Spent, AppError> {
+        if spend.key.is_none() {
+            return guard::write(&mut self.session, &self.statements, spend).await;
+        }
+        self.session.savepoint(KEYED).await?;
+        let outcome = guard::write(&mut self.session, &self.statements, spend).await;
+        if matches!(outcome, Err(ref e) if !matches!(e, AppError::Internal(_))) {
+            self.session.undo(KEYED).await?;
+        }
+        self.session.release(KEYED).await?;
+        outcome
+    }
+
+    /// The spend in a transaction of its own, again if the database aborted it for
+    /// contention (a Postgres serialization failure or deadlock, SQLite busy).
+    async fn alone(&mut self, spend: &Spend) -> Result<Spent, AppError> {
+        let mut attempt = 1;
+        loop {
+            let outcome = async {
+                self.session.begin().await?;
+                let spent = self.write(spend).await?;
+                self.session.commit().await?;
+                Ok(spent)
+            }
+            .await;
+            match outcome {
+                Ok(spent) => return Ok(spent),
+                Err(e) => {
+                    self.recover().await;
+                    let transient = matches!(&e, AppError::Internal(e)
+                        if e.downcast_ref::<DbErr>().is_some_and(db::is_transient));
+                    if !transient || attempt >= ATTEMPTS {
+                        return Err(e);
+                    }
+                    tracing::debug!(attempt, "guard transaction aborted by contention; retrying");
+                    let jitter = u64::from(rand::random::<u8>() % 8);
+                    pause(std::time::Duration::from_millis((2 << attempt) + jitter)).await;
+                    attempt += 1;
+                }
+            }
         }
     }
-    txn.commit().await?;
-    Ok(outcomes)
+
+    /// After a failure: roll back what is open; a connection that cannot even do that is
+    /// replaced.
+    async fn recover(&mut self) {
+        if self.session.rollback().await.is_ok() {
+            return;
+        }
+        match self.db.session().await {
+            Ok(session) => self.session = session,
+            Err(e) => tracing::error!(error.cause = %e, "the guard writer cannot reconnect"),
+        }
+    }
 }
 
-/// The spend in a transaction of its own, again if the database aborted it for contention
-/// (a Postgres serialization failure or deadlock, SQLite busy).
-async fn alone(db: &Database, statements: &Statements, spend: &Spend) -> Result<Spent, AppError> {
-    let mut attempt = 1;
-    loop {
-        let outcome = async {
-            let txn = db.begin_write().await?;
-            let spent = guard::write(&txn, statements, spend).await?;
-            txn.commit().await?;
-            Ok(spent)
-        }
-        .await;
-        match outcome {
-            Err(AppError::Internal(e))
-                if attempt < ATTEMPTS
-                    && e.downcast_ref::<DbErr>().is_some_and(db::is_transient) =>
-            {
-                tracing::debug!(attempt, "guard transaction aborted by contention; retrying");
-                let jitter = u64::from(rand::random::<u8>() % 8);
-                tokio::time::sleep(std::time::Duration::from_millis((2 << attempt) + jitter)).await;
-                attempt += 1;
-            }
-            outcome => return outcome,
-        }
+/// Waits `duration` on whichever thread the writer runs: the async runtime's timer on
+/// PostgreSQL, a plain sleep on SQLite's own thread.
+async fn pause(duration: std::time::Duration) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(_) => tokio::time::sleep(duration).await,
+        Err(_) => std::thread::sleep(duration),
     }
 }

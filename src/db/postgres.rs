@@ -22,16 +22,28 @@ pub struct Readers {
     idle: Mutex<Vec<PgConnection>>,
 }
 
+/// An sqlx error as sea-orm's, so that `db::is_transient` reads its code.
+pub(super) fn error(e: sqlx::Error) -> DbErr {
+    DbErr::Query(sea_orm::RuntimeErr::SqlxError(std::sync::Arc::new(e)))
+}
+
+/// The connection options of `url`.
+pub(super) fn options(url: &str) -> Result<PgConnectOptions, DbErr> {
+    url.parse().map_err(error)
+}
+
 impl Readers {
     pub fn new(url: &str, max: u32) -> Result<Self, DbErr> {
-        let options: PgConnectOptions = url
-            .parse()
-            .map_err(|e| DbErr::Conn(sea_orm::RuntimeErr::Internal(format!("{e}"))))?;
+        let options = options(url)?;
         Ok(Readers {
             options,
             permits: Semaphore::new(usize::try_from(max.max(1)).unwrap_or(1)),
             idle: Mutex::new(Vec::new()),
         })
+    }
+
+    pub(super) fn options(&self) -> &PgConnectOptions {
+        &self.options
     }
 
     /// Runs one statement: one round trip.
@@ -50,7 +62,7 @@ impl Readers {
             Some(conn) => conn,
             None => PgConnection::connect_with(&self.options)
                 .await
-                .map_err(|e| DbErr::Conn(sea_orm::RuntimeErr::Internal(e.to_string())))?,
+                .map_err(error)?,
         };
         let values = statement
             .values
@@ -72,14 +84,14 @@ impl Readers {
             }
             // The statement's own error leaves the connection usable; anything else (I/O, the
             // protocol) and it is dropped, to be replaced on a later read.
-            Err(sqlx::Error::Database(e)) => {
+            Err(e @ sqlx::Error::Database(_)) => {
                 self.idle
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .push(conn);
-                Err(DbErr::Query(sea_orm::RuntimeErr::Internal(e.to_string())))
+                Err(error(e))
             }
-            Err(e) => Err(DbErr::Query(sea_orm::RuntimeErr::Internal(e.to_string()))),
+            Err(e) => Err(error(e)),
         }
     }
 }

@@ -10,7 +10,7 @@
 
 use std::{
     collections::BTreeMap,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Mutex, PoisonError},
     time::Duration,
 };
@@ -102,20 +102,55 @@ impl Readers {
     }
 
     fn open(&self) -> Result<Connection, DbErr> {
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-            | OpenFlags::SQLITE_OPEN_URI;
-        let conn = Connection::open_with_flags(&self.path, flags).map_err(error)?;
-        conn.busy_timeout(self.busy_timeout).map_err(error)?;
-        // Readers never write, whatever a statement says.
-        conn.pragma_update(None, "query_only", true)
-            .map_err(error)?;
-        conn.set_prepared_statement_cache_capacity(PREPARED);
-        Ok(conn)
+        open(&self.path, self.busy_timeout, true)
+    }
+
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(super) fn busy_timeout(&self) -> Duration {
+        self.busy_timeout
     }
 }
 
-fn run(conn: &Connection, statement: &Statement, shape: &Shape) -> Result<Vec<Row>, DbErr> {
+/// A connection to the database file at `path` (which sqlx has created and migrated), set up
+/// as sqlx sets up its own; `query_only` for readers, which never write whatever a statement
+/// says.
+pub(super) fn open(
+    path: &Path,
+    busy_timeout: Duration,
+    query_only: bool,
+) -> Result<Connection, DbErr> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(path, flags).map_err(error)?;
+    conn.busy_timeout(busy_timeout).map_err(error)?;
+    conn.pragma_update(None, "foreign_keys", true)
+        .map_err(error)?;
+    // WAL is the file's (sqlx set it); NORMAL is per connection, as sqlx's.
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(error)?;
+    if query_only {
+        conn.pragma_update(None, "query_only", true)
+            .map_err(error)?;
+    }
+    conn.set_prepared_statement_cache_capacity(PREPARED);
+    Ok(conn)
+}
+
+/// One statement run for its effect; how many rows it changed.
+pub(super) fn execute(conn: &Connection, statement: &Statement) -> Result<u64, DbErr> {
+    let mut prepared = prepare(conn, statement)?;
+    let changed = prepared.raw_execute().map_err(error)?;
+    Ok(u64::try_from(changed).unwrap_or(0))
+}
+
+fn prepare<'c>(
+    conn: &'c Connection,
+    statement: &Statement,
+) -> Result<rusqlite::CachedStatement<'c>, DbErr> {
     let mut prepared = conn.prepare_cached(&statement.sql).map_err(error)?;
     let values = statement.values.as_ref().map_or(&[][..], |v| &v.0[..]);
     for (i, value) in values.iter().enumerate() {
@@ -123,6 +158,15 @@ fn run(conn: &Connection, statement: &Statement, shape: &Shape) -> Result<Vec<Ro
             .raw_bind_parameter(i + 1, bind(value)?)
             .map_err(error)?;
     }
+    Ok(prepared)
+}
+
+pub(super) fn run(
+    conn: &Connection,
+    statement: &Statement,
+    shape: &Shape,
+) -> Result<Vec<Row>, DbErr> {
+    let mut prepared = prepare(conn, statement)?;
     let names: Vec<String> = prepared
         .column_names()
         .into_iter()
@@ -230,8 +274,16 @@ fn time(text: &[u8]) -> Option<DateTime<Utc>> {
         .map(|t| t.and_utc())
 }
 
-fn error(e: rusqlite::Error) -> DbErr {
-    DbErr::Custom(format!("SQLite: {e}"))
+/// What a busy or locked SQLite error's message starts with (`db::is_transient`).
+pub(super) const BUSY: &str = "SQLite busy: ";
+
+pub(super) fn error(e: rusqlite::Error) -> DbErr {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            DbErr::Custom(format!("{BUSY}{e}"))
+        }
+        _ => DbErr::Custom(format!("SQLite: {e}")),
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,151 @@
+//! One connection held by one owner, outside any pool — the credits writer's: its statements,
+//! BEGIN and COMMIT are each one round trip, with no ping when it is done. On SQLite a
+//! rusqlite connection used on the owner's thread (the writer's own), on PostgreSQL an sqlx
+//! connection. Values are bound and read as in `sqlite` and `postgres`.
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use sea_orm::{DbErr, QueryResult, Statement};
+use sea_query_sqlx::SqlxValues;
+use sqlx::{
+    AssertSqlSafe, Connection as _,
+    postgres::{PgConnectOptions, PgConnection},
+};
+
+use super::{Counts, Row, Shape, sqlite};
+
+/// An exclusive connection for write transactions.
+pub struct Session {
+    conn: Conn,
+    counts: Arc<Counts>,
+}
+
+enum Conn {
+    Sqlite(rusqlite::Connection),
+    Postgres(Box<PgConnection>),
+}
+
+impl Session {
+    pub(super) fn sqlite(
+        path: &Path,
+        busy_timeout: Duration,
+        counts: Arc<Counts>,
+    ) -> Result<Self, DbErr> {
+        let conn = sqlite::open(path, busy_timeout, false)?;
+        Ok(Session {
+            conn: Conn::Sqlite(conn),
+            counts,
+        })
+    }
+
+    pub(super) async fn postgres(
+        options: &PgConnectOptions,
+        counts: Arc<Counts>,
+    ) -> Result<Self, DbErr> {
+        let conn = PgConnection::connect_with(options)
+            .await
+            .map_err(super::postgres::error)?;
+        Ok(Session {
+            conn: Conn::Postgres(Box::new(conn)),
+            counts,
+        })
+    }
+
+    pub fn backend(&self) -> sea_orm::DatabaseBackend {
+        match self.conn {
+            Conn::Sqlite(_) => sea_orm::DatabaseBackend::Sqlite,
+            Conn::Postgres(_) => sea_orm::DatabaseBackend::Postgres,
+        }
+    }
+
+    /// Starts a transaction: `BEGIN IMMEDIATE` on SQLite (the write lock from the start: another
+    /// writer makes it wait, up to the busy timeout, instead of failing mid-transaction).
+    pub async fn begin(&mut self) -> Result<(), DbErr> {
+        let sql = match self.conn {
+            Conn::Sqlite(_) => "BEGIN IMMEDIATE",
+            Conn::Postgres(_) => "BEGIN",
+        };
+        self.batch(sql).await
+    }
+
+    pub async fn commit(&mut self) -> Result<(), DbErr> {
+        self.batch("COMMIT").await
+    }
+
+    /// Rolls the open transaction back, if any.
+    pub async fn rollback(&mut self) -> Result<(), DbErr> {
+        if let Conn::Sqlite(conn) = &self.conn
+            && conn.is_autocommit()
+        {
+            return Ok(());
+        }
+        self.batch("ROLLBACK").await
+    }
+
+    /// Marks a point the transaction can go back to (`undo`) without losing the rest.
+    pub async fn savepoint(&mut self, name: &str) -> Result<(), DbErr> {
+        self.batch(&format!("SAVEPOINT {name}")).await
+    }
+
+    /// Undoes everything since `savepoint(name)`.
+    pub async fn undo(&mut self, name: &str) -> Result<(), DbErr> {
+        self.batch(&format!("ROLLBACK TO SAVEPOINT {name}")).await
+    }
+
+    /// Forgets `savepoint(name)`, keeping what followed it.
+    pub async fn release(&mut self, name: &str) -> Result<(), DbErr> {
+        self.batch(&format!("RELEASE SAVEPOINT {name}")).await
+    }
+
+    /// One statement's rows (on SQLite typed by `shape`).
+    pub async fn query(&mut self, statement: &Statement, shape: &Shape) -> Result<Vec<Row>, DbErr> {
+        self.counts.trip(1, 1);
+        match &mut self.conn {
+            Conn::Sqlite(conn) => sqlite::run(conn, statement, shape),
+            Conn::Postgres(conn) => {
+                let rows = bound(statement)
+                    .fetch_all(conn.as_mut())
+                    .await
+                    .map_err(super::postgres::error)?;
+                Ok(rows
+                    .into_iter()
+                    .map(|row| Row::Postgres(QueryResult::from(row)))
+                    .collect())
+            }
+        }
+    }
+
+    /// One statement run for its effect; how many rows it changed.
+    pub async fn execute(&mut self, statement: &Statement) -> Result<u64, DbErr> {
+        self.counts.trip(1, 1);
+        match &mut self.conn {
+            Conn::Sqlite(conn) => sqlite::execute(conn, statement),
+            Conn::Postgres(conn) => Ok(bound(statement)
+                .execute(conn.as_mut())
+                .await
+                .map_err(super::postgres::error)?
+                .rows_affected()),
+        }
+    }
+
+    /// A statement without parameters (transaction control).
+    async fn batch(&mut self, sql: &str) -> Result<(), DbErr> {
+        self.counts.trip(0, 1);
+        match &mut self.conn {
+            Conn::Sqlite(conn) => conn.execute_batch(sql).map_err(sqlite::error),
+            Conn::Postgres(conn) => sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
+                .execute(conn.as_mut())
+                .await
+                .map(|_| ())
+                .map_err(super::postgres::error),
+        }
+    }
+}
+
+fn bound(statement: &Statement) -> sqlx::query::Query<'_, sqlx::Postgres, SqlxValues> {
+    let values = statement
+        .values
+        .clone()
+        .unwrap_or(sea_orm::Values(Vec::new()));
+    sqlx::query_with(AssertSqlSafe(statement.sql.as_str()), SqlxValues(values))
+}
