@@ -3,8 +3,10 @@
 //! one round trip each. Everything else uses sea-orm: on SQLite, which allows one writer,
 //! every write transaction goes through a single writer connection (so guards queue in-process
 //! instead of failing with SQLITE_BUSY) while reads use a pool; on PostgreSQL both are the
-//! same pool. Every round trip — a statement, BEGIN, COMMIT, the pool's ping when it takes a
-//! connection back — is counted (`round_trips`, `tollgate_db_round_trips_total`).
+//! same pool. Every round trip is counted (`round_trips`, `tollgate_db_round_trips_total`):
+//! on PostgreSQL each statement, BEGIN, COMMIT and pool ping; on SQLite each hand-off to a
+//! connection's thread (sqlx's statements, BEGINs, COMMITs and pings; a batch handed to the
+//! credits writer's thread) and each read made on a request's own thread.
 
 mod postgres;
 mod session;
@@ -115,6 +117,11 @@ impl Database {
             }
             Readers::Postgres(readers) => Session::postgres(readers.options(), counts).await,
         }
+    }
+
+    /// Counts one hand-off of work to a connection's own thread (the SQLite writer's batch).
+    pub fn hand_off(&self) {
+        self.counts.trip(0, 1);
     }
 
     /// `query`'s first row.

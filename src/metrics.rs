@@ -29,7 +29,8 @@ pub struct Metrics {
     outbox: IntGaugeVec,
     pool: IntGaugeVec,
     statements: IntCounter,
-    /// Held while `statements` catches up with the database's own count, so two scrapes at
+    round_trips: IntCounter,
+    /// Held while `statements` and `round_trips` catch up with the database's own count, so two scrapes at
     /// once do not both add the same difference.
     catching_up: Arc<Mutex<()>>,
 }
@@ -84,6 +85,11 @@ impl Metrics {
             &["pool", "state"],
         )?;
         let statements = IntCounter::new("db_statements_total", "SQL statements sent")?;
+        let round_trips = IntCounter::new(
+            "db_round_trips_total",
+            "Round trips to the database: statements, BEGIN/COMMIT, the pool's pings \
+             (a network round trip to PostgreSQL, a trip to a SQLite connection's thread)",
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(errors.clone()))?;
@@ -92,6 +98,7 @@ impl Metrics {
         registry.register(Box::new(outbox.clone()))?;
         registry.register(Box::new(pool.clone()))?;
         registry.register(Box::new(statements.clone()))?;
+        registry.register(Box::new(round_trips.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -102,6 +109,7 @@ impl Metrics {
             outbox,
             pool,
             statements,
+            round_trips,
             catching_up: Arc::default(),
         })
     }
@@ -153,6 +161,9 @@ impl Metrics {
             let sent = db.statements();
             self.statements
                 .inc_by(sent.saturating_sub(self.statements.get()));
+            let trips = db.round_trips();
+            self.round_trips
+                .inc_by(trips.saturating_sub(self.round_trips.get()));
         }
         let mut out = Vec::new();
         TextEncoder::new()

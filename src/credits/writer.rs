@@ -97,7 +97,11 @@ struct Running {
 impl Running {
     async fn run(mut self, mut queue: mpsc::Receiver<Job>, max_batch: usize) {
         let mut batch = Vec::with_capacity(max_batch);
+        let on_own_thread = self.db.backend() != sea_orm::DatabaseBackend::Postgres;
         while queue.recv_many(&mut batch, max_batch).await > 0 {
+            if on_own_thread {
+                self.db.hand_off();
+            }
             // One lock order for every batch on every replica: no deadlocks between batches.
             batch.sort_by_key(|(spend, _)| spend.tenant_id);
             match self.write_batch(&batch).await {

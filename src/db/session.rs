@@ -1,7 +1,8 @@
-//! One connection held by one owner, outside any pool — the credits writer's: its statements,
-//! BEGIN and COMMIT are each one round trip, with no ping when it is done. On SQLite a
-//! rusqlite connection used on the owner's thread (the writer's own), on PostgreSQL an sqlx
-//! connection. Values are bound and read as in `sqlite` and `postgres`.
+//! One connection held by one owner, outside any pool — the credits writer's. On PostgreSQL
+//! an sqlx connection: its statements, BEGIN and COMMIT are each one round trip, with no ping
+//! when it is done. On SQLite a rusqlite connection used on the owner's own thread: its
+//! statements are calls on that thread, not hand-offs (the hand-off is the batch the owner
+//! takes; see `Database::hand_off`). Values are bound and read as in `sqlite` and `postgres`.
 
 use std::{path::Path, sync::Arc, time::Duration};
 
@@ -99,7 +100,7 @@ impl Session {
 
     /// One statement's rows (on SQLite typed by `shape`).
     pub async fn query(&mut self, statement: &Statement, shape: &Shape) -> Result<Vec<Row>, DbErr> {
-        self.counts.trip(1, 1);
+        self.count(1);
         match &mut self.conn {
             Conn::Sqlite(conn) => sqlite::run(conn, statement, shape),
             Conn::Postgres(conn) => {
@@ -117,7 +118,7 @@ impl Session {
 
     /// One statement run for its effect; how many rows it changed.
     pub async fn execute(&mut self, statement: &Statement) -> Result<u64, DbErr> {
-        self.counts.trip(1, 1);
+        self.count(1);
         match &mut self.conn {
             Conn::Sqlite(conn) => sqlite::execute(conn, statement),
             Conn::Postgres(conn) => Ok(bound(statement)
@@ -130,7 +131,7 @@ impl Session {
 
     /// A statement without parameters (transaction control).
     async fn batch(&mut self, sql: &str) -> Result<(), DbErr> {
-        self.counts.trip(0, 1);
+        self.count(0);
         match &mut self.conn {
             Conn::Sqlite(conn) => conn.execute_batch(sql).map_err(sqlite::error),
             Conn::Postgres(conn) => sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
@@ -139,6 +140,17 @@ impl Session {
                 .map(|_| ())
                 .map_err(super::postgres::error),
         }
+    }
+}
+
+impl Session {
+    /// Counts `statements` sent, and the round trip when there is one (PostgreSQL).
+    fn count(&self, statements: u64) {
+        let trips = match self.conn {
+            Conn::Sqlite(_) => 0,
+            Conn::Postgres(_) => 1,
+        };
+        self.counts.trip(statements, trips);
     }
 }
 

@@ -291,6 +291,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn rusqlite_and_sqlx_link_the_one_same_sqlite() {
+        let lock = include_str!("../../Cargo.lock");
+        let versions = lock.matches("name = \"libsqlite3-sys\"").count();
+        assert_eq!(
+            versions, 1,
+            "two libsqlite3-sys versions would link two SQLites"
+        );
+    }
+
+    #[test]
     fn values_round_trip_in_the_encoding_sqlx_writes() {
         let conn = Connection::open_in_memory().unwrap();
         let id = Uuid::now_v7();

@@ -19,6 +19,7 @@ mod operability;
 mod plans;
 mod reporter;
 mod resilience;
+mod round_trips;
 mod schema;
 mod stripe;
 mod tenants;
