@@ -35,7 +35,7 @@ use std::{
 };
 
 use chrono::Utc;
-use entity::{plan, project, tenant, tenant_subscription, user};
+use entity::{plan, project, tenant, tenant_subscription, tenant_user, user};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, Database as SeaDatabase, EntityTrait,
     QueryFilter,
@@ -53,6 +53,8 @@ const CONNECTIONS: usize = 32;
 const SECRET: &str = "bench-secret-bench-secret-bench-secret-0123";
 const CONFIG: &str = r#"
 default_plan = "unlimited"
+[tenants]
+max_per_user = 2000
 [[plans]]
 slug = "unlimited"
 title = "Unlimited"
@@ -69,6 +71,9 @@ title = "Credits"
 type = "MONTHLY"
 value = 1000
 "#;
+
+/// Tenants of the multi-tenant workload, each with a project.
+const TENANTS: usize = 1_000;
 
 /// The floor a workload is compared with: its name and rate.
 type Floor = Option<(&'static str, f64)>;
@@ -293,10 +298,28 @@ async fn run_database(
     let unlimited = tenant_with_project(&client, &base, &token, "unlimited").await;
     let limited = tenant_with_project(&client, &base, &token, "limited").await;
     move_to_plan(url, &limited.0, "limited").await;
+    // The multi-tenant workload's tenants (on the default, UNLIMITED plan), made 32 at a time.
+    let slugs: Vec<String> = (0..TENANTS).map(|i| format!("t{i}")).collect();
+    let mut many = Vec::with_capacity(TENANTS);
+    for chunk in slugs.chunks(32) {
+        let made = futures::future::join_all(
+            chunk
+                .iter()
+                .map(|slug| tenant_with_project(&client, &base, &token, slug)),
+        )
+        .await;
+        many.extend(made.into_iter().map(|(_, project)| project));
+    }
+    let create_task = |project: &str| {
+        format!(
+            r#"{{"query":"mutation {{ createTask(projectId: \"{project}\", input: {{title: \"bench\"}}) {{ id }} }}"}}"#
+        )
+    };
+    let spread: Vec<String> = many.iter().map(|p| create_task(p)).collect();
 
     let pid = server.id();
     let (health, cost) = measured(pid, || {
-        wrk(&base, "GET", "/healthz", None, None, seconds, pinned)
+        wrk(&base, "GET", "/healthz", &[], None, seconds, pinned)
     });
     rows.push(Row {
         cost,
@@ -309,52 +332,52 @@ async fn run_database(
         denied: 0,
         floor: None,
     });
-    let workloads: [(&str, String, Floor); 5] = [
+    let one = |body: String| vec![body];
+    let workloads: [(&str, Vec<String>, Floor); 6] = [
         (
             "`createTask`, UNLIMITED plan",
-            format!(
-                r#"{{"query":"mutation {{ createTask(projectId: \"{}\", input: {{title: \"bench\"}}) {{ id }} }}"}}"#,
-                unlimited.1
-            ),
-            Some(("batched raw guard", floor_batch)),
+            one(create_task(&unlimited.1)),
+            Some(("healthz", health.rps)),
+        ),
+        (
+            "`createTask`, 1,000 tenants (UNLIMITED), round-robin",
+            spread,
+            Some(("healthz", health.rps)),
         ),
         (
             "`createTask`, 1000-credit plan running out",
-            format!(
-                r#"{{"query":"mutation {{ createTask(projectId: \"{}\", input: {{title: \"bench\"}}) {{ id }} }}"}}"#,
-                limited.1
-            ),
-            Some(("batched raw guard", floor_batch)),
+            one(create_task(&limited.1)),
+            Some(("healthz", health.rps)),
         ),
         (
             "`planFeatureUsage`",
-            format!(
+            one(format!(
                 r#"{{"query":"{{ planFeatureUsage(tenantId: \"{}\") {{ used remaining enabled }} }}"}}"#,
                 unlimited.0
-            ),
+            )),
             Some(("healthz", health.rps)),
         ),
         (
             "`creditHistory(first: 20)`",
-            format!(
+            one(format!(
                 r#"{{"query":"{{ creditHistory(tenantId: \"{}\", first: 20) {{ nodes {{ id type amount createdAt }} pageInfo {{ endCursor hasNextPage }} }} }}"}}"#,
                 unlimited.0
-            ),
+            )),
             Some(("healthz", health.rps)),
         ),
         (
-            "`creditTypes`",
-            r#"{"query":"{ creditTypes { value name amount } }"}"#.to_owned(),
+            "`creditTypes` (signed in)",
+            one(r#"{"query":"{ creditTypes { value name amount } }"}"#.to_owned()),
             Some(("healthz", health.rps)),
         ),
     ];
-    for (name, body, floor) in workloads {
+    for (name, bodies, floor) in workloads {
         let (r, cost) = measured(pid, || {
             wrk(
                 &base,
                 "POST",
                 "/graphql",
-                Some(&body),
+                &bodies,
                 Some(&token),
                 seconds,
                 pinned,
@@ -561,20 +584,35 @@ function done(summary, latency, requests)
 end
 "#;
 
+/// wrk on `path` for `seconds`: with no body, one body, or — several bodies — each request
+/// the next body in turn.
 fn wrk(
     base: &str,
     method: &str,
     path: &str,
-    body: Option<&str>,
+    bodies: &[String],
     token: Option<&str>,
     seconds: u64,
     pinned: bool,
 ) -> WrkResult {
     let mut script = String::from(LUA);
     writeln!(script, "wrk.method = \"{method}\"").unwrap();
-    if let Some(body) = body {
+    if let Some(body) = bodies.first() {
         writeln!(script, "wrk.body = [==[{body}]==]").unwrap();
         script.push_str("wrk.headers[\"Content-Type\"] = \"application/json\"\n");
+    }
+    if bodies.len() > 1 {
+        script.push_str("local bodies = {\n");
+        for body in bodies {
+            writeln!(script, "[==[{body}]==],").unwrap();
+        }
+        // Formatted once per thread; `request` hands them out in turn.
+        script.push_str(
+            "}\nlocal formatted = {}\nlocal next_one = 0\n\
+             function init(args) errors = 0; denied = 0\n\
+               for i, b in ipairs(bodies) do formatted[i] = wrk.format(nil, nil, nil, b) end end\n\
+             function request() next_one = next_one % #formatted + 1; return formatted[next_one] end\n",
+        );
     }
     if let Some(token) = token {
         writeln!(
@@ -670,6 +708,16 @@ async fn raw_floor(url: &str, batched: bool, seconds: u64) -> f64 {
     .insert(&db.write)
     .await
     .expect("tenant");
+    // The guard checks that its spender is a member, as in the server.
+    tenant_user::ActiveModel {
+        tenant_id: Set(tenant.id),
+        user_id: Set(user.id),
+        role: Set(tenant_user::Role::Owner),
+        created_at: Set(now),
+    }
+    .insert(&db.write)
+    .await
+    .expect("membership");
     tollgate::plans::subscribe(&db.write, tenant.id, "unlimited", now)
         .await
         .expect("subscribed");

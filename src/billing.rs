@@ -12,15 +12,14 @@ mod client;
 pub mod outbox;
 mod reporter;
 mod sessions;
-mod webhooks;
+pub mod webhooks;
 
 use uuid::Uuid;
 
 pub use client::{StripeFailure, StripeHttp};
 pub use outbox::UsageStatus;
 pub use reporter::spawn_reporter;
-pub use sessions::{TENANT_METADATA_KEY, checkout, portal};
-pub use webhooks::receive;
+pub use sessions::{Billing, Checkout, TENANT_METADATA_KEY, checkout, portal};
 
 /// The meter-event `identifier` of a usage event: derived from its id alone, so every send of
 /// the row — after a crash, by another replica — carries the same one, and Stripe keeps one.

@@ -13,7 +13,7 @@ use figment::{
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-use crate::credits::FeatureLimitType;
+use entity::plan_feature::FeatureLimitType;
 
 /// The built-in configuration.
 const DEFAULTS: &str = include_str!("../config/default.toml");

@@ -23,9 +23,10 @@ use secrecy::ExposeSecret;
 use serde_json::json;
 
 mod graphiql;
+mod webhooks;
 
 use crate::{
-    auth, billing,
+    auth,
     error::AppError,
     graphql::{
         ClientAddress, IdempotencyHeader, Schemas,
@@ -44,7 +45,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, with_metrics: bool) {
             .route(web::get().to(graphql_get)),
     )
     .configure(graphiql::routes)
-    .route("/webhooks/stripe", web::post().to(billing::receive))
+    .route("/webhooks/stripe", web::post().to(webhooks::receive))
     .route("/healthz", web::get().to(healthz))
     .route("/readyz", web::get().to(readyz));
     if with_metrics {

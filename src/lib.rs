@@ -12,13 +12,16 @@ pub mod config;
 /// THE DOMAIN: the credits guard (`credits::guard`, batched by `credits::Writer`), the
 /// plan-limit rule (`credits::limit`), usage, the ledger and its audit.
 pub mod credits;
-/// Database connections (a reader pool and, on SQLite, one writer).
+/// Database connections: the request path's reads in one round trip (rusqlite on SQLite, our
+/// own sqlx connections on PostgreSQL), the writer's session, sea-orm for the rest; SQL with
+/// named parameters; every round trip counted.
 pub mod db;
 /// The one error type and its public codes.
 pub mod error;
 /// The GraphQL schema, its types and resolvers.
 pub mod graphql;
-/// The HTTP routes: /graphql (and GraphiQL), /healthz, /readyz, /metrics, /webhooks/stripe.
+/// The HTTP routes: /graphql (and GraphiQL), /healthz, /readyz, /metrics, /webhooks/stripe
+/// (its HTTP side; `billing::webhooks` applies the events).
 pub mod http;
 /// Idempotency keys of guarded mutations: claim, replay, purge.
 pub mod idempotency;

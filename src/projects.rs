@@ -2,11 +2,6 @@
 //! spend to the credits `Writer`, which commits the idempotency claim (when a key is given),
 //! the spend and the row together or not at all.
 
-use std::{
-    collections::HashMap,
-    sync::{Mutex, PoisonError},
-};
-
 use chrono::{Duration, Utc};
 use entity::{project, task};
 use sea_orm::{EntityTrait, prelude::*};
@@ -130,7 +125,11 @@ pub async fn create_project(
     };
     match writer.submit(spend).await.map_err(|e| spender(viewer, e))? {
         Spent::Charged => Ok(project),
-        Spent::Replayed(id) => original(project::Entity::find_by_id(id).one(&db.read).await?),
+        Spent::Replayed(id) => original(
+            project::Entity::find_by_id((id, tenant_id))
+                .one(&db.read)
+                .await?,
+        ),
     }
 }
 
@@ -148,13 +147,13 @@ pub async fn create_task(
     // The tenant a project is in never changes: once read, it is known (the guard still
     // checks membership). A project of a tenant the viewer is not in is as absent as one
     // that does not exist.
-    let tenant_id = match state.project_tenants.get(project_id) {
+    let tenant_id = match state.owners.get(project_id) {
         Some(tenant_id) => tenant_id,
         None => {
             let project = auth::visible_project(db, viewer, project_id)
                 .await?
                 .ok_or(AppError::NotFound("project"))?;
-            state.project_tenants.insert(project.id, project.tenant_id);
+            state.owners.insert(project.id, project.tenant_id);
             project.tenant_id
         }
     };
@@ -196,7 +195,11 @@ pub async fn create_task(
         })?;
     match spent {
         Spent::Charged => Ok(task),
-        Spent::Replayed(id) => original(task::Entity::find_by_id(id).one(&db.read).await?),
+        Spent::Replayed(id) => original(
+            task::Entity::find_by_id((id, tenant_id))
+                .one(&db.read)
+                .await?,
+        ),
     }
 }
 
@@ -206,30 +209,6 @@ fn spender(viewer: &Viewer, e: AppError) -> AppError {
     match e {
         AppError::Unauthenticated(_) => viewer.user_gone(),
         e => e,
-    }
-}
-
-/// The tenant of each project seen. A project never changes tenant, so this decides nothing
-/// the database would not (the guard checks membership); it saves the read of the project on
-/// each `createTask`. Bounded: emptied when full.
-#[derive(Default)]
-pub struct ProjectTenants(Mutex<HashMap<Uuid, Uuid>>);
-
-/// Projects `ProjectTenants` holds at most.
-const KNOWN_PROJECTS: usize = 100_000;
-
-impl ProjectTenants {
-    fn get(&self, project_id: Uuid) -> Option<Uuid> {
-        let known = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        known.get(&project_id).copied()
-    }
-
-    fn insert(&self, project_id: Uuid, tenant_id: Uuid) {
-        let mut known = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if known.len() >= KNOWN_PROJECTS {
-            known.clear();
-        }
-        known.insert(project_id, tenant_id);
     }
 }
 

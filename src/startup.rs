@@ -102,7 +102,7 @@ impl Application {
                 metrics.clone(),
             )
             .await?,
-            project_tenants: Arc::default(),
+            owners: Arc::default(),
             stripe,
             db: db.clone(),
             config: Arc::new(config),

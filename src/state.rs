@@ -1,7 +1,12 @@
 //! `AppState`: what every request can reach — connections, the guard writer, the
 //! configuration, keys, the password hashers, the Stripe client, metrics and rate limits.
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+};
+
+use uuid::Uuid;
 
 use crate::{
     auth::{Hasher, Keys},
@@ -10,7 +15,6 @@ use crate::{
     credits::Writer,
     db::Database,
     metrics::Metrics,
-    projects::ProjectTenants,
     rate_limit::RateLimits,
 };
 
@@ -27,6 +31,42 @@ pub struct AppState {
     pub stripe: Option<StripeHttp>,
     pub metrics: Metrics,
     pub limits: Arc<RateLimits>,
-    /// The tenant of each project seen (immutable facts; see `projects::ProjectTenants`).
-    pub project_tenants: Arc<ProjectTenants>,
+    /// The tenant of each resource seen (facts that never change).
+    pub owners: Arc<Owners>,
+}
+
+impl AppState {
+    /// What billing pages need.
+    pub fn billing(&self) -> crate::billing::Billing<'_> {
+        crate::billing::Billing {
+            db: &self.db,
+            stripe: self.stripe.as_ref(),
+            config: &self.config,
+        }
+    }
+}
+
+/// The tenant that owns each resource seen (a project). A resource never changes tenant, so
+/// this decides nothing the database would not — the guard still checks membership — and
+/// saves reading the resource again (`createTask` names only its project). Bounded: emptied
+/// when full.
+#[derive(Default)]
+pub struct Owners(Mutex<HashMap<Uuid, Uuid>>);
+
+/// Resources `Owners` holds at most.
+const KNOWN_OWNERS: usize = 100_000;
+
+impl Owners {
+    pub fn get(&self, resource_id: Uuid) -> Option<Uuid> {
+        let known = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        known.get(&resource_id).copied()
+    }
+
+    pub fn insert(&self, resource_id: Uuid, tenant_id: Uuid) {
+        let mut known = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if known.len() >= KNOWN_OWNERS {
+            known.clear();
+        }
+        known.insert(resource_id, tenant_id);
+    }
 }

@@ -7,6 +7,9 @@ use sea_orm::entity::prelude::*;
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: Uuid,
+    /// With `id`, the key: every key of a tenant's table includes the tenant (so the schema
+    /// can be distributed by it).
+    #[sea_orm(primary_key, auto_increment = false)]
     pub tenant_id: Uuid,
     pub project_id: Uuid,
     pub title: String,

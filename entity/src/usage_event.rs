@@ -10,6 +10,9 @@ use sea_orm::entity::prelude::*;
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: Uuid,
+    /// With `id`, the key: every key of a tenant's table includes the tenant (so the schema
+    /// can be distributed by it).
+    #[sea_orm(primary_key, auto_increment = false)]
     pub tenant_id: Uuid,
     /// The ledger row this usage was charged in.
     pub credit_id: Uuid,

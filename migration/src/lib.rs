@@ -8,6 +8,7 @@ mod m20261125_000002_idempotency;
 mod m20261125_000003_stripe;
 mod m20261125_000004_external_subject;
 mod m20261130_000005_email_verified;
+mod m20261130_000006_tenant_keys;
 
 pub struct Migrator;
 
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000003_stripe::Migration),
             Box::new(m20261125_000004_external_subject::Migration),
             Box::new(m20261130_000005_email_verified::Migration),
+            Box::new(m20261130_000006_tenant_keys::Migration),
         ]
     }
 }

@@ -12,7 +12,12 @@ use sea_orm::{
     prelude::*,
 };
 
-use crate::{config::Meter, db, db::Database, error::AppError};
+use crate::{
+    auth::{self, Viewer},
+    config::Meter,
+    db::{self, Database},
+    error::AppError,
+};
 
 pub use entity::usage_event::UsageStatus;
 
@@ -154,14 +159,16 @@ pub async fn settle(
     txn.commit().await
 }
 
-/// A tenant's usage events, newest first, `first` after the event `after` (keyset). The bool
-/// says whether more follow.
+/// A tenant's usage events, newest first, `first` after the event `after` (keyset), for its
+/// OWNER or ADMIN. The bool says whether more follow.
 pub async fn reports(
-    db: &impl ConnectionTrait,
+    db: &Database,
+    viewer: &Viewer,
     tenant_id: Uuid,
     first: u64,
     after: Option<Uuid>,
 ) -> Result<(Vec<usage_event::Model>, bool), AppError> {
+    auth::require_admin(db, viewer, tenant_id).await?;
     let mut query = usage_event::Entity::find().filter(usage_event::Column::TenantId.eq(tenant_id));
     if let Some(after) = after {
         query = query.filter(usage_event::Column::Id.lt(after));
@@ -169,7 +176,7 @@ pub async fn reports(
     let rows = query
         .order_by_desc(usage_event::Column::Id)
         .limit(first + 1)
-        .all(db)
+        .all(&db.read)
         .await?;
     Ok(db::page(rows, first))
 }

@@ -11,10 +11,48 @@ use stripe_checkout::checkout_session::{
 use stripe_shared::CheckoutSessionMode;
 use uuid::Uuid;
 
-use sea_orm::ConnectionTrait;
+use super::StripeHttp as Client;
+use crate::{
+    auth::{self, Viewer},
+    config::Config,
+    db::Database,
+    error::AppError,
+    plans, tenants,
+};
 
-use super::StripeHttp;
-use crate::{config::Config, error::AppError, plans};
+/// What a billing page needs from the process.
+pub struct Billing<'a> {
+    pub db: &'a Database,
+    /// `None` when Stripe is not configured.
+    pub stripe: Option<&'a Client>,
+    pub config: &'a Config,
+}
+
+/// A Checkout page to ask for: which tenant subscribes to which plan.
+pub struct Checkout {
+    pub tenant_id: Uuid,
+    pub plan_slug: String,
+}
+
+/// For a billing page of `tenant_id`: the Stripe client (`BAD_USER_INPUT` when Stripe is not
+/// configured), the tenant, and the viewer's email — an OWNER or ADMIN only.
+async fn access<'a>(
+    billing: &Billing<'a>,
+    viewer: &Viewer,
+    tenant_id: Uuid,
+) -> Result<(&'a Client, entity::tenant::Model, String), AppError> {
+    auth::require_admin(billing.db, viewer, tenant_id).await?;
+    let client = billing
+        .stripe
+        .ok_or_else(|| AppError::bad_input("billing is not configured on this server"))?;
+    let user = auth::me(billing.db, viewer)
+        .await?
+        .ok_or_else(|| viewer.user_gone())?;
+    let tenant = tenants::find(&billing.db.read, tenant_id)
+        .await?
+        .ok_or(AppError::NotFound("tenant"))?;
+    Ok((client, tenant, user.email))
+}
 
 /// The metadata key, on the subscription Checkout creates, that names the tenant: webhooks
 /// find the tenant by it even before `checkout.session.completed` links the customer.
@@ -26,15 +64,14 @@ pub const TENANT_METADATA_KEY: &str = "tollgate_tenant_id";
 /// entitled plan subscription) is refused: a second subscription would bill it twice — plan
 /// changes go through the billing portal.
 pub async fn checkout(
-    db: &impl ConnectionTrait,
-    client: &StripeHttp,
-    config: &Config,
-    tenant_id: Uuid,
-    customer: Option<&str>,
-    email: &str,
-    plan_slug: &str,
+    billing: &Billing<'_>,
+    viewer: &Viewer,
+    request: Checkout,
 ) -> Result<String, AppError> {
-    let current = plans::tenant_subscriptions(db, &[tenant_id]).await?;
+    let (tenant_id, plan_slug) = (request.tenant_id, request.plan_slug.as_str());
+    let (client, tenant, email) = access(billing, viewer, tenant_id).await?;
+    let (config, customer) = (billing.config, tenant.stripe_customer_id.as_deref());
+    let current = plans::tenant_subscriptions(&billing.db.read, &[tenant_id]).await?;
     if let Some((subscription, _)) = current.get(&tenant_id)
         && subscription.stripe_subscription_id.is_some()
         && config.is_entitled(&subscription.status)
@@ -75,7 +112,7 @@ pub async fn checkout(
         .cancel_url(config.stripe.checkout_cancel_url.as_str());
     request = match customer {
         Some(customer) => request.customer(customer),
-        None => request.customer_email(email),
+        None => request.customer_email(email.as_str()),
     };
     let session = request
         .send(client)
@@ -93,15 +130,22 @@ fn line_item(price: &str, quantity: Option<u64>) -> CreateCheckoutSessionLineIte
     item
 }
 
-/// A billing-portal page for the tenant's Stripe customer.
+/// A billing-portal page for the tenant's Stripe customer (OWNER or ADMIN; the tenant must
+/// have subscribed through Checkout first).
 pub async fn portal(
-    client: &StripeHttp,
-    config: &Config,
-    customer: &str,
+    billing: &Billing<'_>,
+    viewer: &Viewer,
+    tenant_id: Uuid,
 ) -> Result<String, AppError> {
+    let (client, tenant, _) = access(billing, viewer, tenant_id).await?;
+    let customer = tenant.stripe_customer_id.ok_or_else(|| {
+        AppError::bad_input(
+            "the tenant has no Stripe customer yet: subscribe through Checkout first",
+        )
+    })?;
     let session = CreateBillingPortalSession::new()
-        .customer(customer)
-        .return_url(config.stripe.portal_return_url.as_str())
+        .customer(customer.as_str())
+        .return_url(billing.config.stripe.portal_return_url.as_str())
         .send(client)
         .await
         .map_err(|e| {

@@ -1,87 +1,41 @@
-//! `POST /webhooks/stripe`: Stripe tells Tollgate about subscriptions and completed
-//! Checkouts. The signature is checked on the raw body before anything is parsed (HMAC-SHA256,
-//! 300 s tolerance: async-stripe-webhook's `construct_event`). Each event is processed once,
+//! Stripe's webhook events (`POST /webhooks/stripe`, served by `http::webhooks`): subscriptions
+//! and completed Checkouts. The signature is checked on the raw body before anything is parsed
+//! (HMAC-SHA256, 300 s tolerance: async-stripe-webhook's `construct_event`). Each event is processed once,
 //! in one transaction with the record of its id: a replay is answered 200 and changes
 //! nothing. An event older than the one that last changed a subscription is ignored, so
 //! Stripe's retries and reordering never put a tenant back on an older state.
 
-use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, prelude::*};
-use secrecy::ExposeSecret;
-use serde_json::json;
 use stripe_shared::{CheckoutSession, Subscription};
 use stripe_webhook::{EventObject, Webhook, WebhookError};
 
 use super::sessions::TENANT_METADATA_KEY;
 use crate::{
     config::Config,
-    db,
-    http::BodyError,
+    db::{self, Database},
     plans::{self, StripeSubscriptionChange},
-    state::AppState,
 };
 
-/// The largest webhook body accepted (Stripe's events are far smaller).
-const MAX_EVENT_BYTES: usize = 1024 * 1024;
+/// Why an event was not taken.
+#[derive(Debug)]
+pub enum Rejected {
+    /// Not a genuine, fresh Stripe event (HTTP 400): nothing was recorded.
+    Invalid(&'static str),
+    /// It could not be processed (HTTP 500): not acknowledged, so Stripe sends it again.
+    Failed(DbErr),
+}
 
-/// The handler of `POST /webhooks/stripe`.
-pub async fn receive(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    payload: web::Payload,
-) -> HttpResponse {
-    let Some(secret) = &state.config.stripe.webhook_secret else {
-        return answer(
-            StatusCode::NOT_FOUND,
-            "NOT_FOUND",
-            "Stripe webhooks are not configured on this server",
-        );
-    };
-    let timeout = std::time::Duration::from_secs(state.config.http.body_timeout_seconds);
-    let body = match crate::http::read_body(&req, payload, MAX_EVENT_BYTES, timeout).await {
-        Ok(body) => body,
-        Err(BodyError::Slow) => {
-            return answer(
-                StatusCode::REQUEST_TIMEOUT,
-                "BAD_USER_INPUT",
-                "the body arrived too slowly",
-            );
-        }
-        Err(BodyError::TooLarge) => {
-            return answer(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "BAD_USER_INPUT",
-                "the body is too large for a Stripe event",
-            );
-        }
-        Err(BodyError::Broken) => {
-            return answer(
-                StatusCode::BAD_REQUEST,
-                "BAD_USER_INPUT",
-                "the body could not be read",
-            );
-        }
-    };
-    let Some(signature) = req
-        .headers()
-        .get("stripe-signature")
-        .and_then(|v| v.to_str().ok())
-    else {
-        return answer(
-            StatusCode::BAD_REQUEST,
-            "BAD_USER_INPUT",
-            "missing Stripe-Signature header",
-        );
-    };
-    let Ok(payload) = std::str::from_utf8(&body) else {
-        return answer(
-            StatusCode::BAD_REQUEST,
-            "BAD_USER_INPUT",
-            "the body is not UTF-8",
-        );
-    };
-    let event = match Webhook::construct_event(payload, signature, secret.expose_secret()) {
+/// Checks a webhook's signature against `secret` on the raw `payload` (before anything is
+/// parsed), then records the event and applies it; what it did.
+pub async fn handle(
+    db: &Database,
+    config: &Config,
+    secret: &str,
+    payload: &str,
+    signature: &str,
+) -> Result<&'static str, Rejected> {
+    let event = match Webhook::construct_event(payload, signature, secret) {
         Ok(event) => event,
         Err(e) => {
             let message = match e {
@@ -94,7 +48,7 @@ pub async fn receive(
                 }
             };
             tracing::warn!(error.cause = %e, "Stripe webhook rejected");
-            return answer(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", message);
+            return Err(Rejected::Invalid(message));
         }
     };
     let created = DateTime::from_timestamp(event.created, 0).unwrap_or_else(Utc::now);
@@ -103,7 +57,7 @@ pub async fn receive(
         kind: event.type_.as_str(),
         created,
     };
-    match process(&state, &received, event.data.object).await {
+    match process(db, config, &received, event.data.object).await {
         Ok(effect) => {
             tracing::info!(
                 stripe.event.id = received.id,
@@ -111,22 +65,13 @@ pub async fn receive(
                 effect,
                 "Stripe webhook"
             );
-            HttpResponse::Ok().json(json!({ "received": true, "effect": effect }))
+            Ok(effect)
         }
         Err(e) => {
-            // Not acknowledged: Stripe sends it again later.
             tracing::error!(stripe.event.id = received.id, error.cause = %e, "Stripe webhook could not be processed");
-            answer(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "INTERNAL_SERVER_ERROR",
-                "the event could not be processed; Stripe will retry",
-            )
+            Err(Rejected::Failed(e))
         }
     }
-}
-
-fn answer(status: StatusCode, code: &str, message: &str) -> HttpResponse {
-    HttpResponse::build(status).json(json!({ "error": { "code": code, "message": message } }))
 }
 
 struct Received<'a> {
@@ -137,11 +82,12 @@ struct Received<'a> {
 
 /// Records the event and applies it, in one transaction. Returns what it did.
 async fn process(
-    state: &AppState,
+    db: &Database,
+    config: &Config,
     event: &Received<'_>,
     object: EventObject,
 ) -> Result<&'static str, DbErr> {
-    let txn = state.db.begin_write().await?;
+    let txn = db.begin_write().await?;
     let backend = txn.get_database_backend();
     let first = txn
         .execute_raw(db::statement(
@@ -165,10 +111,10 @@ async fn process(
     let effect = match object {
         EventObject::CustomerSubscriptionCreated(s)
         | EventObject::CustomerSubscriptionUpdated(s) => {
-            subscription_changed(&txn, &state.config, &s, false, event.created).await?
+            subscription_changed(&txn, config, &s, false, event.created).await?
         }
         EventObject::CustomerSubscriptionDeleted(s) => {
-            subscription_changed(&txn, &state.config, &s, true, event.created).await?
+            subscription_changed(&txn, config, &s, true, event.created).await?
         }
         EventObject::CheckoutSessionCompleted(s) => checkout_completed(&txn, &s).await?,
         _ => "event type ignored",

@@ -69,8 +69,9 @@ async fn check_outbox(db: &impl ConnectionTrait, report: &mut Report) -> Result<
     report.usage_events = scalar(db, "SELECT CAST(COUNT(*) AS BIGINT) FROM usage_event").await?;
     let unmatched = scalar(
         db,
-        "SELECT CAST(COUNT(*) AS BIGINT) FROM usage_event u LEFT JOIN credit c ON c.id = u.credit_id \
-         WHERE c.id IS NULL OR c.tenant_id <> u.tenant_id OR c.amount <> u.quantity",
+        "SELECT CAST(COUNT(*) AS BIGINT) FROM usage_event u LEFT JOIN credit c \
+         ON c.tenant_id = u.tenant_id AND c.id = u.credit_id \
+         WHERE c.id IS NULL OR c.amount <> u.quantity",
     )
     .await?;
     if unmatched > 0 {
@@ -164,7 +165,8 @@ async fn check_resources(
         db,
         &format!(
             "SELECT CAST(COUNT(*) AS BIGINT) FROM {table} r \
-             JOIN credit c ON c.object_id = {id_text} AND c.type = '{value}'"
+             JOIN credit c ON c.tenant_id = r.tenant_id AND c.object_id = {id_text} \
+             AND c.type = '{value}'"
         ),
     )
     .await?;
@@ -173,8 +175,9 @@ async fn check_resources(
             backend,
             format!(
                 "SELECT {id_text} AS id, CAST(COUNT(c.id) AS BIGINT) AS n FROM {table} r \
-                 LEFT JOIN credit c ON c.object_id = {id_text} AND c.type = '{value}' \
-                 GROUP BY r.{id} HAVING COUNT(c.id) <> 1"
+                 LEFT JOIN credit c ON c.tenant_id = r.tenant_id AND c.object_id = {id_text} \
+                 AND c.type = '{value}' \
+                 GROUP BY r.tenant_id, r.{id} HAVING COUNT(c.id) <> 1"
             ),
         ))
         .await?;

@@ -9,7 +9,7 @@
 //!
 //! Where: on SQLite a thread of its own with a rusqlite connection — each statement a call on
 //! that thread, no hand-off, and commits and checkpoints off the request threads; on
-//! PostgreSQL a task with an sqlx connection outside the pool (no ping after each batch). A
+//! PostgreSQL an async job with an sqlx connection outside the pool (no ping after each batch). A
 //! batch costs BEGIN and COMMIT once for all its spends (DESIGN.md, "Performance
 //! architecture").
 

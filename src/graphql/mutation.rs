@@ -4,7 +4,7 @@ use async_graphql::{Context, ID, Object, ResultExt};
 
 use crate::{
     auth::{self, SignUp},
-    billing,
+    billing::{self, Checkout},
     error::AppError,
     graphql::{
         ClientAddress, IdempotencyHeader, state,
@@ -20,35 +20,6 @@ use crate::{
 
 /// What can be changed.
 pub struct Mutation;
-
-/// For a billing mutation on `tenant_id`: the viewer (an OWNER or ADMIN of it), the tenant,
-/// and the Stripe client (`BAD_USER_INPUT` when Stripe is not configured).
-async fn billing_access<'a>(
-    ctx: &Context<'_>,
-    state: &'a crate::state::AppState,
-    tenant_id: &ID,
-) -> Result<
-    (
-        entity::user::Model,
-        entity::tenant::Model,
-        &'a billing::StripeHttp,
-    ),
-    AppError,
-> {
-    let tenant_id = parse_id(tenant_id, "tenantId")?;
-    auth::require_admin(&state.db, viewer(ctx), tenant_id).await?;
-    let user = auth::me(&state.db, viewer(ctx))
-        .await?
-        .ok_or_else(|| viewer(ctx).user_gone())?;
-    let client = state
-        .stripe
-        .as_ref()
-        .ok_or_else(|| AppError::bad_input("billing is not configured on this server"))?;
-    let tenant = tenants::find(&state.db.read, tenant_id)
-        .await?
-        .ok_or(AppError::NotFound("tenant"))?;
-    Ok((user, tenant, client))
-}
 
 /// One sign-in or sign-up attempt from the request's address: `RATE_LIMITED` past
 /// `rate_limit.auth_per_minute`.
@@ -174,20 +145,12 @@ impl Mutation {
         tenant_id: ID,
         plan_slug: String,
     ) -> async_graphql::Result<CheckoutSession> {
-        let state = state(ctx)?;
-        let (user, tenant, client) = billing_access(ctx, state, &tenant_id).await.extend()?;
-        let url = billing::checkout(
-            &state.db.read,
-            client,
-            &state.config,
-            tenant.id,
-            tenant.stripe_customer_id.as_deref(),
-            &user.email,
-            &plan_slug,
-        )
-        .await
-        .extend()?;
-        Ok(CheckoutSession { url })
+        let request = Checkout {
+            tenant_id: parse_id(&tenant_id, "tenantId").extend()?,
+            plan_slug,
+        };
+        let url = billing::checkout(&state(ctx)?.billing(), viewer(ctx), request).await;
+        Ok(CheckoutSession { url: url.extend()? })
     }
 
     /// A Stripe billing portal page where the tenant's subscription, payment methods and
@@ -197,19 +160,8 @@ impl Mutation {
         ctx: &Context<'_>,
         tenant_id: ID,
     ) -> async_graphql::Result<BillingPortalSession> {
-        let state = state(ctx)?;
-        let (_, tenant, client) = billing_access(ctx, state, &tenant_id).await.extend()?;
-        let customer = tenant
-            .stripe_customer_id
-            .ok_or_else(|| {
-                AppError::bad_input(
-                    "the tenant has no Stripe customer yet: subscribe through Checkout first",
-                )
-            })
-            .extend()?;
-        let url = billing::portal(client, &state.config, &customer)
-            .await
-            .extend()?;
-        Ok(BillingPortalSession { url })
+        let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
+        let url = billing::portal(&state(ctx)?.billing(), viewer(ctx), tenant_id).await;
+        Ok(BillingPortalSession { url: url.extend()? })
     }
 }

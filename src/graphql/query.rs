@@ -135,10 +135,7 @@ impl Query {
         let db = &state(ctx)?.db;
         let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
         let (first, after) = page(first, after.as_deref()).extend()?;
-        auth::require_admin(db, viewer(ctx), tenant_id)
-            .await
-            .extend()?;
-        let (rows, more) = billing::outbox::reports(&db.read, tenant_id, first, after)
+        let (rows, more) = billing::outbox::reports(db, viewer(ctx), tenant_id, first, after)
             .await
             .extend()?;
         let rows = rows

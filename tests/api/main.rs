@@ -15,6 +15,7 @@ mod helpers;
 mod history;
 mod hostile;
 mod idempotency;
+mod layout;
 mod operability;
 mod plans;
 mod reporter;
