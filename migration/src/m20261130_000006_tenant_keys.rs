@@ -3,7 +3,8 @@
 //! key must contain the distribution column. `project`, `task`, `credit` and `usage_event`
 //! were keyed by `id` alone: their primary keys become `(tenant_id, id)`, a task names its
 //! project by `(tenant_id, project_id)`, a usage event's identifier is unique per tenant.
-//! Lookups by `id` alone keep plain (non-unique) indexes.
+//! Lookups by `id` alone keep plain (non-unique) indexes; ledger rows are found by the
+//! resource they paid for within their tenant (`tollgate verify`).
 //!
 //! PostgreSQL alters the keys in place; SQLite, which cannot, rebuilds the four tables with
 //! their rows.
@@ -30,6 +31,8 @@ const POSTGRES_UP: &[&str] = &[
     "ALTER TABLE credit ADD PRIMARY KEY (tenant_id, id)",
     "DROP INDEX idx_credit_tenant_id",
     "CREATE INDEX idx_credit_id ON credit (id)",
+    "DROP INDEX idx_credit_object_id",
+    "CREATE INDEX idx_credit_object ON credit (tenant_id, object_id)",
     "ALTER TABLE usage_event DROP CONSTRAINT usage_event_pkey",
     "ALTER TABLE usage_event ADD PRIMARY KEY (tenant_id, id)",
     "ALTER TABLE usage_event DROP CONSTRAINT usage_event_identifier_key",
@@ -90,7 +93,7 @@ const SQLITE_UP: &[&str] = &[
     "CREATE INDEX idx_task_project ON task (tenant_id, project_id)",
     "CREATE INDEX idx_task_id ON task (id)",
     "CREATE INDEX idx_credit_id ON credit (id)",
-    "CREATE INDEX idx_credit_object_id ON credit (object_id)",
+    "CREATE INDEX idx_credit_object ON credit (tenant_id, object_id)",
     "CREATE INDEX idx_usage_event_due ON usage_event (status, next_attempt_at)",
     "CREATE INDEX idx_usage_event_id ON usage_event (id)",
 ];

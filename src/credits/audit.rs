@@ -164,8 +164,10 @@ async fn check_resources(
     let matched = scalar(
         db,
         &format!(
-            "SELECT CAST(COUNT(*) AS BIGINT) FROM {table} r \
-             JOIN credit c ON c.tenant_id = r.tenant_id AND c.object_id = {id_text} \
+            // A LEFT JOIN, counting the matches, keeps SQLite walking the resources and
+            // looking each ledger row up by (tenant, object), never the other way round.
+            "SELECT CAST(COUNT(c.id) AS BIGINT) FROM {table} r \
+             LEFT JOIN credit c ON c.tenant_id = r.tenant_id AND c.object_id = {id_text} \
              AND c.type = '{value}'"
         ),
     )
