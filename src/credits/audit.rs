@@ -62,7 +62,10 @@ pub async fn verify(db: &impl ConnectionTrait, paid: &[&PaidTable]) -> Result<Re
     // a role that may not analyze still verifies.
     if db.get_database_backend() == DatabaseBackend::Postgres {
         let tables: Vec<&str> = paid.iter().map(|p| p.table).collect();
-        let sql = format!("ANALYZE credit, credit_usage, usage_event, {}", tables.join(", "));
+        let sql = format!(
+            "ANALYZE credit, credit_usage, usage_event, {}",
+            tables.join(", ")
+        );
         if let Err(e) = db.execute_unprepared(&sql).await {
             tracing::warn!(error.cause = %e, "could not refresh statistics before verifying");
         }
