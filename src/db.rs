@@ -211,20 +211,6 @@ impl Row {
     }
 }
 
-/// A hand-written SQL statement for `backend`, written with Postgres's numbered parameters
-/// (`$1`, `$2`, …; a number may repeat), which SQLite spells `?1`, `?2`, ….
-pub fn statement(
-    backend: DatabaseBackend,
-    sql: &str,
-    values: impl IntoIterator<Item = sea_orm::Value>,
-) -> Statement {
-    let sql = match backend {
-        DatabaseBackend::Postgres => sql.to_owned(),
-        _ => sql.replace('$', "?"),
-    };
-    Statement::from_sql_and_values(backend, sql, values)
-}
-
 /// A keyset page from `first + 1` rows read: the first `first`, and whether more follow.
 pub fn page<T>(mut rows: Vec<T>, first: u64) -> (Vec<T>, bool) {
     let more = rows.len() as u64 > first;

@@ -13,7 +13,11 @@ use sea_orm::{
     sea_query::{Expr, OnConflict},
 };
 
-use crate::{config::Config, db, db::Database, error::AppError};
+use crate::{
+    config::Config,
+    db::{Database, Sql},
+    error::AppError,
+};
 
 /// A plan with its features, in their configured order.
 #[derive(Clone, Debug)]
@@ -107,32 +111,37 @@ pub async fn record_stripe_subscription(
     txn: &impl ConnectionTrait,
     change: &StripeSubscriptionChange<'_>,
 ) -> Result<bool, DbErr> {
-    let mut sql = String::from(
-        "UPDATE tenant_subscription SET \
-         plan_id = COALESCE((SELECT id FROM plan WHERE slug = $2), plan_id), \
-         status = $3, current_period_start = $4, current_period_end = $5, \
-         stripe_subscription_id = $6, cancel_at_period_end = $7, stripe_event_at = $8, updated_at = $9 \
-         WHERE tenant_id = $1 AND (stripe_event_at IS NULL OR stripe_event_at <= $8)",
+    let ended = match change.ends {
+        Some(_) => " AND stripe_subscription_id = :ended",
+        None => "",
+    };
+    let sql = Sql::new(
+        txn.get_database_backend(),
+        &format!(
+            "UPDATE tenant_subscription SET \
+             plan_id = COALESCE((SELECT id FROM plan WHERE slug = :plan), plan_id), \
+             status = :status, current_period_start = :start, current_period_end = :end, \
+             stripe_subscription_id = :subscription, cancel_at_period_end = :cancel, \
+             stripe_event_at = :event_at, updated_at = :now \
+             WHERE tenant_id = :tenant AND (stripe_event_at IS NULL OR stripe_event_at <= :event_at){ended}"
+        ),
     );
-    let mut values: Vec<sea_orm::Value> = vec![
-        change.tenant_id.into(),
-        change.plan.into(),
-        change.status.into(),
-        change.period.map(|p| p.0).into(),
-        change.period.map(|p| p.1).into(),
-        change.subscription_id.map(str::to_owned).into(),
-        change.cancel_at_period_end.into(),
-        change.event_at.into(),
-        Utc::now().into(),
-    ];
-    if let Some(ended) = change.ends {
-        sql.push_str(" AND stripe_subscription_id = $10");
-        values.push(ended.into());
-    }
-    let backend = txn.get_database_backend();
-    let result = txn
-        .execute_raw(db::statement(backend, &sql, values))
-        .await?;
+    let statement = sql.bind(|name| {
+        Some(match name {
+            "tenant" => change.tenant_id.into(),
+            "plan" => change.plan.into(),
+            "status" => change.status.into(),
+            "start" => change.period.map(|p| p.0).into(),
+            "end" => change.period.map(|p| p.1).into(),
+            "subscription" => change.subscription_id.map(str::to_owned).into(),
+            "cancel" => change.cancel_at_period_end.into(),
+            "event_at" => change.event_at.into(),
+            "now" => Utc::now().into(),
+            "ended" => change.ends.into(),
+            _ => return None,
+        })
+    })?;
+    let result = txn.execute_raw(statement).await?;
     Ok(result.rows_affected() == 1)
 }
 

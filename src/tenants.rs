@@ -13,7 +13,7 @@ use sea_orm::{
 use crate::{
     auth::{self, STANDING, Viewer},
     config::Config,
-    db::{self, Database, PerBackend, Shape},
+    db::{Database, PerBackend, Shape},
     error::AppError,
     plans,
 };
@@ -58,17 +58,17 @@ pub async fn create_tenant(
     let txn = db.begin_write().await?;
     // Inside the write transaction (on PostgreSQL with the user's row locked): concurrent
     // creations by one user cannot both pass the cap.
-    let lock = match txn.get_database_backend() {
-        sea_orm::DatabaseBackend::Postgres => " FOR UPDATE",
-        _ => "",
-    };
-    let sql = format!("SELECT 1 FROM \"user\" WHERE id = $1{lock}");
-    let backend = txn.get_database_backend();
-    if txn
-        .query_one_raw(db::statement(backend, &sql, [owner.into()]))
-        .await?
-        .is_none()
-    {
+    static OWNER: PerBackend = PerBackend::new(|backend| {
+        let lock = match backend {
+            sea_orm::DatabaseBackend::Postgres => " FOR UPDATE",
+            _ => "",
+        };
+        format!("SELECT 1 FROM \"user\" WHERE id = :owner{lock}")
+    });
+    let statement = OWNER
+        .get(txn.get_database_backend())
+        .bind(|name| (name == "owner").then(|| owner.into()))?;
+    if txn.query_one_raw(statement).await?.is_none() {
         return Err(viewer.user_gone());
     }
     let belongs_to = tenant_user::Entity::find()

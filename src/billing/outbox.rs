@@ -15,7 +15,7 @@ use sea_orm::{
 use crate::{
     auth::{self, Viewer},
     config::Meter,
-    db::{self, Database},
+    db::{self, Database, PerBackend},
     error::AppError,
 };
 
@@ -66,27 +66,30 @@ pub async fn claim(
     until: DateTime<Utc>,
     limit: u64,
 ) -> Result<Vec<Claimed>, DbErr> {
+    static CLAIM: PerBackend = PerBackend::new(|backend| {
+        let lock = match backend {
+            DatabaseBackend::Postgres => " FOR UPDATE SKIP LOCKED",
+            _ => "",
+        };
+        format!(
+            "UPDATE usage_event SET claimed_until = :until WHERE id IN (\
+             SELECT id FROM usage_event WHERE status = 'PENDING' AND next_attempt_at <= :now \
+             AND (claimed_until IS NULL OR claimed_until <= :now) \
+             ORDER BY next_attempt_at LIMIT :limit{lock}) \
+             RETURNING id, identifier, event_name, stripe_customer_id, quantity, attempts, created_at"
+        )
+    });
     let txn = db.begin_write().await?;
-    let backend = txn.get_database_backend();
-    let lock = match backend {
-        DatabaseBackend::Postgres => " FOR UPDATE SKIP LOCKED",
-        _ => "",
-    };
-    let sql = format!(
-        "UPDATE usage_event SET claimed_until = $2 WHERE id IN (\
-         SELECT id FROM usage_event WHERE status = 'PENDING' AND next_attempt_at <= $1 \
-         AND (claimed_until IS NULL OR claimed_until <= $1) \
-         ORDER BY next_attempt_at LIMIT $3{lock}) \
-         RETURNING id, identifier, event_name, stripe_customer_id, quantity, attempts, created_at"
-    );
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let rows = txn
-        .query_all_raw(db::statement(
-            backend,
-            &sql,
-            [now.into(), until.into(), limit.into()],
-        ))
-        .await?;
+    let statement = CLAIM.get(txn.get_database_backend()).bind(|name| {
+        Some(match name {
+            "now" => now.into(),
+            "until" => until.into(),
+            "limit" => limit.into(),
+            _ => return None,
+        })
+    })?;
+    let rows = txn.query_all_raw(statement).await?;
     txn.commit().await?;
     rows.iter()
         .map(|row| {
@@ -128,33 +131,43 @@ pub async fn settle(
     if outcomes.is_empty() {
         return Ok(());
     }
+    static DELIVERED: PerBackend = PerBackend::new(|_| {
+        "UPDATE usage_event SET status = 'DELIVERED', attempts = attempts + :attempts, \
+         reported_at = :now, claimed_until = NULL WHERE id = :id AND status = 'PENDING'"
+            .to_owned()
+    });
+    static AGAIN: PerBackend = PerBackend::new(|_| {
+        "UPDATE usage_event SET attempts = attempts + :attempts, last_error = :error, \
+         next_attempt_at = :at, claimed_until = NULL WHERE id = :id AND status = 'PENDING'"
+            .to_owned()
+    });
+    static FAILED: PerBackend = PerBackend::new(|_| {
+        "UPDATE usage_event SET status = 'FAILED', attempts = attempts + :attempts, \
+         last_error = :error, claimed_until = NULL WHERE id = :id AND status = 'PENDING'"
+            .to_owned()
+    });
     let txn = db.begin_write().await?;
     let backend = txn.get_database_backend();
     for (id, sent, outcome) in outcomes {
-        let attempts = if *sent { 1 } else { 0 };
-        let (sql, values): (&str, Vec<sea_orm::Value>) = match outcome {
-            Outcome::Delivered => (
-                "UPDATE usage_event SET status = 'DELIVERED', attempts = attempts + $2, \
-                 reported_at = $3, claimed_until = NULL WHERE id = $1 AND status = 'PENDING'",
-                vec![(*id).into(), attempts.into(), now.into()],
-            ),
-            Outcome::Retry { error, at } | Outcome::Held { error, at } => (
-                "UPDATE usage_event SET attempts = attempts + $2, last_error = $3, \
-                 next_attempt_at = $4, claimed_until = NULL WHERE id = $1 AND status = 'PENDING'",
-                vec![
-                    (*id).into(),
-                    attempts.into(),
-                    error.as_str().into(),
-                    (*at).into(),
-                ],
-            ),
-            Outcome::Failed { error } => (
-                "UPDATE usage_event SET status = 'FAILED', attempts = attempts + $2, \
-                 last_error = $3, claimed_until = NULL WHERE id = $1 AND status = 'PENDING'",
-                vec![(*id).into(), attempts.into(), error.as_str().into()],
-            ),
+        let attempts: i32 = if *sent { 1 } else { 0 };
+        let (sql, error, at) = match outcome {
+            Outcome::Delivered => (&DELIVERED, None, None),
+            Outcome::Retry { error, at } | Outcome::Held { error, at } => {
+                (&AGAIN, Some(error.as_str()), Some(*at))
+            }
+            Outcome::Failed { error } => (&FAILED, Some(error.as_str()), None),
         };
-        txn.execute_raw(db::statement(backend, sql, values)).await?;
+        let statement = sql.get(backend).bind(|name| {
+            Some(match name {
+                "id" => (*id).into(),
+                "attempts" => attempts.into(),
+                "now" => now.into(),
+                "error" => error?.into(),
+                "at" => at?.into(),
+                _ => return None,
+            })
+        })?;
+        txn.execute_raw(statement).await?;
     }
     txn.commit().await
 }

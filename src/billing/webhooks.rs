@@ -13,7 +13,7 @@ use stripe_webhook::{EventObject, Webhook, WebhookError};
 use super::sessions::TENANT_METADATA_KEY;
 use crate::{
     config::Config,
-    db::{self, Database},
+    db::{Database, PerBackend},
     plans::{self, StripeSubscriptionChange},
 };
 
@@ -87,23 +87,22 @@ async fn process(
     event: &Received<'_>,
     object: EventObject,
 ) -> Result<&'static str, DbErr> {
+    static RECORD: PerBackend = PerBackend::new(|_| {
+        "INSERT INTO stripe_event (id, type, created_at, processed_at) \
+         VALUES (:id, :type, :created, :now) ON CONFLICT (id) DO NOTHING"
+            .to_owned()
+    });
     let txn = db.begin_write().await?;
-    let backend = txn.get_database_backend();
-    let first = txn
-        .execute_raw(db::statement(
-            backend,
-            "INSERT INTO stripe_event (id, type, created_at, processed_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (id) DO NOTHING",
-            [
-                event.id.into(),
-                event.kind.into(),
-                event.created.into(),
-                Utc::now().into(),
-            ],
-        ))
-        .await?
-        .rows_affected()
-        == 1;
+    let record = RECORD.get(txn.get_database_backend()).bind(|name| {
+        Some(match name {
+            "id" => event.id.into(),
+            "type" => event.kind.into(),
+            "created" => event.created.into(),
+            "now" => Utc::now().into(),
+            _ => return None,
+        })
+    })?;
+    let first = txn.execute_raw(record).await?.rows_affected() == 1;
     if !first {
         txn.rollback().await?;
         return Ok("replay ignored");
@@ -152,19 +151,23 @@ async fn link_customer(
     customer: &str,
     replace: bool,
 ) -> Result<bool, DbErr> {
-    let value = if replace {
-        "$2"
-    } else {
-        "COALESCE(stripe_customer_id, $2)"
-    };
-    let sql = format!("UPDATE tenant SET stripe_customer_id = {value} WHERE id = $1");
-    let result = txn
-        .execute_raw(db::statement(
-            txn.get_database_backend(),
-            &sql,
-            [tenant.into(), customer.into()],
-        ))
-        .await?;
+    static REPLACE: PerBackend = PerBackend::new(|_| {
+        "UPDATE tenant SET stripe_customer_id = :customer WHERE id = :tenant".to_owned()
+    });
+    static FIRST: PerBackend = PerBackend::new(|_| {
+        "UPDATE tenant SET stripe_customer_id = COALESCE(stripe_customer_id, :customer) \
+         WHERE id = :tenant"
+            .to_owned()
+    });
+    let sql = if replace { &REPLACE } else { &FIRST };
+    let statement = sql
+        .get(txn.get_database_backend())
+        .bind(|name| match name {
+            "tenant" => Some(tenant.into()),
+            "customer" => Some(customer.into()),
+            _ => None,
+        })?;
+    let result = txn.execute_raw(statement).await?;
     Ok(result.rows_affected() == 1)
 }
 
@@ -203,13 +206,15 @@ async fn subscription_changed(
     let tenant: Option<Uuid> = match by_metadata {
         Some(tenant) if link_customer(txn, tenant, customer, false).await? => Some(tenant),
         _ => {
-            let row = txn
-                .query_one_raw(db::statement(
-                    backend,
-                    "SELECT id FROM tenant WHERE stripe_customer_id = $1 ORDER BY created_at LIMIT 1",
-                    [customer.into()],
-                ))
-                .await?;
+            static BY_CUSTOMER: PerBackend = PerBackend::new(|_| {
+                "SELECT id FROM tenant WHERE stripe_customer_id = :customer \
+                 ORDER BY created_at LIMIT 1"
+                    .to_owned()
+            });
+            let statement = BY_CUSTOMER
+                .get(backend)
+                .bind(|name| (name == "customer").then(|| customer.into()))?;
+            let row = txn.query_one_raw(statement).await?;
             row.map(|r| r.try_get("", "id")).transpose()?
         }
     };
