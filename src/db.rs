@@ -77,6 +77,15 @@ impl Database {
                 .context("the SQLite URL")?
                 .get_filename()
                 .to_owned();
+            // Each connection to `:memory:` is a database of its own: readers and the writer
+            // would not see each other's rows.
+            let url = &config.database_url;
+            if url.contains(":memory:") || url.contains("mode=memory") {
+                anyhow::bail!(
+                    "an in-memory SQLite database cannot be shared by Tollgate's connections: \
+                     use a file (sqlite://tollgate.db?mode=rwc)"
+                );
+            }
             let busy_timeout = Duration::from_millis(settings.sqlite_busy_timeout_ms);
             let readers = Readers::Sqlite(sqlite::Readers::new(path, busy_timeout));
             (read, write, readers)

@@ -388,3 +388,18 @@ async fn metrics_can_have_an_address_of_their_own_or_a_token_and_labels_stay_bou
         "{series:?}"
     );
 }
+
+#[tokio::test]
+async fn an_in_memory_sqlite_database_is_refused_at_start_with_a_reason() {
+    let app = spawn_app().await;
+    // Every connection to `:memory:` is a database of its own: the request path's readers and
+    // the guard writer would not see each other's rows.
+    let out = app
+        .command(&["migrate"])
+        .env("DATABASE_URL", "sqlite::memory:")
+        .output()
+        .expect("tollgate runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("in-memory SQLite"), "{stderr}");
+}
