@@ -250,6 +250,18 @@ pub fn is_transient(err: &DbErr) -> bool {
     )
 }
 
+/// `pool` counting a round trip each time it takes a connection back (its ping).
+fn count_releases<DB: sea_orm::sqlx::Database>(
+    pool: sea_orm::sqlx::pool::PoolOptions<DB>,
+    counts: &Arc<Counts>,
+) -> sea_orm::sqlx::pool::PoolOptions<DB> {
+    let counts = Arc::clone(counts);
+    pool.after_release(move |_, _| {
+        counts.trip(0, 1);
+        Box::pin(async { Ok(true) })
+    })
+}
+
 async fn open(
     config: &Config,
     max_connections: u32,
@@ -274,21 +286,9 @@ async fn open(
         });
     // sqlx pings every connection its pool takes back, right after this hook: a round trip.
     let released = Arc::clone(counts);
-    options.map_sqlx_sqlite_pool_opts(move |o| {
-        let released = Arc::clone(&released);
-        o.after_release(move |_, _| {
-            released.trip(0, 1);
-            Box::pin(async { Ok(true) })
-        })
-    });
+    options.map_sqlx_sqlite_pool_opts(move |o| count_releases(o, &released));
     let released = Arc::clone(counts);
-    options.map_sqlx_postgres_pool_opts(move |o| {
-        let released = Arc::clone(&released);
-        o.after_release(move |_, _| {
-            released.trip(0, 1);
-            Box::pin(async { Ok(true) })
-        })
-    });
+    options.map_sqlx_postgres_pool_opts(move |o| count_releases(o, &released));
     let mut conn = sea_orm::Database::connect(options)
         .await
         .context("cannot connect to the database")?;

@@ -20,15 +20,16 @@ use crate::{
 pub const STANDING: &str =
     "\"user\" u LEFT JOIN tenant_user tu ON tu.tenant_id = :tenant AND tu.user_id = u.id";
 
-/// The viewer's role from what a `STANDING` query found: `found` is `None` when it returned
-/// no row (the token's user is gone: `UNAUTHENTICATED`), `Some(None)` when the viewer is not
-/// a member (`FORBIDDEN`, whether or not the tenant exists, so ids of other tenants reveal
+/// The viewer's role from the `viewer_role` column of a `STANDING` query's first row: no row
+/// means the token's user is gone (`UNAUTHENTICATED`), a null role that the viewer is not a
+/// member (`FORBIDDEN`, whether or not the tenant exists, so ids of other tenants reveal
 /// nothing).
-pub fn standing(viewer: &Viewer, found: Option<Option<Role>>) -> Result<Role, AppError> {
-    match found {
+pub fn standing_of(viewer: &Viewer, row: Option<&Row>) -> Result<Role, AppError> {
+    match row {
         None => Err(viewer.user_gone()),
-        Some(None) => Err(AppError::Forbidden),
-        Some(Some(role)) => Ok(role),
+        Some(row) => row
+            .get::<Option<Role>>("viewer_role")?
+            .ok_or(AppError::Forbidden),
     }
 }
 
@@ -46,16 +47,19 @@ pub async fn standing_in(
     })?;
     match session.query(&statement, &Shape::default()).await?.first() {
         None => Err(AppError::Unauthenticated("invalid or expired token")),
-        Some(row) => row.get::<Option<Role>>("role")?.ok_or(AppError::Forbidden),
+        Some(row) => row
+            .get::<Option<Role>>("viewer_role")?
+            .ok_or(AppError::Forbidden),
     }
 }
 
-/// The role of `:user` in `:tenant`: no row when the user is gone, a null role when not a
-/// member.
-static MEMBER_SQL: PerBackend =
-    PerBackend::new(|_| format!("SELECT tu.role FROM {STANDING} WHERE u.id = :user"));
+/// The role of `:user` in `:tenant` (`viewer_role`): no row when the user is gone, a null role
+/// when not a member.
+static MEMBER_SQL: PerBackend = PerBackend::new(|_| {
+    format!("SELECT tu.role AS viewer_role FROM {STANDING} WHERE u.id = :user")
+});
 
-/// The viewer's role in `tenant_id` (see `standing`): one query.
+/// The viewer's role in `tenant_id` (see `standing_of`): one query.
 pub async fn require_member(
     db: &Database,
     viewer: &Viewer,
@@ -67,11 +71,8 @@ pub async fn require_member(
         "user" => Some(user_id.into()),
         _ => None,
     })?;
-    let found = match db.query_one(&statement, &Shape::default()).await? {
-        Some(row) => Some(row.get::<Option<Role>>("role")?),
-        None => None,
-    };
-    standing(viewer, found)
+    let row = db.query_one(&statement, &Shape::default()).await?;
+    standing_of(viewer, row.as_ref())
 }
 
 /// The viewer's id if they are an OWNER or ADMIN of `tenant_id`; `FORBIDDEN` otherwise.
@@ -114,14 +115,4 @@ pub async fn visible_project(
         Some(_) => Ok(Some(row.model::<project::Entity>()?)),
         None => Ok(None),
     }
-}
-
-/// The viewer's role from the `viewer_role` column of a `STANDING` query's first row (see
-/// `standing`).
-pub fn standing_of(viewer: &Viewer, row: Option<&Row>) -> Result<Role, AppError> {
-    let found = match row {
-        Some(row) => Some(row.get::<Option<Role>>("viewer_role")?),
-        None => None,
-    };
-    standing(viewer, found)
 }

@@ -27,6 +27,22 @@ pub(super) fn error(e: sqlx::Error) -> DbErr {
     DbErr::Query(sea_orm::RuntimeErr::SqlxError(std::sync::Arc::new(e)))
 }
 
+/// `statement` with its values, for sqlx.
+pub(super) fn bound(statement: &Statement) -> sqlx::query::Query<'_, sqlx::Postgres, SqlxValues> {
+    let values = statement
+        .values
+        .clone()
+        .unwrap_or(sea_orm::Values(Vec::new()));
+    sqlx::query_with(AssertSqlSafe(statement.sql.as_str()), SqlxValues(values))
+}
+
+/// sqlx's rows as ours.
+pub(super) fn rows_of(rows: Vec<sqlx::postgres::PgRow>) -> Vec<Row> {
+    rows.into_iter()
+        .map(|row| Row::Postgres(QueryResult::from(row)))
+        .collect()
+}
+
 /// The connection options of `url`.
 pub(super) fn options(url: &str) -> Result<PgConnectOptions, DbErr> {
     url.parse().map_err(error)
@@ -64,34 +80,15 @@ impl Readers {
                 .await
                 .map_err(error)?,
         };
-        let values = statement
-            .values
-            .clone()
-            .unwrap_or(sea_orm::Values(Vec::new()));
-        let rows = sqlx::query_with(AssertSqlSafe(statement.sql.as_str()), SqlxValues(values))
-            .fetch_all(&mut conn)
-            .await;
-        match rows {
-            Ok(rows) => {
-                self.idle
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(conn);
-                Ok(rows
-                    .into_iter()
-                    .map(|row| Row::Postgres(QueryResult::from(row)))
-                    .collect())
-            }
-            // The statement's own error leaves the connection usable; anything else (I/O, the
-            // protocol) and it is dropped, to be replaced on a later read.
-            Err(e @ sqlx::Error::Database(_)) => {
-                self.idle
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(conn);
-                Err(error(e))
-            }
-            Err(e) => Err(error(e)),
+        let rows = bound(statement).fetch_all(&mut conn).await;
+        // The statement's own error leaves the connection usable; anything else (I/O, the
+        // protocol) and it is dropped, to be replaced on a later read.
+        if matches!(rows, Ok(_) | Err(sqlx::Error::Database(_))) {
+            self.idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(conn);
         }
+        rows.map(rows_of).map_err(error)
     }
 }

@@ -6,14 +6,17 @@
 
 use std::{path::Path, sync::Arc, time::Duration};
 
-use sea_orm::{DbErr, QueryResult, Statement};
-use sea_query_sqlx::SqlxValues;
+use sea_orm::{DbErr, Statement};
 use sqlx::{
     AssertSqlSafe, Connection as _,
     postgres::{PgConnectOptions, PgConnection},
 };
 
-use super::{Counts, Row, Shape, sqlite};
+use super::{
+    Counts, Row, Shape,
+    postgres::{bound, rows_of},
+    sqlite,
+};
 
 /// An exclusive connection for write transactions.
 pub struct Session {
@@ -104,14 +107,8 @@ impl Session {
         match &mut self.conn {
             Conn::Sqlite(conn) => sqlite::run(conn, statement, shape),
             Conn::Postgres(conn) => {
-                let rows = bound(statement)
-                    .fetch_all(conn.as_mut())
-                    .await
-                    .map_err(super::postgres::error)?;
-                Ok(rows
-                    .into_iter()
-                    .map(|row| Row::Postgres(QueryResult::from(row)))
-                    .collect())
+                let rows = bound(statement).fetch_all(conn.as_mut()).await;
+                rows.map(rows_of).map_err(super::postgres::error)
             }
         }
     }
@@ -152,12 +149,4 @@ impl Session {
         };
         self.counts.trip(statements, trips);
     }
-}
-
-fn bound(statement: &Statement) -> sqlx::query::Query<'_, sqlx::Postgres, SqlxValues> {
-    let values = statement
-        .values
-        .clone()
-        .unwrap_or(sea_orm::Values(Vec::new()));
-    sqlx::query_with(AssertSqlSafe(statement.sql.as_str()), SqlxValues(values))
 }

@@ -7,7 +7,10 @@ use serde_json::{Value, json};
 
 use tollgate::credits::FeatureLimitType;
 
-use crate::helpers::{TestApp, spawn_app, spawn_app_with_plan};
+use crate::{
+    helpers::{TestApp, spawn_app, spawn_app_with_plan},
+    operability::{metrics_page, sample},
+};
 
 /// The round trips the server made while answering `query`.
 async fn trips(app: &TestApp, token: &str, query: &str, variables: Value) -> (u64, Value) {
@@ -47,21 +50,9 @@ async fn a_signed_in_read_makes_one_round_trip_authentication_included() {
         assert_eq!(counted, expected, "{name}: {body}");
     }
     // What /metrics reports is the same count.
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let reported: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("tollgate_db_round_trips_total "))
-        .expect("tollgate_db_round_trips_total")
-        .parse()
-        .unwrap();
+    let metrics = metrics_page(&app).await;
+    let reported = sample(&metrics, "tollgate_db_round_trips_total")
+        .expect("tollgate_db_round_trips_total") as u64;
     assert!(reported >= app.database.round_trips() - 2, "{reported}");
 }
 
