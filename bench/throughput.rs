@@ -35,7 +35,7 @@ use std::{
 };
 
 use chrono::Utc;
-use entity::{plan, project, tenant, tenant_subscription, tenant_user, user};
+use entity::{plan, project, task, tenant, tenant_subscription, tenant_user, user};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, Database as SeaDatabase, EntityTrait,
     QueryFilter,
@@ -764,14 +764,16 @@ async fn raw_floor(url: &str, batched: bool, seconds: u64) -> f64 {
                     user_id: Some(user_id),
                     credit_type: credit_type.clone(),
                     paid: &TASK,
-                    row: vec![
-                        id.into(),
-                        project.tenant_id.into(),
-                        project.id.into(),
-                        "floor".into(),
-                        user_id.into(),
-                        Utc::now().into(),
-                    ],
+                    row: TASK
+                        .row(&task::Model {
+                            id,
+                            tenant_id: project.tenant_id,
+                            project_id: project.id,
+                            title: "floor".into(),
+                            created_by: user_id,
+                            created_at: Utc::now(),
+                        })
+                        .expect("the task's row"),
                     object_id: id,
                     key: None,
                 };

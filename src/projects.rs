@@ -112,14 +112,7 @@ pub async fn create_project(
         user_id: Some(user_id),
         credit_type: config.credit_type(PROJECT.credit_type)?,
         paid: &PROJECT,
-        row: vec![
-            project.id.into(),
-            project.tenant_id.into(),
-            project.name.clone().into(),
-            project.description.clone().into(),
-            project.created_by.into(),
-            project.created_at.into(),
-        ],
+        row: PROJECT.row(&project)?,
         object_id: project.id,
         key,
     };
@@ -175,14 +168,7 @@ pub async fn create_task(
         user_id: Some(user_id),
         credit_type: config.credit_type(TASK.credit_type)?,
         paid: &TASK,
-        row: vec![
-            task.id.into(),
-            task.tenant_id.into(),
-            task.project_id.into(),
-            task.title.clone().into(),
-            task.created_by.into(),
-            task.created_at.into(),
-        ],
+        row: TASK.row(&task)?,
         object_id: task.id,
         key,
     };

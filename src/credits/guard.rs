@@ -33,6 +33,23 @@ pub struct PaidTable {
     pub columns: &'static [&'static str],
 }
 
+impl PaidTable {
+    /// The values of `model`'s row in `columns`' order: what a `Spend` inserts.
+    pub fn row<M: ModelTrait>(&self, model: &M) -> Result<Vec<sea_orm::Value>, AppError> {
+        self.columns
+            .iter()
+            .map(|name| {
+                let column = name
+                    .parse::<<M::Entity as EntityTrait>::Column>()
+                    .map_err(|_| {
+                        AppError::Internal(anyhow::anyhow!("{} has no column {name}", self.table))
+                    })?;
+                Ok(model.get(column))
+            })
+            .collect()
+    }
+}
+
 /// One guarded action's spend, as the caller describes it.
 pub struct Spend {
     pub tenant_id: Uuid,
