@@ -14,7 +14,7 @@ mod sql;
 mod sqlite;
 
 pub use session::Session;
-pub use sql::{PerBackend, Sql};
+pub use sql::{PerBackend, Sql, Variants};
 pub use sqlite::Shape;
 
 use std::{
@@ -178,7 +178,7 @@ impl Database {
 #[derive(Debug)]
 pub enum Row {
     Postgres(QueryResult),
-    Sqlite(std::collections::BTreeMap<String, sea_orm::Value>),
+    Sqlite(sqlite::Values),
 }
 
 impl Row {
@@ -187,9 +187,7 @@ impl Row {
         match self {
             Row::Postgres(row) => row.try_get("", name),
             Row::Sqlite(values) => {
-                let value = values
-                    .get(name)
-                    .ok_or_else(|| DbErr::Type(format!("no column {name}")))?;
+                let value = values.get(name)?;
                 T::try_from(value.clone())
                     .map_err(|_| DbErr::Type(format!("column {name}: unexpected {value:?}")))
             }
@@ -197,22 +195,19 @@ impl Row {
     }
 
     /// The row as a model of entity `E` (its columns by name; others are ignored).
-    pub fn model<E>(&self) -> Result<E::Model, DbErr>
+    pub fn model<E>(self) -> Result<E::Model, DbErr>
     where
         E: EntityTrait,
         E::Model: FromQueryResult,
         E::ActiveModel: ActiveModelTrait<Entity = E> + TryIntoModel<E::Model>,
     {
         match self {
-            Row::Postgres(row) => E::Model::from_query_result(row, ""),
-            Row::Sqlite(values) => {
+            Row::Postgres(row) => E::Model::from_query_result(&row, ""),
+            Row::Sqlite(mut values) => {
                 let mut model = <E::ActiveModel as ActiveModelTrait>::default();
                 for column in E::Column::iter() {
-                    let name = sea_orm::IdenStatic::as_str(&column);
-                    let value = values
-                        .get(name)
-                        .ok_or_else(|| DbErr::Type(format!("no column {name}")))?;
-                    model.try_set(column, value.clone())?;
+                    let value = values.take(sea_orm::IdenStatic::as_str(&column))?;
+                    model.try_set(column, value)?;
                 }
                 model.try_into_model()
             }

@@ -14,9 +14,7 @@ use actix_web::{
     http::{StatusCode, header},
     web,
 };
-use async_graphql::{
-    BatchRequest, BatchResponse, Request, dataloader::DataLoader, parser::types::OperationType,
-};
+use async_graphql::{BatchRequest, BatchResponse, Request, parser::types::OperationType};
 use async_graphql_actix_web::GraphQLResponse;
 use futures::StreamExt;
 use secrecy::ExposeSecret;
@@ -29,9 +27,7 @@ use crate::{
     auth,
     error::AppError,
     graphql::{
-        ClientAddress, IdempotencyHeader, Schemas,
-        loaders::{SubscriptionLoader, UserLoader},
-        nesting_error, with_code,
+        ClientAddress, IdempotencyHeader, Schemas, loaders::Loaders, nesting_error, with_code,
     },
     rate_limit::Client,
     state::AppState,
@@ -306,14 +302,7 @@ async fn execute(
         let request = request
             .data(viewer.clone())
             .data(ClientAddress(address))
-            .data(DataLoader::new(
-                UserLoader(state.db.read.clone()),
-                tokio::spawn,
-            ))
-            .data(DataLoader::new(
-                SubscriptionLoader(state.db.read.clone()),
-                tokio::spawn,
-            ));
+            .data(Loaders::new(state.db.read.clone()));
         match &idempotency_key {
             Some(key) => request.data(IdempotencyHeader(key.clone())),
             None => request,

@@ -2,7 +2,11 @@
 //! optionally, RS256 tokens of an external identity provider (by PEM key or JWKS file). A
 //! token that is present but invalid is an error, never an anonymous caller.
 
-use std::path::Path;
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::{Arc, Mutex, PoisonError},
+};
 
 use anyhow::Context;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -58,6 +62,41 @@ pub struct Keys {
     issuer: String,
     audience: String,
     external: Option<External>,
+    verified: Arc<Verified>,
+}
+
+/// Tollgate's own tokens already verified, by their exact text: a client sends the same token
+/// with every request, and checking its signature and claims again is a tenth of a cheap
+/// request. A token's text is all its verification depends on (the keys are fixed for the
+/// process), except time: each hit checks the expiry again, with the same leeway. At most
+/// `VERIFIED_MAX` tokens are kept (then the cache starts over), so a flood of distinct tokens
+/// costs a bounded amount of memory. Who the user is and whether they still exist is never
+/// decided here: the database checks the user's row in the request's own query.
+#[derive(Default)]
+struct Verified(Mutex<HashMap<Box<str>, (Uuid, i64)>>);
+
+const VERIFIED_MAX: usize = 4096;
+const VERIFIED_MAX_BYTES: usize = 1024;
+
+impl Verified {
+    /// The user of a token verified before, if it has not expired since.
+    fn get(&self, token: &str, leeway: u64) -> Option<Uuid> {
+        let cache = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let &(user_id, exp) = cache.get(token)?;
+        let leeway = i64::try_from(leeway).unwrap_or(i64::MAX);
+        (exp.saturating_add(leeway) >= Utc::now().timestamp()).then_some(user_id)
+    }
+
+    fn keep(&self, token: &str, user_id: Uuid, exp: i64) {
+        if token.len() > VERIFIED_MAX_BYTES {
+            return;
+        }
+        let mut cache = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= VERIFIED_MAX {
+            cache.clear();
+        }
+        cache.insert(token.into(), (user_id, exp));
+    }
 }
 
 /// The external identity provider's keys (by `kid` when it has several) and its rules.
@@ -156,6 +195,7 @@ impl Keys {
             issuer: jwt.issuer.clone(),
             audience: jwt.audience.clone(),
             external,
+            verified: Arc::default(),
         })
     }
 
@@ -175,14 +215,17 @@ impl Keys {
 
     pub(super) fn verify(&self, token: &str) -> Result<Identity, AppError> {
         const INVALID: AppError = AppError::Unauthenticated("invalid or expired token");
+        if let Some(user_id) = self.verified.get(token, self.validation.leeway) {
+            return Ok(Identity::User(user_id));
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|_| INVALID)?;
         match (header.alg, &self.external) {
             (Algorithm::HS256, _) => {
                 let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
                     .map_err(|_| INVALID)?;
-                Uuid::parse_str(&data.claims.sub)
-                    .map(Identity::User)
-                    .map_err(|_| INVALID)
+                let user_id = Uuid::parse_str(&data.claims.sub).map_err(|_| INVALID)?;
+                self.verified.keep(token, user_id, data.claims.exp);
+                Ok(Identity::User(user_id))
             }
             (Algorithm::RS256, Some(external)) => {
                 let key = external.key(header.kid.as_deref()).ok_or(INVALID)?;

@@ -87,8 +87,9 @@ enum GuardSql {
     /// One statement: data-modifying CTEs, each feeding the next.
     Postgres(Sql),
     /// Statements run one after the other on the writer's own thread (no round trip is a
-    /// hand-off): the counter upsert, then — only if it wrote its row — the ledger row, the
-    /// paid row and, for a metered type, the outbox row.
+    /// hand-off): the counter upsert, returning its period when it wrote its row, then —
+    /// only then — the ledger row in that period (`:period`), the paid row and, for a metered
+    /// type, the outbox row.
     Sqlite {
         spend: Sql,
         ledger: Sql,
@@ -180,18 +181,15 @@ fn build(backend: DatabaseBackend, paid: &PaidTable, metered: bool) -> GuardSql 
                 ),
             ))
         }
-        _ => {
-            let period = format!("(SELECT p.period_start FROM ({}) p)", plan_sql(backend));
-            GuardSql::Sqlite {
-                spend: Sql::new(backend, &spend),
-                ledger: Sql::new(backend, &ledger_sql(&period)),
-                paid: Sql::new(
-                    backend,
-                    &format!("INSERT INTO {table} ({columns}) VALUES ({values})"),
-                ),
-                outbox: Sql::new(backend, &outbox::spend_event_sql("1 = 1")),
-            }
-        }
+        _ => GuardSql::Sqlite {
+            spend: Sql::new(backend, &format!("{spend} RETURNING period_start")),
+            ledger: Sql::new(backend, &ledger_sql(":period")),
+            paid: Sql::new(
+                backend,
+                &format!("INSERT INTO {table} ({columns}) VALUES ({values})"),
+            ),
+            outbox: Sql::new(backend, &outbox::spend_event_sql("1 = 1")),
+        },
     }
 }
 
@@ -271,15 +269,27 @@ async fn consume(
             paid,
             outbox,
         } => {
-            let spent = session.execute(&counter.bind(value)?).await? == 1;
-            if spent {
-                session.execute(&ledger.bind(value)?).await?;
-                session.execute(&paid.bind(value)?).await?;
-                if spend.credit_type.meter.is_some() {
-                    session.execute(&outbox.bind(value)?).await?;
+            // The period the counter took the cost in, as its row keeps it: the plan is
+            // read once per spend.
+            let rows = session
+                .query(&counter.bind(value)?, &Shape::default())
+                .await?;
+            match rows.first() {
+                Some(row) => {
+                    let period: Option<String> = row.get("period_start")?;
+                    let value = |name: &str| match name {
+                        "period" => Some(period.clone().into()),
+                        name => value(name),
+                    };
+                    session.execute(&ledger.bind(value)?).await?;
+                    session.execute(&paid.bind(value)?).await?;
+                    if spend.credit_type.meter.is_some() {
+                        session.execute(&outbox.bind(value)?).await?;
+                    }
+                    true
                 }
+                None => false,
             }
-            spent
         }
     };
     match created {

@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     auth::{self, STANDING, Viewer},
-    db::{self, Database, Row, Session, Shape, Sql},
+    db::{self, Database, Row, Session, Shape, Variants},
     error::AppError,
 };
 
@@ -137,30 +137,38 @@ pub async fn history(
             )));
         }
     }
+    if first > 100 {
+        // Also bounds the statement texts kept below.
+        return Err(AppError::bad_input("first must be between 0 and 100"));
+    }
     let user_id = viewer.require()?;
-    let mut conditions = String::new();
-    for (present, condition) in [
+    let filters = [
         (after.is_some(), " AND id < :after"),
         (filter.credit_type.is_some(), " AND type = :credit_type"),
         (filter.user_id.is_some(), " AND user_id = :filter_user"),
         (filter.from.is_some(), " AND created_at >= :from"),
         (filter.to.is_some(), " AND created_at < :to"),
-    ] {
-        if present {
-            conditions.push_str(condition);
-        }
-    }
+    ];
+    let present = filters
+        .iter()
+        .enumerate()
+        .fold(0u8, |mask, (i, (on, _))| mask | (u8::from(*on) << i));
     // The page size is a literal (at most 101 texts): a bound LIMIT makes SQLite re-prepare.
-    let sql = Sql::new(
-        db.backend(),
-        &format!(
+    static SQL: LazyLock<Variants<(u8, u64)>> = LazyLock::new(Variants::default);
+    let sql = SQL.get(db.backend(), (present, first), || {
+        let conditions: String = filters
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, condition)| *condition)
+            .collect();
+        format!(
             "SELECT tu.role AS viewer_role, c.* FROM {STANDING} \
              LEFT JOIN (SELECT * FROM credit WHERE tenant_id = :tenant{conditions} \
              ORDER BY id DESC LIMIT {}) c ON tu.role IS NOT NULL \
              WHERE u.id = :user ORDER BY c.id DESC",
             first + 1
-        ),
-    );
+        )
+    });
     let statement = sql.bind(|name| {
         Some(match name {
             "user" => user_id.into(),
@@ -177,7 +185,7 @@ pub async fn history(
     let rows = db.query(&statement, &SHAPE).await?;
     auth::standing_of(viewer, rows.first())?;
     let mut page = Vec::with_capacity(rows.len());
-    for row in &rows {
+    for row in rows {
         if row.get::<Option<Uuid>>("id")?.is_some() {
             page.push(row.model::<credit::Entity>()?);
         }

@@ -1,7 +1,12 @@
-//! SQL text with named parameters, turned once into a dialect's numbered ones (`Sql`), and
-//! statements that are constants of the code, built once per dialect (`PerBackend`).
+//! SQL text with named parameters, turned once into a dialect's numbered ones (`Sql`),
+//! statements that are constants of the code, built once per dialect (`PerBackend`), and
+//! statements whose text varies with a small key, built once per key (`Variants`).
 
-use std::sync::OnceLock;
+use std::{
+    collections::HashMap,
+    hash::Hash,
+    sync::{Arc, Mutex, OnceLock, PoisonError},
+};
 
 use sea_orm::{DatabaseBackend, DbErr, Statement};
 
@@ -118,6 +123,33 @@ impl PerBackend {
             _ => &self.sqlite,
         };
         cell.get_or_init(|| Sql::new(backend, &(self.build)(backend)))
+    }
+}
+
+/// Statements whose text depends on a small key — which filters a query has, its page size —
+/// each built the first time a dialect needs it for that key. The caller bounds the keys.
+pub struct Variants<K>(Mutex<HashMap<(bool, K), Arc<Sql>>>);
+
+impl<K> Default for Variants<K> {
+    fn default() -> Self {
+        Variants(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<K: Eq + Hash + Copy> Variants<K> {
+    pub fn get(
+        &self,
+        backend: DatabaseBackend,
+        key: K,
+        build: impl FnOnce() -> String,
+    ) -> Arc<Sql> {
+        let postgres = matches!(backend, DatabaseBackend::Postgres);
+        let mut built = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(
+            built
+                .entry((postgres, key))
+                .or_insert_with(|| Arc::new(Sql::new(backend, &build()))),
+        )
     }
 }
 

@@ -9,9 +9,8 @@
 //! serves both databases.
 
 use std::{
-    collections::BTreeMap,
     path::{Path, PathBuf},
-    sync::{Mutex, PoisonError},
+    sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
@@ -61,6 +60,33 @@ impl Shape {
 
     fn kind(&self, name: &str) -> Option<&ColumnType> {
         self.0.iter().find(|(n, _)| n == name).map(|(_, k)| k)
+    }
+}
+
+/// One row's values, beside the column names of its query (shared by all its rows).
+#[derive(Debug)]
+pub struct Values {
+    names: Arc<[String]>,
+    values: Vec<Value>,
+}
+
+impl Values {
+    fn at(&self, name: &str) -> Result<usize, DbErr> {
+        self.names
+            .iter()
+            .position(|n| n == name)
+            .ok_or_else(|| DbErr::Type(format!("no column {name}")))
+    }
+
+    /// Column `name`.
+    pub fn get(&self, name: &str) -> Result<&Value, DbErr> {
+        Ok(&self.values[self.at(name)?])
+    }
+
+    /// Column `name`, taken out of the row (a second take of it reads null).
+    pub fn take(&mut self, name: &str) -> Result<Value, DbErr> {
+        let at = self.at(name)?;
+        Ok(std::mem::replace(&mut self.values[at], Value::String(None)))
     }
 }
 
@@ -167,21 +193,24 @@ pub(super) fn run(
     shape: &Shape,
 ) -> Result<Vec<Row>, DbErr> {
     let mut prepared = prepare(conn, statement)?;
-    let names: Vec<String> = prepared
+    let names: Arc<[String]> = prepared
         .column_names()
         .into_iter()
         .map(str::to_owned)
         .collect();
-    let kinds: Vec<Option<ColumnType>> = names.iter().map(|n| shape.kind(n).cloned()).collect();
+    let kinds: Vec<Option<&ColumnType>> = names.iter().map(|n| shape.kind(n)).collect();
     let mut rows = prepared.raw_query();
     let mut out = Vec::new();
     while let Some(row) = rows.next().map_err(error)? {
-        let mut values = BTreeMap::new();
-        for (i, name) in names.iter().enumerate() {
+        let mut values = Vec::with_capacity(names.len());
+        for (i, (name, kind)) in names.iter().zip(&kinds).enumerate() {
             let value = row.get_ref(i).map_err(error)?;
-            values.insert(name.clone(), read(value, kinds[i].as_ref(), name)?);
+            values.push(read(value, *kind, name)?);
         }
-        out.push(Row::Sqlite(values));
+        out.push(Row::Sqlite(Values {
+            names: Arc::clone(&names),
+            values,
+        }));
     }
     Ok(out)
 }

@@ -1,9 +1,12 @@
 //! DataLoaders: one query for all the keys a response asks for. A loader lives for one
 //! request, so nothing is cached across requests.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{Arc, OnceLock},
+};
 
-use async_graphql::dataloader::Loader;
+use async_graphql::dataloader::{DataLoader, Loader};
 use entity::{tenant_subscription, user};
 use sea_orm::{DatabaseConnection, DbErr, EntityTrait, QueryFilter, prelude::*};
 
@@ -11,6 +14,34 @@ use crate::{
     error::AppError,
     plans::{self, PlanWithFeatures},
 };
+
+/// One request's loaders, each made the first time a resolver needs it (most requests need
+/// none).
+pub struct Loaders {
+    db: DatabaseConnection,
+    users: OnceLock<DataLoader<UserLoader>>,
+    subscriptions: OnceLock<DataLoader<SubscriptionLoader>>,
+}
+
+impl Loaders {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Loaders {
+            db,
+            users: OnceLock::new(),
+            subscriptions: OnceLock::new(),
+        }
+    }
+
+    pub fn users(&self) -> &DataLoader<UserLoader> {
+        self.users
+            .get_or_init(|| DataLoader::new(UserLoader(self.db.clone()), tokio::spawn))
+    }
+
+    pub fn subscriptions(&self) -> &DataLoader<SubscriptionLoader> {
+        self.subscriptions
+            .get_or_init(|| DataLoader::new(SubscriptionLoader(self.db.clone()), tokio::spawn))
+    }
+}
 
 /// Users by id (`Credit.user`).
 pub struct UserLoader(pub DatabaseConnection);

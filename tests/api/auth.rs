@@ -189,6 +189,30 @@ async fn every_invalid_token_is_unauthenticated_never_anonymous() {
 }
 
 #[tokio::test]
+async fn a_token_accepted_before_is_refused_once_it_expires() {
+    // Verified tokens are remembered: the expiry must still be checked on every request.
+    let app = spawn_app_with(|c| c.jwt.leeway_seconds = 0).await;
+    let (_, id) = app.sign_up("ann@example.com").await;
+    let exp = Utc::now().timestamp() + 2;
+    let token = sign(
+        json!({ "sub": id, "exp": exp, "iss": "tollgate", "aud": "tollgate" }),
+        JWT_SECRET,
+    );
+    let before = app.gql(Some(&token), "{ me { id } }", json!({})).await;
+    assert_eq!(before["data"]["me"]["id"], json!(id), "{before}");
+    let again = app.gql(Some(&token), "{ me { id } }", json!({})).await;
+    assert_eq!(again["data"]["me"]["id"], json!(id), "{again}");
+
+    while Utc::now().timestamp() <= exp {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let after = app.gql(Some(&token), "{ me { id } }", json!({})).await;
+
+    assert_eq!(error_code(&after), Some("UNAUTHENTICATED"), "{after}");
+    assert!(after["data"].is_null(), "{after}");
+}
+
+#[tokio::test]
 async fn the_token_command_mints_a_token_for_an_existing_user() {
     let app = spawn_app().await;
     let (_, id) = app.sign_up("ann@example.com").await;

@@ -1,15 +1,12 @@
 //! Users, tenants and memberships, and the inputs that create them.
 
-use async_graphql::{
-    ComplexObject, Context, Enum, ErrorExtensions, ID, InputObject, SimpleObject,
-    dataloader::DataLoader,
-};
+use async_graphql::{ComplexObject, Context, Enum, ErrorExtensions, ID, InputObject, SimpleObject};
 use entity::{tenant, tenant_subscription, user};
 
 use super::{Plan, TenantSubscription, parse_id};
 use crate::{
     error::AppError,
-    graphql::{loaders::SubscriptionLoader, state, viewer},
+    graphql::{loaders::Loaders, state, viewer},
     plans::PlanWithFeatures,
     tenants,
 };
@@ -114,15 +111,16 @@ impl From<tenant::Model> for Tenant {
     }
 }
 
-/// A tenant's subscription and plan, through the request's `SubscriptionLoader`.
+/// A tenant's subscription and plan, through the request's `Loaders`.
 async fn load_subscription(
     ctx: &Context<'_>,
     tenant: &Tenant,
 ) -> async_graphql::Result<Option<(tenant_subscription::Model, Option<PlanWithFeatures>)>> {
     let id = parse_id(&tenant.id, "id").map_err(|e| e.extend())?;
     let loader = ctx
-        .data::<DataLoader<SubscriptionLoader>>()
-        .map_err(|_| AppError::Internal(anyhow::anyhow!("no SubscriptionLoader")).extend())?;
+        .data::<Loaders>()
+        .map_err(|_| AppError::Internal(anyhow::anyhow!("no Loaders")).extend())?
+        .subscriptions();
     loader.load_one(id).await.map_err(|e| e.extend())
 }
 

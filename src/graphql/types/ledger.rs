@@ -9,7 +9,7 @@ use super::{CreditType, FeatureLimitType, User, int};
 use crate::{
     credits::{self, FeatureUsage},
     error::AppError,
-    graphql::{loaders::UserLoader, state},
+    graphql::{loaders::Loaders, state},
 };
 
 /// Where a tenant stands on one feature of its plan.
@@ -111,7 +111,7 @@ impl Credit {
         let Some(id) = self.user_id else {
             return Ok(None);
         };
-        let loader = ctx.data::<async_graphql::dataloader::DataLoader<UserLoader>>()?;
+        let loader = ctx.data::<Loaders>()?.users();
         let user = loader
             .load_one(id)
             .await
