@@ -220,6 +220,8 @@ fn ledger_row(tenant: Uuid) -> credit::ActiveModel {
         feature: Set("credits".into()),
         period_start: Set(month_start()),
         created_at: Set(Utc::now()),
+        subject: Set(None),
+        metadata: Set(None),
     }
 }
 

@@ -763,8 +763,7 @@ async fn raw_floor(url: &str, batched: bool, seconds: u64) -> f64 {
                     tenant_id: project.tenant_id,
                     user_id: Some(user_id),
                     credit_type: credit_type.clone(),
-                    paid: &TASK,
-                    row: TASK
+                    paid: TASK
                         .row(&task::Model {
                             id,
                             tenant_id: project.tenant_id,
@@ -774,7 +773,8 @@ async fn raw_floor(url: &str, batched: bool, seconds: u64) -> f64 {
                             created_at: Utc::now(),
                         })
                         .expect("the task's row"),
-                    object_id: id,
+                    subject: None,
+                    metadata: None,
                     key: None,
                 };
                 writer.submit(spend).await.expect("guard");

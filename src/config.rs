@@ -241,7 +241,9 @@ pub struct StripeSettings {
     pub entitled_statuses: Vec<String>,
 }
 
-/// What one kind of action costs. `value` is fixed by code; the rest is configurable.
+/// What one kind of action costs, and from which plan feature. The built-in values
+/// (`credit-project-creation`, `credit-task-creation`) guard Tollgate's own projects and tasks;
+/// any other value is an action of the SaaS's own, spent through `consumeCredits`.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct CreditTypeConfig {
@@ -249,11 +251,24 @@ pub struct CreditTypeConfig {
     pub name: String,
     pub description: String,
     pub amount: i64,
+    /// The plan feature it spends.
+    #[serde(default = "credits_feature")]
+    pub feature: String,
     /// The Stripe meter this type's spends are reported to: resolved from
     /// `usage_based_units` at validation, never configured here.
     #[serde(skip)]
     pub meter: Option<Meter>,
 }
+
+/// The plan feature a credit type spends unless it names another.
+pub const CREDITS_FEATURE: &str = "credits";
+
+fn credits_feature() -> String {
+    CREDITS_FEATURE.to_owned()
+}
+
+/// The credit type a spend of an explicit amount (no catalogue entry) is recorded under.
+pub const EXPLICIT_CREDIT_TYPE: &str = "explicit";
 
 /// A usage-based unit that is billed through a Stripe Billing Meter.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -350,27 +365,43 @@ impl Config {
 
     /// Checks what serde cannot: references between keys and the fixed credit type values.
     pub fn validate(&mut self) -> anyhow::Result<()> {
-        // Credit types: every configured value must be one the code knows; the ones the file
-        // leaves out keep their defaults.
-        // The built-in credit types are the defaults' (what projects and tasks spend).
+        // Credit types: the file's replace the built-in ones of the same value and add the
+        // others; the built-in ones the file leaves out keep their defaults.
         let mut merged = Config::defaults()?.credit_types;
+        let builtin = merged.len();
         for (i, ct) in self.credit_types.iter().enumerate() {
-            if !merged.iter().any(|known| known.value == ct.value) {
-                let known: Vec<&str> = merged.iter().map(|k| k.value.as_str()).collect();
+            let key = format!("credit_types[{i}]");
+            let valid_value = (1..=64).contains(&ct.value.len())
+                && ct.value.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+                });
+            if !valid_value || ct.value == EXPLICIT_CREDIT_TYPE {
                 bail!(
-                    "invalid configuration: credit_types[{i}].value = {:?} is not a known credit type (known: {})",
-                    ct.value,
-                    known.join(", ")
+                    "invalid configuration: {key}.value = {:?} must be 1-64 of a-z 0-9 - _ . and not {EXPLICIT_CREDIT_TYPE:?}",
+                    ct.value
                 );
             }
-            if ct.amount < 0 {
-                bail!("invalid configuration: credit_types[{i}].amount must be >= 0");
+            if self.credit_types[..i]
+                .iter()
+                .any(|other| other.value == ct.value)
+            {
+                bail!(
+                    "invalid configuration: {key}.value = {:?} is defined twice",
+                    ct.value
+                );
             }
-            if let Some(slot) = merged.iter_mut().find(|d| d.value == ct.value) {
-                *slot = ct.clone();
+            if ct.amount < 1 {
+                bail!("invalid configuration: {key}.amount must be at least 1");
+            }
+            if ct.name.trim().is_empty() {
+                bail!("invalid configuration: {key}.name must not be empty");
+            }
+            match merged[..builtin].iter_mut().find(|d| d.value == ct.value) {
+                Some(slot) => *slot = ct.clone(),
+                None => merged.push(ct.clone()),
             }
         }
-        self.credit_types = merged;
+        let configured = std::mem::replace(&mut self.credit_types, merged);
 
         if self.plans.is_empty() {
             bail!("invalid configuration: plans must define at least one plan");
@@ -402,6 +433,24 @@ impl Config {
                 "invalid configuration: default_plan = {:?} names no plan in [[plans]]",
                 self.default_plan
             );
+        }
+        // A built-in type spending `credits` that no plan defines is simply not included
+        // (a file's plans may leave projects and tasks out); any other feature must exist.
+        let builtin = Config::defaults()?.credit_types;
+        for (i, ct) in configured.iter().enumerate() {
+            if ct.feature == CREDITS_FEATURE && builtin.iter().any(|b| b.value == ct.value) {
+                continue;
+            }
+            let defined = self
+                .plans
+                .iter()
+                .any(|p| p.features.iter().any(|f| f.name == ct.feature));
+            if !defined {
+                bail!(
+                    "invalid configuration: credit_types[{i}].feature = {:?} is not a feature of any plan",
+                    ct.feature
+                );
+            }
         }
         if self.token_ttl_seconds == 0 {
             bail!("invalid configuration: token_ttl_seconds must be > 0");

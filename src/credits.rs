@@ -26,10 +26,10 @@ mod writer;
 
 pub use audit::{Report, verify};
 pub use entity::plan_feature::FeatureLimitType;
-pub use guard::{IdempotencyKey, PaidTable, Spend, Spent, Statements};
+pub use guard::{IdempotencyKey, Paid, PaidTable, Spend, Spent, Statements};
 pub use limit::{Period, ceiling, fits};
-pub use usage::{FeatureUsage, HistoryFilter, history, usage};
+pub use usage::{FeatureUsage, HistoryFilter, history, ledger_row, usage};
 pub use writer::Writer;
 
-/// The plan feature every credit type spends from.
-pub const CREDITS_FEATURE: &str = "credits";
+/// The plan feature a credit type spends unless it names another (`credit_types[].feature`).
+pub use crate::config::CREDITS_FEATURE;

@@ -39,6 +39,24 @@ impl Fingerprint {
     }
 }
 
+/// The longest idempotency key accepted.
+pub const MAX_KEY: usize = 255;
+
+/// A client's idempotency key, when it is an acceptable one.
+pub fn check_key(key: Option<String>) -> Result<Option<String>, AppError> {
+    match key {
+        Some(k) if k.is_empty() || k.len() > MAX_KEY => Err(AppError::bad_input(format!(
+            "idempotencyKey must be 1 to {MAX_KEY} bytes"
+        ))),
+        other => Ok(other),
+    }
+}
+
+/// How long keys are remembered (`idempotency.retention_seconds`).
+pub fn retention(config: &crate::config::Config) -> Duration {
+    Duration::seconds(i64::try_from(config.idempotency.retention_seconds).unwrap_or(i64::MAX))
+}
+
 /// The outcome of claiming a key.
 pub enum Claim {
     /// The key is new: go on and create `resource_id`.

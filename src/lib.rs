@@ -9,6 +9,9 @@ pub mod billing;
 pub mod cli;
 /// Typed configuration: defaults, TOML file, environment.
 pub mod config;
+/// Credits spent on the SaaS's own actions (`consumeCredits`) and the preflight
+/// (`checkCredits`), through the same guard.
+pub mod consume;
 /// THE DOMAIN: the credits guard (`credits::guard`, batched by `credits::Writer`), the
 /// plan-limit rule (`credits::limit`), usage, the ledger and its audit.
 pub mod credits;

@@ -2,16 +2,15 @@
 //! spend to the credits `Writer`, which commits the idempotency claim (when a key is given),
 //! the spend and the row together or not at all.
 
-use chrono::{Duration, Utc};
+use chrono::Utc;
 use entity::{project, task};
 use sea_orm::{EntityTrait, prelude::*};
 
 use crate::{
     auth::{self, Viewer},
-    config::Config,
     credits::{IdempotencyKey, PaidTable, Spend, Spent},
     error::AppError,
-    idempotency::Fingerprint,
+    idempotency::{self, Fingerprint},
     state::AppState,
 };
 
@@ -48,7 +47,6 @@ pub static PAID: [&PaidTable; 2] = [&PROJECT, &TASK];
 
 const MAX_NAME: usize = 200;
 const MAX_DESCRIPTION: usize = 2_000;
-pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 /// A project to create, and who pays for it.
 pub struct NewProject {
@@ -84,7 +82,7 @@ pub async fn create_project(
         Some("") | None => None,
         Some(d) => Some(d.to_owned()),
     };
-    let key = check_idempotency_key(input.idempotency_key)?;
+    let key = idempotency::check_key(input.idempotency_key)?;
     // The guard checks membership in its own statement.
     let user_id = viewer.require()?;
     let project = project::Model {
@@ -105,19 +103,19 @@ pub async fn create_project(
                 project.description.as_deref().unwrap_or(""),
             ],
         ),
-        retention: retention(config),
+        retention: idempotency::retention(config),
     });
     let spend = Spend {
         tenant_id,
         user_id: Some(user_id),
         credit_type: config.credit_type(PROJECT.credit_type)?,
-        paid: &PROJECT,
-        row: PROJECT.row(&project)?,
-        object_id: project.id,
+        paid: PROJECT.row(&project)?,
+        subject: None,
+        metadata: None,
         key,
     };
     match writer.submit(spend).await.map_err(|e| spender(viewer, e))? {
-        Spent::Charged => Ok(project),
+        Spent::Charged { .. } => Ok(project),
         Spent::Replayed(id) => original(
             project::Entity::find_by_id((id, tenant_id))
                 .one(&db.read)
@@ -135,7 +133,7 @@ pub async fn create_task(
     let (db, writer, config) = (&state.db, &state.writer, &state.config);
     let project_id = input.project_id;
     let title = required_text("title", &input.title, MAX_NAME)?;
-    let key = check_idempotency_key(input.idempotency_key)?;
+    let key = idempotency::check_key(input.idempotency_key)?;
     let user_id = viewer.require()?;
     // The tenant a project is in never changes: once read, it is known (the guard still
     // checks membership). A project of a tenant the viewer is not in is as absent as one
@@ -161,15 +159,15 @@ pub async fn create_task(
     let key = key.map(|key| IdempotencyKey {
         value: key,
         fingerprint: Fingerprint::new("createTask", &[&project_id.to_string(), &task.title]),
-        retention: retention(config),
+        retention: idempotency::retention(config),
     });
     let spend = Spend {
         tenant_id: task.tenant_id,
         user_id: Some(user_id),
         credit_type: config.credit_type(TASK.credit_type)?,
-        paid: &TASK,
-        row: TASK.row(&task)?,
-        object_id: task.id,
+        paid: TASK.row(&task)?,
+        subject: None,
+        metadata: None,
         key,
     };
     let spent = writer
@@ -180,7 +178,7 @@ pub async fn create_task(
             e => e,
         })?;
     match spent {
-        Spent::Charged => Ok(task),
+        Spent::Charged { .. } => Ok(task),
         Spent::Replayed(id) => original(
             task::Entity::find_by_id((id, tenant_id))
                 .one(&db.read)
@@ -203,10 +201,6 @@ fn original<T>(row: Option<T>) -> Result<T, AppError> {
     row.ok_or_else(|| AppError::Internal(anyhow::anyhow!("an idempotent original is gone")))
 }
 
-fn retention(config: &Config) -> Duration {
-    Duration::seconds(i64::try_from(config.idempotency.retention_seconds).unwrap_or(i64::MAX))
-}
-
 fn required_text(field: &str, value: &str, max: usize) -> Result<String, AppError> {
     let value = value.trim();
     if value.is_empty() || value.chars().count() > max {
@@ -215,13 +209,4 @@ fn required_text(field: &str, value: &str, max: usize) -> Result<String, AppErro
         )));
     }
     Ok(value.to_owned())
-}
-
-fn check_idempotency_key(key: Option<String>) -> Result<Option<String>, AppError> {
-    match key {
-        Some(k) if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY => Err(AppError::bad_input(
-            format!("idempotencyKey must be 1 to {MAX_IDEMPOTENCY_KEY} bytes"),
-        )),
-        other => Ok(other),
-    }
 }

@@ -22,6 +22,11 @@ pub struct Model {
     /// The start of the counting period, the key of the `credit_usage` row this spend added to.
     pub period_start: DateTimeUtc,
     pub created_at: DateTimeUtc,
+    /// The calling SaaS's own reference for who acted, when it is not a Tollgate user
+    /// (`consumeCredits`' `subject`).
+    pub subject: Option<String>,
+    /// The caller's JSON object (`consumeCredits`' `metadata`), at most a few KB.
+    pub metadata: Option<Json>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

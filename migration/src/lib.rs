@@ -9,6 +9,7 @@ mod m20261125_000003_stripe;
 mod m20261125_000004_external_subject;
 mod m20261130_000005_email_verified;
 mod m20261130_000006_tenant_keys;
+mod m20261130_000007_credit_subject;
 
 pub struct Migrator;
 
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000004_external_subject::Migration),
             Box::new(m20261130_000005_email_verified::Migration),
             Box::new(m20261130_000006_tenant_keys::Migration),
+            Box::new(m20261130_000007_credit_subject::Migration),
         ]
     }
 }

@@ -7,11 +7,11 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, SubsecRound, Utc};
 use sea_orm::{DatabaseBackend, prelude::*};
 
 use super::{
-    CREDITS_FEATURE, FeatureLimitType, Period,
+    FeatureLimitType, Period,
     limit::{self, plan_sql},
     usage::{PlanFeatureRow, subscribed_feature},
 };
@@ -34,9 +34,10 @@ pub struct PaidTable {
 }
 
 impl PaidTable {
-    /// The values of `model`'s row in `columns`' order: what a `Spend` inserts.
-    pub fn row<M: ModelTrait>(&self, model: &M) -> Result<Vec<sea_orm::Value>, AppError> {
-        self.columns
+    /// `model`'s row, its values in `columns`' order: what a `Spend` inserts.
+    pub fn row<M: ModelTrait>(&'static self, model: &M) -> Result<Paid, AppError> {
+        let values = self
+            .columns
             .iter()
             .map(|name| {
                 let column = name
@@ -46,7 +47,45 @@ impl PaidTable {
                     })?;
                 Ok(model.get(column))
             })
-            .collect()
+            .collect::<Result<Vec<_>, AppError>>()?;
+        let id = match values.first() {
+            Some(sea_orm::Value::Uuid(Some(id))) => *id,
+            _ => {
+                return Err(AppError::Internal(anyhow::anyhow!(
+                    "the first column of {} is not its id",
+                    self.table
+                )));
+            }
+        };
+        Ok(Paid::Row {
+            table: self,
+            id,
+            values,
+        })
+    }
+}
+
+/// What a spend pays for.
+#[derive(Debug)]
+pub enum Paid {
+    /// A row the guard inserts with the spend: its id is the ledger's object id, and what a
+    /// replay returns.
+    Row {
+        table: &'static PaidTable,
+        id: Uuid,
+        values: Vec<sea_orm::Value>,
+    },
+    /// An action of the caller's own (`consumeCredits`): nothing is inserted beside the
+    /// ledger row, whose id a replay returns; `object_id` is the caller's reference.
+    Action { object_id: Option<String> },
+}
+
+impl Paid {
+    fn table(&self) -> Option<&'static str> {
+        match self {
+            Paid::Row { table, .. } => Some(table.table),
+            Paid::Action { .. } => None,
+        }
     }
 }
 
@@ -55,11 +94,11 @@ pub struct Spend {
     pub tenant_id: Uuid,
     pub user_id: Option<Uuid>,
     pub credit_type: CreditTypeConfig,
-    /// Where the row the credits pay for goes …
-    pub paid: &'static PaidTable,
-    /// … and its values, in `paid.columns`' order; the first is `object_id`.
-    pub row: Vec<sea_orm::Value>,
-    pub object_id: Uuid,
+    pub paid: Paid,
+    /// The caller's own reference for who acted, when not a Tollgate user.
+    pub subject: Option<String>,
+    /// The caller's JSON object, recorded with the ledger row.
+    pub metadata: Option<serde_json::Value>,
     pub key: Option<IdempotencyKey>,
 }
 
@@ -75,9 +114,10 @@ pub struct IdempotencyKey {
 /// What a spend did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Spent {
-    /// Charged now, and the row inserted.
-    Charged,
-    /// An idempotent replay: nothing charged; the first request's object is this one.
+    /// Charged now, and the row inserted: the ledger row's id and time.
+    Charged { ledger_id: Uuid, at: DateTime<Utc> },
+    /// An idempotent replay: nothing charged; the first request's paid row (for an action,
+    /// its ledger row) is this one.
     Replayed(Uuid),
 }
 
@@ -93,7 +133,7 @@ enum GuardSql {
     Sqlite {
         spend: Sql,
         ledger: Sql,
-        paid: Sql,
+        paid: Option<Sql>,
         outbox: Sql,
     },
 }
@@ -102,15 +142,23 @@ enum GuardSql {
 /// whether the credit type is metered.
 #[derive(Debug)]
 pub struct Statements {
-    by_table: HashMap<(&'static str, bool), GuardSql>,
+    by_table: HashMap<(Option<&'static str>, bool), GuardSql>,
 }
 
 impl Statements {
+    /// For every table of `tables`, and for actions that insert no row.
     pub fn build(backend: DatabaseBackend, tables: &[&'static PaidTable]) -> Self {
         let by_table = tables
             .iter()
+            .map(|paid| Some(*paid))
+            .chain([None])
             .flat_map(|paid| {
-                [false, true].map(|metered| ((paid.table, metered), build(backend, paid, metered)))
+                [false, true].map(|metered| {
+                    (
+                        (paid.map(|p| p.table), metered),
+                        build(backend, paid, metered),
+                    )
+                })
             })
             .collect();
         Statements { by_table }
@@ -119,11 +167,11 @@ impl Statements {
     fn get(&self, spend: &Spend) -> Result<&GuardSql, AppError> {
         let metered = spend.credit_type.meter.is_some();
         self.by_table
-            .get(&(spend.paid.table, metered))
+            .get(&(spend.paid.table(), metered))
             .ok_or_else(|| {
                 AppError::Internal(anyhow::anyhow!(
-                    "no guard statement for table {}",
-                    spend.paid.table
+                    "no guard statement for table {:?}",
+                    spend.paid.table()
                 ))
             })
     }
@@ -148,25 +196,39 @@ fn spend_sql(backend: DatabaseBackend) -> String {
 fn ledger_sql(period: &str) -> String {
     format!(
         "INSERT INTO credit (id, tenant_id, user_id, type, amount, object_id, idempotency_key, \
-         feature, period_start, created_at) \
-         SELECT :ledger_id, :tenant, :user, :credit_type, :cost, :object, :key, :feature, {period}, :now"
+         feature, period_start, created_at, subject, metadata) \
+         SELECT :ledger_id, :tenant, :user, :credit_type, :cost, :object, :key, :feature, {period}, \
+         :now, :subject, :metadata"
     )
 }
 
-fn build(backend: DatabaseBackend, paid: &PaidTable, metered: bool) -> GuardSql {
-    let table = paid.table;
-    let columns = paid.columns.join(", ");
-    let values = (0..paid.columns.len())
-        .map(|i| format!(":paid_{i}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+fn build(backend: DatabaseBackend, paid: Option<&PaidTable>, metered: bool) -> GuardSql {
+    // `INSERT INTO table (columns) … values` for a paid row.
+    let insert = paid.map(|paid| {
+        let values = (0..paid.columns.len())
+            .map(|i| format!(":paid_{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        (
+            format!("INSERT INTO {} ({})", paid.table, paid.columns.join(", ")),
+            values,
+        )
+    });
     let spend = spend_sql(backend);
     match backend {
         DatabaseBackend::Postgres => {
+            // The last CTE that inserts: the paid row when there is one, else the ledger's.
+            let (paid, last) = match &insert {
+                Some((into, values)) => (
+                    format!(", paid AS ({into} SELECT {values} FROM ledger RETURNING 1)"),
+                    "paid",
+                ),
+                None => (String::new(), "ledger"),
+            };
             let outbox = match metered {
                 true => format!(
                     ", outbox AS ({})",
-                    outbox::spend_event_sql("EXISTS (SELECT 1 FROM paid)")
+                    outbox::spend_event_sql(&format!("EXISTS (SELECT 1 FROM {last})"))
                 ),
                 false => String::new(),
             };
@@ -174,9 +236,8 @@ fn build(backend: DatabaseBackend, paid: &PaidTable, metered: bool) -> GuardSql 
                 backend,
                 &format!(
                     "WITH spent AS ({spend} RETURNING period_start), \
-                     ledger AS ({} FROM spent RETURNING id), \
-                     paid AS (INSERT INTO {table} ({columns}) SELECT {values} FROM ledger RETURNING 1){outbox} \
-                     SELECT CAST(1 AS BIGINT) AS created FROM paid",
+                     ledger AS ({} FROM spent RETURNING id){paid}{outbox} \
+                     SELECT CAST(1 AS BIGINT) AS created FROM {last}",
                     ledger_sql("spent.period_start")
                 ),
             ))
@@ -184,10 +245,8 @@ fn build(backend: DatabaseBackend, paid: &PaidTable, metered: bool) -> GuardSql 
         _ => GuardSql::Sqlite {
             spend: Sql::new(backend, &format!("{spend} RETURNING period_start")),
             ledger: Sql::new(backend, &ledger_sql(":period")),
-            paid: Sql::new(
-                backend,
-                &format!("INSERT INTO {table} ({columns}) VALUES ({values})"),
-            ),
+            paid: insert
+                .map(|(into, values)| Sql::new(backend, &format!("{into} VALUES ({values})"))),
             outbox: Sql::new(backend, &outbox::spend_event_sql("1 = 1")),
         },
     }
@@ -201,14 +260,21 @@ pub(super) async fn write(
     statements: &Statements,
     spend: &Spend,
 ) -> Result<Spent, AppError> {
-    let now = Utc::now();
+    // Microseconds: what PostgreSQL keeps, so the time returned is the time stored.
+    let now = Utc::now().trunc_subsecs(6);
+    let ledger_id = Uuid::now_v7();
+    // What a replay of the key returns: the paid row, or for an action the ledger row.
+    let resource_id = match &spend.paid {
+        Paid::Row { id, .. } => *id,
+        Paid::Action { .. } => ledger_id,
+    };
     if let Some(key) = &spend.key {
         let claim = idempotency::claim(
             session,
             spend.tenant_id,
             &key.value,
             &key.fingerprint,
-            spend.object_id,
+            resource_id,
             now,
             key.retention,
         )
@@ -222,8 +288,8 @@ pub(super) async fn write(
             return Ok(Spent::Replayed(original));
         }
     }
-    consume(session, statements.get(spend)?, spend, now).await?;
-    Ok(Spent::Charged)
+    consume(session, statements.get(spend)?, spend, ledger_id, now).await?;
+    Ok(Spent::Charged { ledger_id, at: now })
 }
 
 /// The guard's statements, bound and run; `Err` (a refusal, explained) when they wrote
@@ -232,15 +298,18 @@ async fn consume(
     session: &mut Session,
     sql: &GuardSql,
     spend: &Spend,
+    ledger_id: Uuid,
     now: DateTime<Utc>,
 ) -> Result<(), AppError> {
-    let ledger_id = Uuid::now_v7();
     let usage_id = Uuid::now_v7();
-    let object_id = spend.object_id.to_string();
+    let (object_id, row) = match &spend.paid {
+        Paid::Row { id, values, .. } => (Some(id.to_string()), &values[..]),
+        Paid::Action { object_id } => (object_id.clone(), &[][..]),
+    };
     let value = |name: &str| -> Option<sea_orm::Value> {
         Some(match name {
             "tenant" => spend.tenant_id.into(),
-            "feature" => CREDITS_FEATURE.into(),
+            "feature" => spend.credit_type.feature.as_str().into(),
             "cost" => spend.credit_type.amount.into(),
             "now" => now.into(),
             "month" => Period::calendar_month(now).start.into(),
@@ -248,10 +317,12 @@ async fn consume(
             "ledger_id" => ledger_id.into(),
             "user" => spend.user_id.into(),
             "credit_type" => spend.credit_type.value.as_str().into(),
-            "object" => Some(object_id.as_str()).into(),
+            "object" => object_id.as_deref().into(),
             "key" => spend.key.as_ref().map(|k| k.value.as_str()).into(),
+            "subject" => spend.subject.as_deref().into(),
+            "metadata" => spend.metadata.clone().into(),
             name => match name.strip_prefix("paid_") {
-                Some(i) => spend.row.get(i.parse::<usize>().ok()?)?.clone(),
+                Some(i) => row.get(i.parse::<usize>().ok()?)?.clone(),
                 None => {
                     outbox::spend_event_value(name, usage_id, spend.credit_type.meter.as_ref()?)?
                 }
@@ -282,7 +353,9 @@ async fn consume(
                         name => value(name),
                     };
                     session.execute(&ledger.bind(value)?).await?;
-                    session.execute(&paid.bind(value)?).await?;
+                    if let Some(paid) = paid {
+                        session.execute(&paid.bind(value)?).await?;
+                    }
                     if spend.credit_type.meter.is_some() {
                         session.execute(&outbox.bind(value)?).await?;
                     }
@@ -307,23 +380,24 @@ async fn refusal(session: &mut Session, spend: &Spend, now: DateTime<Utc>) -> Ap
             Err(e) => return e,
         }
     }
-    let row = match subscribed_feature(session, spend.tenant_id, CREDITS_FEATURE, now).await {
-        Ok(row) => row,
-        Err(e) => return e,
-    };
+    let row =
+        match subscribed_feature(session, spend.tenant_id, &spend.credit_type.feature, now).await {
+            Ok(row) => row,
+            Err(e) => return e,
+        };
     let Some(PlanFeatureRow {
         period,
         feature: Some(feature),
     }) = row
     else {
         return AppError::FeatureNotIncluded {
-            feature: CREDITS_FEATURE.to_owned(),
+            feature: spend.credit_type.feature.clone(),
         };
     };
     let cost = spend.credit_type.amount;
     match feature.kind {
         FeatureLimitType::NotIncluded => AppError::FeatureNotIncluded {
-            feature: CREDITS_FEATURE.to_owned(),
+            feature: spend.credit_type.feature.clone(),
         },
         // Unlimited never refuses; a limited plan that fits now changed since (a concurrent
         // plan change): the figures as they stand still explain the refusal.
@@ -331,7 +405,7 @@ async fn refusal(session: &mut Session, spend: &Spend, now: DateTime<Utc>) -> Ap
             AppError::Internal(anyhow::anyhow!("an unlimited spend of {cost} was refused"))
         }
         kind => AppError::InsufficientCredits(Box::new(Shortfall {
-            feature: CREDITS_FEATURE.to_owned(),
+            feature: spend.credit_type.feature.clone(),
             credit_type: spend.credit_type.value.clone(),
             required: cost,
             used: feature.used,
@@ -369,16 +443,17 @@ mod tests {
         format!("{text}\n-- parameters: {}", sql.names().join(", "))
     }
 
-    fn snapshot(backend: DatabaseBackend, metered: bool) -> String {
-        match build(backend, &WIDGET, metered) {
+    fn snapshot(backend: DatabaseBackend, paid: Option<&PaidTable>, metered: bool) -> String {
+        match build(backend, paid, metered) {
             GuardSql::Postgres(sql) => readable(&sql),
             GuardSql::Sqlite {
                 spend,
                 ledger,
                 paid,
                 outbox,
-            } => [spend, ledger, paid, outbox]
+            } => [Some(spend), Some(ledger), paid, Some(outbox)]
                 .iter()
+                .flatten()
                 .map(readable)
                 .collect::<Vec<_>>()
                 .join("\n\n-- then, if the counter took the cost:\n"),
@@ -387,20 +462,29 @@ mod tests {
 
     #[test]
     fn postgres_guard_is_one_statement_of_chained_ctes() {
-        insta::assert_snapshot!(snapshot(DatabaseBackend::Postgres, true));
-        let unmetered = snapshot(DatabaseBackend::Postgres, false);
+        insta::assert_snapshot!(snapshot(DatabaseBackend::Postgres, Some(&WIDGET), true));
+        let unmetered = snapshot(DatabaseBackend::Postgres, Some(&WIDGET), false);
         assert!(!unmetered.contains("usage_event"), "{unmetered}");
     }
 
     #[test]
     fn sqlite_guard_is_the_counter_upsert_then_the_rows_it_pays_for() {
-        insta::assert_snapshot!(snapshot(DatabaseBackend::Sqlite, true));
+        insta::assert_snapshot!(snapshot(DatabaseBackend::Sqlite, Some(&WIDGET), true));
     }
 
     #[test]
-    fn statements_are_built_for_every_paid_table_metered_or_not() {
+    fn an_action_s_guard_writes_the_ledger_row_and_no_other() {
+        insta::assert_snapshot!(snapshot(DatabaseBackend::Postgres, None, true));
+        let sqlite = snapshot(DatabaseBackend::Sqlite, None, false);
+        assert!(!sqlite.contains("widget"), "{sqlite}");
+        assert_eq!(sqlite.matches("INSERT INTO").count(), 3, "{sqlite}");
+    }
+
+    #[test]
+    fn statements_are_built_for_every_paid_table_and_actions_metered_or_not() {
         let statements = Statements::build(DatabaseBackend::Postgres, &[&WIDGET]);
-        assert_eq!(statements.by_table.len(), 2);
-        assert!(statements.by_table.contains_key(&("widget", true)));
+        assert_eq!(statements.by_table.len(), 4);
+        assert!(statements.by_table.contains_key(&(Some("widget"), true)));
+        assert!(statements.by_table.contains_key(&(None, false)));
     }
 }

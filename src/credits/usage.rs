@@ -193,6 +193,38 @@ pub async fn history(
     Ok(db::page(page, first))
 }
 
+/// One ledger row of a tenant by its id, for a member of it (`auth::standing`); `None` when
+/// the tenant has no such row. One query, the viewer's check included.
+pub async fn ledger_row(
+    db: &Database,
+    viewer: &Viewer,
+    tenant_id: Uuid,
+    id: Uuid,
+) -> Result<Option<credit::Model>, AppError> {
+    static SQL: db::PerBackend = db::PerBackend::new(|_| {
+        format!(
+            "SELECT tu.role AS viewer_role, c.* FROM {STANDING} \
+             LEFT JOIN credit c ON c.tenant_id = tu.tenant_id AND c.id = :id WHERE u.id = :user"
+        )
+    });
+    static SHAPE: LazyLock<Shape> = LazyLock::new(Shape::of::<credit::Entity>);
+    let user_id = viewer.require()?;
+    let statement = SQL.get(db.backend()).bind(|name| match name {
+        "tenant" => Some(tenant_id.into()),
+        "id" => Some(id.into()),
+        "user" => Some(user_id.into()),
+        _ => None,
+    })?;
+    let row = db.query_one(&statement, &SHAPE).await?;
+    auth::standing_of(viewer, row.as_ref())?;
+    match row {
+        Some(row) if row.get::<Option<Uuid>>("id")?.is_some() => {
+            Ok(Some(row.model::<credit::Entity>()?))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// The plan feature `:feature` of a tenant's subscription, the subscription's period and the
 /// counter of the period that counts now (`limit::period_start_sql`), joined onto `from`,
 /// which names the subscription `ts`.

@@ -81,7 +81,7 @@ impl Writer {
             .await
             .map_err(|_| stopped())?;
         let spent = answer.await.map_err(|_| stopped())??;
-        if spent == Spent::Charged {
+        if let Spent::Charged { .. } = spent {
             self.metrics.credits(&credit_type, amount);
         }
         Ok(spent)

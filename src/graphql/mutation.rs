@@ -5,12 +5,14 @@ use async_graphql::{Context, ID, Object, ResultExt};
 use crate::{
     auth::{self, SignUp},
     billing::{self, Checkout},
+    consume::{self, Consume, Cost},
     error::AppError,
     graphql::{
         ClientAddress, IdempotencyHeader, state,
         types::{
-            AuthPayload, BillingPortalSession, CheckoutSession, CreateProjectInput,
-            CreateTaskInput, CreateTenantInput, Project, SignUpInput, Task, Tenant, parse_id,
+            AuthPayload, BillingPortalSession, CheckoutSession, ConsumeCreditsInput,
+            CreateProjectInput, CreateTaskInput, CreateTenantInput, CreditSpend, Project,
+            SignUpInput, Task, Tenant, parse_id,
         },
         viewer,
     },
@@ -134,6 +136,39 @@ impl Mutation {
         };
         let task = projects::create_task(state(ctx)?, viewer(ctx), input).await;
         Ok(task.extend()?.into())
+    }
+
+    /// Spends credits for an action of your own: a catalogue `creditType`, or an explicit
+    /// `amount` of a `feature`. The same guard as `createTask`: the whole cost or nothing,
+    /// refused with `INSUFFICIENT_CREDITS` (with its figures) or `FEATURE_NOT_INCLUDED`; a
+    /// retry with the same `idempotencyKey` returns the first spend with `replayed: true`.
+    async fn consume_credits(
+        &self,
+        ctx: &Context<'_>,
+        input: ConsumeCreditsInput,
+    ) -> async_graphql::Result<CreditSpend> {
+        let state = state(ctx)?;
+        let request = Consume {
+            tenant_id: parse_id(&input.tenant_id, "tenantId").extend()?,
+            cost: Cost::from_input(
+                input.credit_type,
+                input.amount.map(i64::from),
+                input.feature,
+                state,
+            )
+            .extend()?,
+            object_id: input.object_id,
+            user_id: input
+                .user_id
+                .map(|id| parse_id(&id, "userId"))
+                .transpose()
+                .extend()?,
+            subject: input.subject,
+            idempotency_key: input.idempotency_key,
+            metadata: input.metadata.map(|m| m.0),
+        };
+        let consumed = consume::consume(state, viewer(ctx), request).await;
+        Ok(CreditSpend::new(consumed.extend()?))
     }
 
     /// A Stripe Checkout page where the tenant subscribes to `planSlug` (a plan with a Stripe

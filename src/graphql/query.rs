@@ -7,14 +7,15 @@ use uuid::Uuid;
 
 use crate::{
     auth, billing,
+    consume::{self, Cost},
     credits::{self, HistoryFilter},
     error::AppError,
     graphql::{
         state,
         types::{
-            Credit, CreditConnection, CreditHistoryFilter, CreditType, Plan, PlanFeatureUsage,
-            Tenant, UsageBasedUnit, UsageReport, UsageReportConnection, User, page_complexity,
-            parse_id,
+            Credit, CreditCheck, CreditConnection, CreditHistoryFilter, CreditType, Plan,
+            PlanFeatureUsage, Tenant, UsageBasedUnit, UsageReport, UsageReportConnection, User,
+            page_complexity, parse_id,
         },
         viewer,
     },
@@ -84,6 +85,24 @@ impl Query {
         let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
         let usage = credits::usage(db, viewer(ctx), tenant_id, &feature, Utc::now()).await;
         Ok(usage.extend()?.map(PlanFeatureUsage::from))
+    }
+
+    /// Whether an action would be allowed now — a catalogue `creditType`, or an explicit
+    /// `amount` of a `feature` — by the same rule the guard applies. Writes nothing, holds
+    /// nothing: a spend may still be refused if others spend first. Members only.
+    async fn check_credits(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: ID,
+        credit_type: Option<String>,
+        amount: Option<i32>,
+        feature: Option<String>,
+    ) -> async_graphql::Result<CreditCheck> {
+        let state = state(ctx)?;
+        let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
+        let cost = Cost::from_input(credit_type, amount.map(i64::from), feature, state).extend()?;
+        let check = consume::check(state, viewer(ctx), tenant_id, &cost).await;
+        Ok(check.extend()?.into())
     }
 
     /// The tenant's credit ledger, newest first, `first` (at most 100) at a time. Members only.

@@ -5,6 +5,7 @@
 
 mod auth;
 mod browser;
+mod consume;
 mod entitlement;
 mod errors;
 mod fake_stripe;

@@ -215,8 +215,8 @@ async fn a_bad_config_file_stops_start_up_naming_the_key() {
         ("token_ttl_seconds = \"soon\"\n", "token_ttl_seconds"),
         ("colour = \"blue\"\n", "colour"),
         (
-            "[[credit_types]]\nvalue = \"credit-coffee\"\nname = \"C\"\ndescription = \"d\"\namount = 1\n",
-            "credit_types[0].value",
+            "[[credit_types]]\nvalue = \"credit-coffee\"\nname = \"C\"\ndescription = \"d\"\namount = 0\n",
+            "credit_types[0].amount",
         ),
         (
             "[[usage_based_units]]\nname = \"a\"\ntitle = \"A\"\ntitle_plural = \"As\"\ncredit_types = [\"credit-task-creation\"]\n\

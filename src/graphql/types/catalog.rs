@@ -35,6 +35,8 @@ pub struct CreditType {
     pub description: String,
     /// Credits one action costs.
     pub amount: i32,
+    /// The plan feature it spends, e.g. `credits`.
+    pub feature: String,
 }
 
 impl From<&CreditTypeConfig> for CreditType {
@@ -44,6 +46,7 @@ impl From<&CreditTypeConfig> for CreditType {
             name: c.name.clone(),
             description: c.description.clone(),
             amount: int(c.amount),
+            feature: c.feature.clone(),
         }
     }
 }

@@ -1,15 +1,18 @@
 //! What a tenant has used and spent: its usage of a feature and the credit ledger.
 
-use async_graphql::{ComplexObject, Context, ErrorExtensions, ID, InputObject, SimpleObject};
+use async_graphql::{
+    ComplexObject, Context, Enum, ErrorExtensions, ID, InputObject, Json, ResultExt, SimpleObject,
+};
 use chrono::{DateTime, Utc};
 use entity::credit;
 use uuid::Uuid;
 
 use super::{CreditType, FeatureLimitType, User, int};
 use crate::{
+    consume::{Check, Consumed, Refusal},
     credits::{self, FeatureUsage},
     error::AppError,
-    graphql::{loaders::Loaders, state},
+    graphql::{loaders::Loaders, state, viewer},
 };
 
 /// Where a tenant stands on one feature of its plan.
@@ -85,8 +88,15 @@ pub struct Credit {
     pub kind: String,
     /// Credits spent.
     pub amount: i32,
-    /// The id of the resource the credits paid for (the new Project's or Task's id).
+    /// The id of what the credits paid for: the new Project's or Task's id, or the caller's
+    /// own object id (`consumeCredits`).
     pub object_id: Option<String>,
+    /// The plan feature the credits were counted against, e.g. `credits`.
+    pub feature: String,
+    /// The caller's own reference for who acted (`consumeCredits`' `subject`).
+    pub subject: Option<String>,
+    /// The caller's JSON object (`consumeCredits`' `metadata`).
+    pub metadata: Option<Json<serde_json::Value>>,
     #[graphql(skip)]
     pub user_id: Option<Uuid>,
 }
@@ -99,6 +109,9 @@ impl From<credit::Model> for Credit {
             kind: c.kind,
             amount: int(c.amount),
             object_id: c.object_id,
+            feature: c.feature,
+            subject: c.subject,
+            metadata: c.metadata.map(Json),
             user_id: c.user_id,
         }
     }
@@ -142,4 +155,115 @@ pub struct CreditHistoryFilter {
     pub from: Option<DateTime<Utc>>,
     /// Only credits spent before this time.
     pub to: Option<DateTime<Utc>>,
+}
+
+/// A spend of credits for an action of the caller's own.
+#[derive(InputObject, Debug)]
+pub struct ConsumeCreditsInput {
+    /// The tenant that pays.
+    pub tenant_id: ID,
+    /// A credit type of the catalogue (`creditTypes`): its amount and feature. Give this or
+    /// `amount`.
+    pub credit_type: Option<String>,
+    /// An explicit cost (1 to 1,000,000,000), recorded as credit type `explicit`. Give this or
+    /// `creditType`.
+    pub amount: Option<i32>,
+    /// The plan feature an explicit `amount` spends (default `credits`); beside a
+    /// `creditType`, it must be the one that type spends.
+    pub feature: Option<String>,
+    /// Your id of what the credits pay for, kept in the ledger (at most 255 characters).
+    pub object_id: Option<String>,
+    /// The member the spend is made for. A signed-in user spends as themselves: leave it out.
+    pub user_id: Option<ID>,
+    /// Your own reference for who acted, when it is not a Tollgate user (at most 255).
+    pub subject: Option<String>,
+    /// Required: a retry with the same key and input returns the first spend and charges
+    /// nothing; the key with other input is `IDEMPOTENCY_KEY_REUSED`.
+    pub idempotency_key: String,
+    /// A JSON object kept with the ledger row (at most 4,096 bytes).
+    pub metadata: Option<Json<serde_json::Value>>,
+}
+
+/// A spend made by `consumeCredits`, or found again by its idempotency key.
+#[derive(SimpleObject, Debug)]
+#[graphql(complex)]
+pub struct CreditSpend {
+    /// The ledger row.
+    pub credit: Credit,
+    /// True when the idempotency key had been used for this same spend: nothing was charged
+    /// again, and `credit` is the first spend's.
+    pub replayed: bool,
+    #[graphql(skip)]
+    pub tenant_id: Uuid,
+}
+
+impl CreditSpend {
+    pub fn new(consumed: Consumed) -> Self {
+        CreditSpend {
+            tenant_id: consumed.credit.tenant_id,
+            credit: consumed.credit.into(),
+            replayed: consumed.replayed,
+        }
+    }
+}
+
+#[ComplexObject]
+impl CreditSpend {
+    /// Where the tenant stands on the spend's feature now (read when asked for).
+    async fn usage(&self, ctx: &Context<'_>) -> async_graphql::Result<PlanFeatureUsage> {
+        let db = &state(ctx)?.db;
+        let usage = credits::usage(
+            db,
+            viewer(ctx),
+            self.tenant_id,
+            &self.credit.feature,
+            Utc::now(),
+        )
+        .await
+        .extend()?;
+        let usage = usage.ok_or_else(|| {
+            AppError::Internal(anyhow::anyhow!("a spent feature has no plan")).extend()
+        })?;
+        Ok(usage.into())
+    }
+}
+
+/// Why an action would be refused (the error code a spend would get).
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum CreditRefusalReason {
+    InsufficientCredits,
+    FeatureNotIncluded,
+}
+
+/// Whether an action would be allowed now (`checkCredits`): nothing is written or held.
+#[derive(SimpleObject, Debug)]
+pub struct CreditCheck {
+    /// Whether a spend of `required` would be allowed now.
+    pub allowed: bool,
+    /// What the action costs.
+    pub required: i32,
+    /// Left in the current period; null when unlimited.
+    pub remaining: Option<i32>,
+    /// Why not, when `allowed` is false.
+    pub reason: Option<CreditRefusalReason>,
+    /// When the allowance starts again (`MONTHLY` features); null otherwise.
+    pub resets_at: Option<DateTime<Utc>>,
+    /// Where the tenant stands on the feature; null when no plan defines it.
+    pub usage: Option<PlanFeatureUsage>,
+}
+
+impl From<Check> for CreditCheck {
+    fn from(c: Check) -> Self {
+        CreditCheck {
+            allowed: c.allowed,
+            required: int(c.required),
+            remaining: c.remaining.map(int),
+            reason: c.reason.map(|r| match r {
+                Refusal::InsufficientCredits => CreditRefusalReason::InsufficientCredits,
+                Refusal::FeatureNotIncluded => CreditRefusalReason::FeatureNotIncluded,
+            }),
+            resets_at: c.resets_at,
+            usage: c.usage.map(PlanFeatureUsage::from),
+        }
+    }
 }
