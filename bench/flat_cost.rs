@@ -222,6 +222,8 @@ fn ledger_row(tenant: Uuid) -> credit::ActiveModel {
         created_at: Set(Utc::now()),
         subject: Set(None),
         metadata: Set(None),
+        actor_type: Set(credit::ActorType::System),
+        actor_id: Set(None),
     }
 }
 
@@ -242,6 +244,7 @@ async fn seed_other_tenants(db: &DatabaseConnection) {
             name: Set("Other".into()),
             stripe_customer_id: Set(None),
             created_at: Set(Utc::now()),
+            external_id: Set(None),
         }))
         .exec_without_returning(&txn)
         .await

@@ -296,6 +296,22 @@ async fn run_database(
 
     let token = gql(&client, &base, None, "mutation { signUp(input: {email: \"bench@example.com\", password: \"benchmark\", name: \"Bench\"}) { token } }", json!({})).await["data"]["signUp"]["token"].as_str().expect("token").to_owned();
     let unlimited = tenant_with_project(&client, &base, &token, "unlimited").await;
+    // A server's key for the hot tenant (`consumeCredits`).
+    let key = gql(
+        &client,
+        &base,
+        Some(&token),
+        &format!(
+            "mutation {{ createApiKey(tenantId: \"{}\", name: \"bench\", scopes: [CREDITS_CONSUME]) {{ secret }} }}",
+            unlimited.0
+        ),
+        json!({}),
+    )
+    .await;
+    let key = key["data"]["createApiKey"]["secret"]
+        .as_str()
+        .expect("API key")
+        .to_owned();
     let limited = tenant_with_project(&client, &base, &token, "limited").await;
     move_to_plan(url, &limited.0, "limited").await;
     // The multi-tenant workload's tenants (on the default, UNLIMITED plan), made 32 at a time.
@@ -333,20 +349,34 @@ async fn run_database(
         floor: None,
     });
     let one = |body: String| vec![body];
-    let workloads: [(&str, Vec<String>, Floor); 6] = [
+    let user = Some(token.as_str());
+    let workloads: [(&str, Vec<String>, Option<&str>, Floor); 7] = [
         (
             "`createTask`, UNLIMITED plan",
             one(create_task(&unlimited.1)),
+            user,
+            Some(("healthz", health.rps)),
+        ),
+        (
+            "`consumeCredits` with an API key (a new idempotency key each), UNLIMITED plan",
+            // `%KEY%`: a fresh idempotency key per request (wrk's `request`, below).
+            one(format!(
+                r#"{{"query":"mutation {{ consumeCredits(input: {{tenantId: \"{}\", creditType: \"credit-task-creation\", objectId: \"job\", idempotencyKey: \"%KEY%\"}}) {{ credit {{ id }} }} }}"}}"#,
+                unlimited.0
+            )),
+            Some(key.as_str()),
             Some(("healthz", health.rps)),
         ),
         (
             "`createTask`, 1,000 tenants (UNLIMITED), round-robin",
             spread,
+            user,
             Some(("healthz", health.rps)),
         ),
         (
             "`createTask`, 1000-credit plan running out",
             one(create_task(&limited.1)),
+            user,
             Some(("healthz", health.rps)),
         ),
         (
@@ -355,6 +385,7 @@ async fn run_database(
                 r#"{{"query":"{{ planFeatureUsage(tenantId: \"{}\") {{ used remaining enabled }} }}"}}"#,
                 unlimited.0
             )),
+            user,
             Some(("healthz", health.rps)),
         ),
         (
@@ -363,25 +394,19 @@ async fn run_database(
                 r#"{{"query":"{{ creditHistory(tenantId: \"{}\", first: 20) {{ nodes {{ id type amount createdAt }} pageInfo {{ endCursor hasNextPage }} }} }}"}}"#,
                 unlimited.0
             )),
+            user,
             Some(("healthz", health.rps)),
         ),
         (
             "`creditTypes` (signed in)",
             one(r#"{"query":"{ creditTypes { value name amount } }"}"#.to_owned()),
+            user,
             Some(("healthz", health.rps)),
         ),
     ];
-    for (name, bodies, floor) in workloads {
+    for (name, bodies, bearer, floor) in workloads {
         let (r, cost) = measured(pid, || {
-            wrk(
-                &base,
-                "POST",
-                "/graphql",
-                &bodies,
-                Some(&token),
-                seconds,
-                pinned,
-            )
+            wrk(&base, "POST", "/graphql", &bodies, bearer, seconds, pinned)
         });
         eprintln!(
             "{name}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors, {} denied, {:.0} µs CPU and {:.1} context switches per request",
@@ -601,6 +626,17 @@ fn wrk(
         writeln!(script, "wrk.body = [==[{body}]==]").unwrap();
         script.push_str("wrk.headers[\"Content-Type\"] = \"application/json\"\n");
     }
+    if bodies.len() == 1 && bodies[0].contains("%KEY%") {
+        // A body made per request: `%KEY%` becomes a key no other request of the run has.
+        script.push_str(
+            "local n = 0
+local tag = tostring(os.time()) .. tostring(math.random(1000000))
+             function request() n = n + 1
+               local body = wrk.body:gsub('%%KEY%%', tag .. '-' .. n)
+               return wrk.format(nil, nil, nil, body) end
+",
+        );
+    }
     if bodies.len() > 1 {
         script.push_str("local bodies = {\n");
         for body in bodies {
@@ -704,6 +740,7 @@ async fn raw_floor(url: &str, batched: bool, seconds: u64) -> f64 {
         name: Set("Floor".into()),
         stripe_customer_id: Set(None),
         created_at: Set(now),
+        external_id: Set(None),
     }
     .insert(&db.write)
     .await
@@ -773,6 +810,7 @@ async fn raw_floor(url: &str, batched: bool, seconds: u64) -> f64 {
                             created_at: Utc::now(),
                         })
                         .expect("the task's row"),
+                    actor: tollgate::credits::Actor::User(user_id),
                     subject: None,
                     metadata: None,
                     key: None,

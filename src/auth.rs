@@ -4,6 +4,7 @@
 //! anonymous caller.
 
 mod accounts;
+pub mod api_keys;
 mod hashing;
 mod tenancy;
 mod tokens;
@@ -14,12 +15,14 @@ use std::sync::{
 };
 
 use entity::user;
-use sea_orm::{ConnectionTrait, prelude::Uuid};
+use sea_orm::{DatabaseConnection, prelude::Uuid};
 
 pub use accounts::{SignUp, find_by_email, normalize_email, sign_in, sign_up};
+pub use api_keys::ApiScope;
 pub use hashing::Hasher;
 pub use tenancy::{
-    STANDING, require_admin, require_member, standing_in, standing_of, visible_project,
+    KEY_STANDING, PerViewer, STANDING, require_admin, require_member, standing_in, standing_of,
+    visible_project,
 };
 pub use tokens::Keys;
 
@@ -29,13 +32,21 @@ use crate::{
 };
 use tokens::Identity;
 
-/// The caller of one request: nobody, or the user a verified token names. The token is
-/// checked here (signature, expiry, issuer, audience); the user's row is checked by the
-/// database in the same query that reads what the request asks for (`tenancy`), so a signed-in
-/// read costs one database call. A token whose user no longer exists makes the request
-/// `UNAUTHENTICATED` (HTTP 401) as soon as a query finds it missing.
+/// The caller of one request: nobody, the user a verified token names, or an API key. The
+/// token is checked here (signature, expiry, issuer, audience); the user's row is checked by
+/// the database in the same query that reads what the request asks for (`tenancy`), so a
+/// signed-in read costs one database call. A token whose user no longer exists makes the
+/// request `UNAUTHENTICATED` (HTTP 401) as soon as a query finds it missing. An API key is
+/// looked up when the request arrives, and checked again (not revoked) by every query that
+/// reads a tenant's data for it.
 #[derive(Clone, Debug, Default)]
-pub struct Viewer(Option<Token>);
+pub struct Viewer(Option<Caller>);
+
+#[derive(Clone, Debug)]
+enum Caller {
+    User(Token),
+    Key(Arc<Key>),
+}
 
 #[derive(Clone, Debug)]
 struct Token {
@@ -44,43 +55,104 @@ struct Token {
     gone: Arc<AtomicBool>,
 }
 
+/// An API key's standing, as read when the request arrived.
+#[derive(Debug)]
+pub struct Key {
+    pub id: Uuid,
+    /// `None`: a platform key.
+    pub tenant_id: Option<Uuid>,
+    pub scopes: Vec<ApiScope>,
+    /// Set once a query found the key revoked since.
+    gone: AtomicBool,
+}
+
 impl Viewer {
     pub const ANONYMOUS: Viewer = Viewer(None);
 
     /// The viewer of a verified token naming `user_id`.
     pub fn signed_in(user_id: Uuid) -> Self {
-        Viewer(Some(Token {
+        Viewer(Some(Caller::User(Token {
             user_id,
             gone: Arc::new(AtomicBool::new(false)),
-        }))
+        })))
+    }
+
+    /// The viewer of a valid API key.
+    pub fn with_key(id: Uuid, tenant_id: Option<Uuid>, scopes: Vec<ApiScope>) -> Self {
+        Viewer(Some(Caller::Key(Arc::new(Key {
+            id,
+            tenant_id,
+            scopes,
+            gone: AtomicBool::new(false),
+        }))))
     }
 
     /// The id of the user the token names, if any.
     pub fn id(&self) -> Option<Uuid> {
-        self.0.as_ref().map(|t| t.user_id)
+        match &self.0 {
+            Some(Caller::User(t)) => Some(t.user_id),
+            _ => None,
+        }
     }
 
-    /// The signed-in user's id, or `UNAUTHENTICATED`.
+    /// The API key, if the caller is one.
+    pub fn key(&self) -> Option<&Key> {
+        match &self.0 {
+            Some(Caller::Key(key)) => Some(key),
+            _ => None,
+        }
+    }
+
+    /// Who the request is from, for rate limits: the user's id or the key's.
+    pub fn caller_id(&self) -> Option<Uuid> {
+        match &self.0 {
+            Some(Caller::User(t)) => Some(t.user_id),
+            Some(Caller::Key(k)) => Some(k.id),
+            None => None,
+        }
+    }
+
+    /// The signed-in user's id; `UNAUTHENTICATED` when anonymous, `FORBIDDEN` for an API key
+    /// (what asks for a user is not for servers).
     pub fn require(&self) -> Result<Uuid, AppError> {
-        self.id().ok_or(AppError::Unauthenticated(
-            "sign in first: send Authorization: Bearer <token>",
-        ))
+        match &self.0 {
+            Some(Caller::User(t)) => Ok(t.user_id),
+            Some(Caller::Key(_)) => Err(AppError::Forbidden),
+            None => Err(AppError::Unauthenticated(
+                "sign in first: send Authorization: Bearer <token>",
+            )),
+        }
     }
 
-    /// Records that the token's user does not exist (the request will be answered 401) and
-    /// returns the error to give.
+    /// What a `STANDING` query binds as `:user`: the user's id, or the API key's. A key must
+    /// hold one of `scopes`; a tenant key is refused for another tenant as a user is
+    /// (`FORBIDDEN`).
+    pub fn standing_id(&self, scopes: &[ApiScope]) -> Result<Uuid, AppError> {
+        match &self.0 {
+            Some(Caller::Key(key)) if scopes.iter().any(|s| key.scopes.contains(s)) => Ok(key.id),
+            Some(Caller::Key(_)) => Err(AppError::Forbidden),
+            _ => self.require(),
+        }
+    }
+
+    /// Records that the token's user (or the key) does not exist any more (the request will
+    /// be answered 401) and returns the error to give.
     pub fn user_gone(&self) -> AppError {
-        if let Some(token) = &self.0 {
-            token.gone.store(true, Ordering::Relaxed);
+        match &self.0 {
+            Some(Caller::User(token)) => token.gone.store(true, Ordering::Relaxed),
+            Some(Caller::Key(key)) => key.gone.store(true, Ordering::Relaxed),
+            None => {}
         }
         AppError::Unauthenticated("invalid or expired token")
     }
 
-    /// Whether a query found the token's user missing.
+    /// Whether a query found the token's user (or the key) missing.
     pub fn is_gone(&self) -> bool {
-        self.0
-            .as_ref()
-            .is_some_and(|t| t.gone.load(Ordering::Relaxed))
+        match &self.0 {
+            Some(Caller::User(t)) => t.gone.load(Ordering::Relaxed),
+            Some(Caller::Key(k)) => k.gone.load(Ordering::Relaxed),
+            None => false,
+        }
     }
 }
 
@@ -88,7 +160,7 @@ impl Viewer {
 /// tokens need no database call; an identity provider's token is matched to its user (and
 /// the user created on a first visit), which does.
 pub async fn authenticate(
-    db: &impl ConnectionTrait,
+    db: &DatabaseConnection,
     keys: &Keys,
     authorization: Option<&str>,
 ) -> Result<Viewer, AppError> {
@@ -103,6 +175,9 @@ pub async fn authenticate(
         .ok_or(AppError::Unauthenticated(
             "the Authorization header must be `Bearer <token>`",
         ))?;
+    if token.starts_with(api_keys::SECRET_PREFIX) {
+        return api_keys::authenticate(db, token).await;
+    }
     let user_id = match keys.verify(token)? {
         Identity::User(id) => id,
         Identity::External(claims) => {

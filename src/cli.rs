@@ -6,7 +6,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::{
-    auth::{self, Keys},
+    auth::{
+        self, ApiScope, Keys,
+        api_keys::{self, NewApiKey},
+    },
     config::{Config, Overrides},
     db::Database,
     graphql,
@@ -49,6 +52,27 @@ enum Command {
         #[arg(long)]
         email: String,
     },
+    /// Manage API keys from the server's machine.
+    #[command(subcommand)]
+    ApiKey(ApiKeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ApiKeyCommand {
+    /// Create a key and print its secret (shown only this once) on stdout.
+    Create {
+        /// A platform key: any tenant.
+        #[arg(long, conflicts_with = "tenant")]
+        platform: bool,
+        /// A tenant's key: only this tenant (its id).
+        #[arg(long, required_unless_present = "platform")]
+        tenant: Option<uuid::Uuid>,
+        #[arg(long)]
+        name: String,
+        /// Scopes, comma-separated: CREDITS_CONSUME, CREDITS_READ, CREDITS_GRANT, TENANTS_WRITE.
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+    },
 }
 
 impl Cli {
@@ -90,6 +114,29 @@ impl Cli {
                     .await?
                     .with_context(|| format!("no user with the email {email}"))?;
                 println!("{}", Keys::from_config(&config)?.mint(user.id)?);
+            }
+            Command::ApiKey(ApiKeyCommand::Create {
+                platform: _,
+                tenant,
+                name,
+                scopes,
+            }) => {
+                let scopes = scopes
+                    .iter()
+                    .map(|s| {
+                        ApiScope::parse(s.trim()).with_context(|| format!("unknown scope {s:?}"))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let db = Database::connect(&config).await?;
+                let request = NewApiKey {
+                    tenant_id: tenant,
+                    name,
+                    scopes,
+                    expires_at: None,
+                };
+                let (key, secret) = api_keys::create_unchecked(&db, request).await?;
+                eprintln!("created API key {} ({})", key.id, key.prefix);
+                println!("{secret}");
             }
             Command::PrintSchema => {}
         }

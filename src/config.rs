@@ -54,6 +54,8 @@ pub struct Config {
     pub jwt: JwtSettings,
     /// The plan every new tenant is subscribed to.
     pub default_plan: String,
+    /// Emails of the users who may create and revoke platform API keys (lower-cased).
+    pub platform_admins: Vec<String>,
     pub credit_types: Vec<CreditTypeConfig>,
     pub usage_based_units: Vec<UsageBasedUnitConfig>,
     pub plans: Vec<PlanConfig>,
@@ -451,6 +453,9 @@ impl Config {
                     ct.feature
                 );
             }
+        }
+        for email in &mut self.platform_admins {
+            *email = email.trim().to_lowercase();
         }
         if self.token_ttl_seconds == 0 {
             bail!("invalid configuration: token_ttl_seconds must be > 0");

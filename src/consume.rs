@@ -8,9 +8,9 @@ use entity::credit;
 use sea_orm::prelude::*;
 
 use crate::{
-    auth::Viewer,
+    auth::{ApiScope, Viewer},
     config::{CreditTypeConfig, EXPLICIT_CREDIT_TYPE},
-    credits::{self, FeatureLimitType, FeatureUsage, IdempotencyKey, Paid, Spend, Spent},
+    credits::{self, Actor, FeatureLimitType, FeatureUsage, IdempotencyKey, Paid, Spend, Spent},
     error::AppError,
     idempotency::{self, Fingerprint},
     state::AppState,
@@ -87,12 +87,26 @@ pub async fn consume(
     viewer: &Viewer,
     request: Consume,
 ) -> Result<Consumed, AppError> {
-    let user_id = viewer.require()?;
-    if request.user_id.is_some_and(|id| id != user_id) {
-        return Err(AppError::bad_input(
-            "a signed-in user spends as themselves: leave userId out, or set it to your own id",
-        ));
-    }
+    // A user spends as themselves; a key (scope CREDITS_CONSUME) for any member it names, or
+    // for none, within the tenants it may touch.
+    let (user_id, actor) = match viewer.key() {
+        Some(key) => {
+            viewer.standing_id(&[ApiScope::CreditsConsume])?;
+            if key.tenant_id.is_some_and(|t| t != request.tenant_id) {
+                return Err(AppError::Forbidden);
+            }
+            (request.user_id, Actor::ApiKey(key.id))
+        }
+        None => {
+            let user_id = viewer.require()?;
+            if request.user_id.is_some_and(|id| id != user_id) {
+                return Err(AppError::bad_input(
+                    "a signed-in user spends as themselves: leave userId out, or set it to your own id",
+                ));
+            }
+            (Some(user_id), Actor::User(user_id))
+        }
+    };
     let credit_type = credit_type(state, &request.cost)?;
     let object_id = reference("objectId", request.object_id)?;
     let subject = reference("subject", request.subject)?;
@@ -114,6 +128,7 @@ pub async fn consume(
         "consumeCredits",
         &[
             &request.tenant_id.to_string(),
+            &user_id.map(|id| id.to_string()).unwrap_or_default(),
             &credit_type.value,
             &credit_type.amount.to_string(),
             &credit_type.feature,
@@ -124,11 +139,12 @@ pub async fn consume(
     );
     let spend = Spend {
         tenant_id: request.tenant_id,
-        user_id: Some(user_id),
+        user_id,
         credit_type: credit_type.clone(),
         paid: Paid::Action {
             object_id: object_id.clone(),
         },
+        actor,
         subject: subject.clone(),
         metadata: request.metadata,
         key: Some(IdempotencyKey {
@@ -138,16 +154,25 @@ pub async fn consume(
         }),
     };
     let metadata = spend.metadata.clone();
-    match state.writer.submit(spend).await.map_err(|e| match e {
-        AppError::Unauthenticated(_) => viewer.user_gone(),
-        e => e,
-    })? {
+    let spent = state
+        .writer
+        .submit(spend)
+        .await
+        .map_err(|e| match (e, viewer.key()) {
+            // The member a key named is not one (or no longer exists).
+            (AppError::Unauthenticated(_) | AppError::Forbidden, Some(_)) => {
+                AppError::bad_input("userId is not a member of the tenant")
+            }
+            (AppError::Unauthenticated(_), None) => viewer.user_gone(),
+            (e, _) => e,
+        })?;
+    match spent {
         // Everything the row holds is known here but its period, which no reader is shown.
         Spent::Charged { ledger_id, at } => Ok(Consumed {
             credit: credit::Model {
                 id: ledger_id,
                 tenant_id: request.tenant_id,
-                user_id: Some(user_id),
+                user_id,
                 kind: credit_type.value,
                 amount: credit_type.amount,
                 object_id,
@@ -157,15 +182,21 @@ pub async fn consume(
                 created_at: at,
                 subject,
                 metadata,
+                actor_type: actor.kind(),
+                actor_id: actor.id(),
             },
             replayed: false,
         }),
         Spent::Replayed(ledger_id) => {
-            let credit = credits::ledger_row(&state.db, viewer, request.tenant_id, ledger_id)
-                .await?
-                .ok_or_else(|| {
-                    AppError::Internal(anyhow::anyhow!("an idempotent original is gone"))
-                })?;
+            let credit = credits::ledger_row(
+                &state.db,
+                viewer,
+                request.tenant_id,
+                ledger_id,
+                ApiScope::CreditsConsume,
+            )
+            .await?
+            .ok_or_else(|| AppError::Internal(anyhow::anyhow!("an idempotent original is gone")))?;
             Ok(Consumed {
                 credit,
                 replayed: true,
@@ -205,7 +236,16 @@ pub async fn check(
     let credit_type = credit_type(state, cost)?;
     let required = credit_type.amount;
     let now = Utc::now();
-    let usage = credits::usage(&state.db, viewer, tenant_id, &credit_type.feature, now).await?;
+    let feature = &credit_type.feature;
+    let usage = credits::usage(
+        &state.db,
+        viewer,
+        tenant_id,
+        feature,
+        now,
+        ApiScope::CreditsRead,
+    );
+    let usage = usage.await?;
     let (allowed, reason) = match &usage {
         None => (false, Some(Refusal::FeatureNotIncluded)),
         Some(u) if u.kind == FeatureLimitType::NotIncluded => {

@@ -26,7 +26,7 @@ mod writer;
 
 pub use audit::{Report, verify};
 pub use entity::plan_feature::FeatureLimitType;
-pub use guard::{IdempotencyKey, Paid, PaidTable, Spend, Spent, Statements};
+pub use guard::{Actor, IdempotencyKey, Paid, PaidTable, Spend, Spent, Statements};
 pub use limit::{Period, ceiling, fits};
 pub use usage::{FeatureUsage, HistoryFilter, history, ledger_row, usage};
 pub use writer::Writer;

@@ -273,7 +273,7 @@ async fn execute(
         }
     };
     let address = client_address(req, state.config.http.trust_forwarded_for);
-    let client = match viewer.id() {
+    let client = match viewer.caller_id() {
         Some(user_id) => Client::User(user_id),
         None => Client::Address(address),
     };

@@ -8,7 +8,7 @@ use sea_orm::{EntityTrait, prelude::*};
 
 use crate::{
     auth::{self, Viewer},
-    credits::{IdempotencyKey, PaidTable, Spend, Spent},
+    credits::{Actor, IdempotencyKey, PaidTable, Spend, Spent},
     error::AppError,
     idempotency::{self, Fingerprint},
     state::AppState,
@@ -110,6 +110,7 @@ pub async fn create_project(
         user_id: Some(user_id),
         credit_type: config.credit_type(PROJECT.credit_type)?,
         paid: PROJECT.row(&project)?,
+        actor: Actor::User(user_id),
         subject: None,
         metadata: None,
         key,
@@ -166,6 +167,7 @@ pub async fn create_task(
         user_id: Some(user_id),
         credit_type: config.credit_type(TASK.credit_type)?,
         paid: TASK.row(&task)?,
+        actor: Actor::User(user_id),
         subject: None,
         metadata: None,
         key,

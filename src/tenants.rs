@@ -11,7 +11,7 @@ use sea_orm::{
 };
 
 use crate::{
-    auth::{self, STANDING, Viewer},
+    auth::{self, ApiScope, PerViewer, Viewer},
     config::Config,
     db::{Database, PerBackend, Shape},
     error::AppError,
@@ -26,9 +26,15 @@ pub use entity::tenant_user::Role;
 pub struct NewTenant {
     pub name: String,
     pub slug: String,
+    /// The SaaS's own id for it; unique.
+    pub external_id: Option<String>,
 }
 
-/// Creates a tenant owned by `owner`, subscribed to the configured default plan.
+/// The longest external id accepted.
+pub const MAX_EXTERNAL_ID: usize = 255;
+
+/// Creates a tenant subscribed to the configured default plan: owned by the signed-in user,
+/// or — for a platform API key with `TENANTS_WRITE` — with no member yet.
 pub async fn create_tenant(
     db: &Database,
     config: &Config,
@@ -53,11 +59,75 @@ pub async fn create_tenant(
             "slug must be 1 to {MAX_SLUG} lower-case letters, digits or inner hyphens"
         )));
     }
-    let owner = viewer.require()?;
+    let external_id = match input.external_id.map(|e| e.trim().to_owned()) {
+        Some(e) if e.is_empty() || e.chars().count() > MAX_EXTERNAL_ID => {
+            return Err(AppError::bad_input(format!(
+                "externalId must be 1 to {MAX_EXTERNAL_ID} characters"
+            )));
+        }
+        other => other,
+    };
+    let owner = match viewer.key() {
+        Some(key) if key.tenant_id.is_none() && key.scopes.contains(&ApiScope::TenantsWrite) => {
+            None
+        }
+        Some(_) => return Err(AppError::Forbidden),
+        None => Some(viewer.require()?),
+    };
     let now = Utc::now();
     let txn = db.begin_write().await?;
-    // Inside the write transaction (on PostgreSQL with the user's row locked): concurrent
-    // creations by one user cannot both pass the cap.
+    if let Some(owner) = owner {
+        check_owner(&txn, config, viewer, owner).await?;
+    }
+    let inserted = tenant::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        slug: Set(slug),
+        name: Set(name),
+        stripe_customer_id: Set(None),
+        created_at: Set(now),
+        external_id: Set(external_id),
+    }
+    .insert(&txn)
+    .await;
+    let tenant = match inserted {
+        Ok(tenant) => tenant,
+        Err(e) => {
+            return Err(match e.sql_err() {
+                Some(SqlErr::UniqueConstraintViolation(m)) if m.contains("external_id") => {
+                    AppError::bad_input("this externalId is already taken")
+                }
+                Some(SqlErr::UniqueConstraintViolation(_)) => {
+                    AppError::bad_input("this slug is already taken")
+                }
+                _ => e.into(),
+            });
+        }
+    };
+    if let Some(owner) = owner {
+        tenant_user::ActiveModel {
+            tenant_id: Set(tenant.id),
+            user_id: Set(owner),
+            role: Set(Role::Owner),
+            created_at: Set(now),
+        }
+        .insert(&txn)
+        .await?;
+    }
+    plans::subscribe(&txn, tenant.id, &config.default_plan, now).await?;
+    txn.commit().await?;
+    tracing::info!(tenant.id = %tenant.id, user.id = ?owner, "tenant created");
+    Ok(tenant)
+}
+
+/// Whether `owner` may own one more tenant: the user exists (on PostgreSQL its row is locked
+/// for the transaction, so concurrent creations by one user cannot both pass the cap) and
+/// belongs to fewer than `tenants.max_per_user`.
+async fn check_owner(
+    txn: &sea_orm::DatabaseTransaction,
+    config: &Config,
+    viewer: &Viewer,
+    owner: Uuid,
+) -> Result<(), AppError> {
     static OWNER: PerBackend = PerBackend::new(|backend| {
         let lock = match backend {
             sea_orm::DatabaseBackend::Postgres => " FOR UPDATE",
@@ -73,7 +143,7 @@ pub async fn create_tenant(
     }
     let belongs_to = tenant_user::Entity::find()
         .filter(tenant_user::Column::UserId.eq(owner))
-        .count(&txn)
+        .count(txn)
         .await?;
     if belongs_to >= config.tenants.max_per_user {
         return Err(AppError::bad_input(format!(
@@ -81,34 +151,17 @@ pub async fn create_tenant(
             config.tenants.max_per_user
         )));
     }
-    let inserted = tenant::ActiveModel {
-        id: Set(Uuid::now_v7()),
-        slug: Set(slug),
-        name: Set(name),
-        stripe_customer_id: Set(None),
-        created_at: Set(now),
-    }
-    .insert(&txn)
-    .await;
-    let tenant = match inserted {
-        Ok(tenant) => tenant,
-        Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
-            return Err(AppError::bad_input("this slug is already taken"));
-        }
-        Err(e) => return Err(e.into()),
-    };
-    tenant_user::ActiveModel {
-        tenant_id: Set(tenant.id),
-        user_id: Set(owner),
-        role: Set(Role::Owner),
-        created_at: Set(now),
-    }
-    .insert(&txn)
-    .await?;
-    plans::subscribe(&txn, tenant.id, &config.default_plan, now).await?;
-    txn.commit().await?;
-    tracing::info!(tenant.id = %tenant.id, user.id = %owner, "tenant created");
-    Ok(tenant)
+    Ok(())
+}
+
+/// The id of the tenant whose external id is `external_id`: one query; `NOT_FOUND` when none
+/// has it.
+pub async fn by_external_id(db: &Database, external_id: &str) -> Result<Uuid, AppError> {
+    let tenant = tenant::Entity::find()
+        .filter(tenant::Column::ExternalId.eq(external_id))
+        .one(&db.read)
+        .await?;
+    tenant.map(|t| t.id).ok_or(AppError::NotFound("tenant"))
 }
 
 pub async fn find(
@@ -125,15 +178,20 @@ pub async fn tenant(
     viewer: &Viewer,
     tenant_id: Uuid,
 ) -> Result<Option<tenant::Model>, AppError> {
-    static SQL: PerBackend = PerBackend::new(|_| {
+    static SQL: PerViewer = PerViewer::new(|_, standing| {
         format!(
-            "SELECT tu.role AS viewer_role, t.* FROM {STANDING} \
+            "SELECT tu.role AS viewer_role, t.* FROM {standing} \
              LEFT JOIN tenant t ON t.id = tu.tenant_id WHERE u.id = :user"
         )
     });
-    let user_id = viewer.require()?;
+    // A key reads the tenants it may touch (with any credits or tenants scope).
+    let user_id = viewer.standing_id(&[
+        ApiScope::CreditsRead,
+        ApiScope::CreditsConsume,
+        ApiScope::TenantsWrite,
+    ])?;
     static SHAPE: LazyLock<Shape> = LazyLock::new(Shape::of::<tenant::Entity>);
-    let statement = SQL.get(db.backend()).bind(|name| match name {
+    let statement = SQL.get(db.backend(), viewer).bind(|name| match name {
         "tenant" => Some(tenant_id.into()),
         "user" => Some(user_id.into()),
         _ => None,

@@ -27,6 +27,24 @@ pub struct Model {
     pub subject: Option<String>,
     /// The caller's JSON object (`consumeCredits`' `metadata`), at most a few KB.
     pub metadata: Option<Json>,
+    /// Who made the spend: a user, an API key (`actor_id`) or the system.
+    pub actor_type: ActorType,
+    pub actor_id: Option<Uuid>,
+}
+
+/// Who made a spend, stored as `USER`, `API_KEY` or `SYSTEM`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
+pub enum ActorType {
+    /// A signed-in user (`actor_id` is the user's id).
+    #[sea_orm(string_value = "USER")]
+    User,
+    /// A server with an API key (`actor_id` is the key's id).
+    #[sea_orm(string_value = "API_KEY")]
+    ApiKey,
+    /// Tollgate itself.
+    #[sea_orm(string_value = "SYSTEM")]
+    System,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

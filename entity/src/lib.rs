@@ -1,6 +1,7 @@
 //! sea-orm models of Tollgate's tables, one module per table. Models only: no GraphQL, no
 //! business rules (those live in the `tollgate` crate).
 
+pub mod api_key;
 pub mod credit;
 pub mod credit_usage;
 pub mod idempotency_key;

@@ -12,6 +12,9 @@ pub struct Model {
     pub name: String,
     pub stripe_customer_id: Option<String>,
     pub created_at: DateTimeUtc,
+    /// The tenant's id in the SaaS's own system; unique when set.
+    #[sea_orm(unique)]
+    pub external_id: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

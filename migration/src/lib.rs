@@ -10,6 +10,8 @@ mod m20261125_000004_external_subject;
 mod m20261130_000005_email_verified;
 mod m20261130_000006_tenant_keys;
 mod m20261130_000007_credit_subject;
+mod m20261130_000008_api_keys;
+mod m20261130_000009_tenant_external_id;
 
 pub struct Migrator;
 
@@ -24,6 +26,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000005_email_verified::Migration),
             Box::new(m20261130_000006_tenant_keys::Migration),
             Box::new(m20261130_000007_credit_subject::Migration),
+            Box::new(m20261130_000008_api_keys::Migration),
+            Box::new(m20261130_000009_tenant_external_id::Migration),
         ]
     }
 }

@@ -2,14 +2,14 @@
 //! request — in the same query as what the request reads (`STANDING`), so that a read costs
 //! one call. Never cached in the process.
 
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 
 use entity::{project, tenant_user::Role};
-use sea_orm::prelude::*;
+use sea_orm::{DatabaseBackend, prelude::*};
 
 use super::Viewer;
 use crate::{
-    db::{Database, PerBackend, Row, Session, Shape},
+    db::{Database, PerBackend, Row, Session, Shape, Sql},
     error::AppError,
 };
 
@@ -19,6 +19,39 @@ use crate::{
 /// `tu.tenant_id`, so that nothing is read for a non-member.
 pub const STANDING: &str =
     "\"user\" u LEFT JOIN tenant_user tu ON tu.tenant_id = :tenant AND tu.user_id = u.id";
+
+/// `STANDING` for an API key (bound as `:user`): `u` is the key, no row once it is revoked
+/// (`UNAUTHENTICATED`), and `tu` the tenant when the key may touch it (a tenant key only its
+/// own), with the standing of a `MEMBER` — else null (`FORBIDDEN`, as for a user).
+pub const KEY_STANDING: &str = "(SELECT id, tenant_id FROM api_key WHERE revoked_at IS NULL) u \
+     LEFT JOIN (SELECT t.id AS tenant_id, 'MEMBER' AS role FROM tenant t) tu \
+     ON tu.tenant_id = :tenant AND (u.tenant_id IS NULL OR u.tenant_id = tu.tenant_id)";
+
+/// A statement that checks its viewer (`STANDING` or `KEY_STANDING`), built the first time
+/// each dialect and kind of viewer needs it: `build` gets the FROM clause to use.
+pub struct PerViewer {
+    build: fn(DatabaseBackend, &str) -> String,
+    /// Postgres user, Postgres key, SQLite user, SQLite key.
+    built: [OnceLock<Sql>; 4],
+}
+
+impl PerViewer {
+    pub const fn new(build: fn(DatabaseBackend, &str) -> String) -> Self {
+        PerViewer {
+            build,
+            built: [const { OnceLock::new() }; 4],
+        }
+    }
+
+    pub fn get(&self, backend: DatabaseBackend, viewer: &Viewer) -> &Sql {
+        let key = viewer.key().is_some();
+        let at = usize::from(!matches!(backend, DatabaseBackend::Postgres)) * 2 + usize::from(key);
+        self.built[at].get_or_init(|| {
+            let standing = if key { KEY_STANDING } else { STANDING };
+            Sql::new(backend, &(self.build)(backend, standing))
+        })
+    }
+}
 
 /// The viewer's role from the `viewer_role` column of a `STANDING` query's first row: no row
 /// means the token's user is gone (`UNAUTHENTICATED`), a null role that the viewer is not a

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, SubsecRound, Utc};
+use entity::credit::ActorType;
 use sea_orm::{DatabaseBackend, prelude::*};
 
 use super::{
@@ -95,11 +96,38 @@ pub struct Spend {
     pub user_id: Option<Uuid>,
     pub credit_type: CreditTypeConfig,
     pub paid: Paid,
+    /// Who makes the spend (recorded with the ledger row).
+    pub actor: Actor,
     /// The caller's own reference for who acted, when not a Tollgate user.
     pub subject: Option<String>,
     /// The caller's JSON object, recorded with the ledger row.
     pub metadata: Option<serde_json::Value>,
     pub key: Option<IdempotencyKey>,
+}
+
+/// Who makes a spend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Actor {
+    User(Uuid),
+    ApiKey(Uuid),
+    System,
+}
+
+impl Actor {
+    pub fn kind(self) -> ActorType {
+        match self {
+            Actor::User(_) => ActorType::User,
+            Actor::ApiKey(_) => ActorType::ApiKey,
+            Actor::System => ActorType::System,
+        }
+    }
+
+    pub fn id(self) -> Option<Uuid> {
+        match self {
+            Actor::User(id) | Actor::ApiKey(id) => Some(id),
+            Actor::System => None,
+        }
+    }
 }
 
 /// Makes a spend idempotent: a repeat of the same request under `value` returns the first
@@ -196,9 +224,9 @@ fn spend_sql(backend: DatabaseBackend) -> String {
 fn ledger_sql(period: &str) -> String {
     format!(
         "INSERT INTO credit (id, tenant_id, user_id, type, amount, object_id, idempotency_key, \
-         feature, period_start, created_at, subject, metadata) \
+         feature, period_start, created_at, subject, metadata, actor_type, actor_id) \
          SELECT :ledger_id, :tenant, :user, :credit_type, :cost, :object, :key, :feature, {period}, \
-         :now, :subject, :metadata"
+         :now, :subject, :metadata, :actor_type, :actor_id"
     )
 }
 
@@ -321,6 +349,8 @@ async fn consume(
             "key" => spend.key.as_ref().map(|k| k.value.as_str()).into(),
             "subject" => spend.subject.as_deref().into(),
             "metadata" => spend.metadata.clone().into(),
+            "actor_type" => spend.actor.kind().into(),
+            "actor_id" => spend.actor.id().into(),
             name => match name.strip_prefix("paid_") {
                 Some(i) => row.get(i.parse::<usize>().ok()?)?.clone(),
                 None => {
@@ -385,10 +415,15 @@ async fn refusal(session: &mut Session, spend: &Spend, now: DateTime<Utc>) -> Ap
             Ok(row) => row,
             Err(e) => return e,
         };
-    let Some(PlanFeatureRow {
+    // Every tenant has a subscription from its creation: none means no such tenant (a
+    // platform key's spend names tenants by id; a user's was checked for membership above).
+    let Some(row) = row else {
+        return AppError::NotFound("tenant");
+    };
+    let PlanFeatureRow {
         period,
         feature: Some(feature),
-    }) = row
+    } = row
     else {
         return AppError::FeatureNotIncluded {
             feature: spend.credit_type.feature.clone(),

@@ -4,7 +4,7 @@
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Datelike, Utc};
-use entity::credit;
+use entity::credit::{self, ActorType};
 use sea_orm::{ColumnType, DatabaseBackend, prelude::*};
 
 use super::{
@@ -12,7 +12,7 @@ use super::{
     limit::{fits, period_start_sql},
 };
 use crate::{
-    auth::{self, STANDING, Viewer},
+    auth::{self, ApiScope, KEY_STANDING, PerViewer, STANDING, Viewer},
     db::{self, Database, Row, Session, Shape, Variants},
     error::AppError,
 };
@@ -51,12 +51,15 @@ pub async fn usage(
     tenant_id: Uuid,
     feature: &str,
     now: DateTime<Utc>,
+    scope: ApiScope,
 ) -> Result<Option<FeatureUsage>, AppError> {
-    let user_id = viewer.require()?;
-    let statement = FEATURE_SQL.get(db.backend()).bind(|name| match name {
-        "user" => Some(user_id.into()),
-        name => feature_value(name, tenant_id, feature, now),
-    })?;
+    let user_id = viewer.standing_id(&[scope])?;
+    let statement = FEATURE_SQL
+        .get(db.backend(), viewer)
+        .bind(|name| match name {
+            "user" => Some(user_id.into()),
+            name => feature_value(name, tenant_id, feature, now),
+        })?;
     let row = db.query_one(&statement, &FEATURE_SHAPE).await?;
     auth::standing_of(viewer, row.as_ref())?;
     let Some(row) = row else {
@@ -117,6 +120,9 @@ pub struct HistoryFilter {
     pub from: Option<DateTime<Utc>>,
     /// Exclusive.
     pub to: Option<DateTime<Utc>>,
+    pub actor_type: Option<ActorType>,
+    pub actor_id: Option<Uuid>,
+    pub object_id: Option<String>,
 }
 
 /// Ledger rows of a tenant, newest first, `first` after the row `after` (keyset: the cost
@@ -141,28 +147,33 @@ pub async fn history(
         // Also bounds the statement texts kept below.
         return Err(AppError::bad_input("first must be between 0 and 100"));
     }
-    let user_id = viewer.require()?;
+    let user_id = viewer.standing_id(&[ApiScope::CreditsRead])?;
     let filters = [
         (after.is_some(), " AND id < :after"),
         (filter.credit_type.is_some(), " AND type = :credit_type"),
         (filter.user_id.is_some(), " AND user_id = :filter_user"),
         (filter.from.is_some(), " AND created_at >= :from"),
         (filter.to.is_some(), " AND created_at < :to"),
+        (filter.actor_type.is_some(), " AND actor_type = :actor_type"),
+        (filter.actor_id.is_some(), " AND actor_id = :actor_id"),
+        (filter.object_id.is_some(), " AND object_id = :object_id"),
     ];
     let present = filters
         .iter()
         .enumerate()
         .fold(0u8, |mask, (i, (on, _))| mask | (u8::from(*on) << i));
     // The page size is a literal (at most 101 texts): a bound LIMIT makes SQLite re-prepare.
-    static SQL: LazyLock<Variants<(u8, u64)>> = LazyLock::new(Variants::default);
-    let sql = SQL.get(db.backend(), (present, first), || {
+    static SQL: LazyLock<Variants<(bool, u8, u64)>> = LazyLock::new(Variants::default);
+    let key = viewer.key().is_some();
+    let sql = SQL.get(db.backend(), (key, present, first), || {
+        let standing = if key { KEY_STANDING } else { STANDING };
         let conditions: String = filters
             .iter()
             .filter(|(on, _)| *on)
             .map(|(_, condition)| *condition)
             .collect();
         format!(
-            "SELECT tu.role AS viewer_role, c.* FROM {STANDING} \
+            "SELECT tu.role AS viewer_role, c.* FROM {standing} \
              LEFT JOIN (SELECT * FROM credit WHERE tenant_id = :tenant{conditions} \
              ORDER BY id DESC LIMIT {}) c ON tu.role IS NOT NULL \
              WHERE u.id = :user ORDER BY c.id DESC",
@@ -178,6 +189,9 @@ pub async fn history(
             "filter_user" => filter.user_id.into(),
             "from" => filter.from.into(),
             "to" => filter.to.into(),
+            "actor_type" => filter.actor_type.map(|a| a.to_value()).into(),
+            "actor_id" => filter.actor_id.into(),
+            "object_id" => filter.object_id.clone().into(),
             _ => return None,
         })
     })?;
@@ -200,16 +214,17 @@ pub async fn ledger_row(
     viewer: &Viewer,
     tenant_id: Uuid,
     id: Uuid,
+    scope: ApiScope,
 ) -> Result<Option<credit::Model>, AppError> {
-    static SQL: db::PerBackend = db::PerBackend::new(|_| {
+    static SQL: PerViewer = PerViewer::new(|_, standing| {
         format!(
-            "SELECT tu.role AS viewer_role, c.* FROM {STANDING} \
+            "SELECT tu.role AS viewer_role, c.* FROM {standing} \
              LEFT JOIN credit c ON c.tenant_id = tu.tenant_id AND c.id = :id WHERE u.id = :user"
         )
     });
     static SHAPE: LazyLock<Shape> = LazyLock::new(Shape::of::<credit::Entity>);
-    let user_id = viewer.require()?;
-    let statement = SQL.get(db.backend()).bind(|name| match name {
+    let user_id = viewer.standing_id(&[scope])?;
+    let statement = SQL.get(db.backend(), viewer).bind(|name| match name {
         "tenant" => Some(tenant_id.into()),
         "id" => Some(id.into()),
         "user" => Some(user_id.into()),
@@ -242,12 +257,12 @@ fn feature_sql(backend: DatabaseBackend, columns: &str, from: &str, filter: &str
 
 /// `usage`'s query: the viewer's standing, the feature, and — only when the tenant's plan
 /// lacks it — the title some plan gives it.
-static FEATURE_SQL: db::PerBackend = db::PerBackend::new(|backend| {
+static FEATURE_SQL: PerViewer = PerViewer::new(|backend, standing| {
     feature_sql(
         backend,
         "tu.role AS viewer_role, CASE WHEN pf.name IS NULL THEN \
          (SELECT a.title FROM plan_feature a WHERE a.name = :feature LIMIT 1) END AS any_title, ",
-        &format!("{STANDING} LEFT JOIN tenant_subscription ts ON ts.tenant_id = tu.tenant_id"),
+        &format!("{standing} LEFT JOIN tenant_subscription ts ON ts.tenant_id = tu.tenant_id"),
         "u.id = :user",
     )
 });

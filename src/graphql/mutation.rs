@@ -1,18 +1,22 @@
 //! Mutation resolvers: read arguments, call the domain, map the result.
 
 use async_graphql::{Context, ID, Object, ResultExt};
+use chrono::{DateTime, Utc};
 
 use crate::{
-    auth::{self, SignUp},
+    auth::{
+        self, ApiScope, SignUp,
+        api_keys::{self, NewApiKey},
+    },
     billing::{self, Checkout},
     consume::{self, Consume, Cost},
     error::AppError,
     graphql::{
         ClientAddress, IdempotencyHeader, state,
         types::{
-            AuthPayload, BillingPortalSession, CheckoutSession, ConsumeCreditsInput,
-            CreateProjectInput, CreateTaskInput, CreateTenantInput, CreditSpend, Project,
-            SignUpInput, Task, Tenant, parse_id,
+            ApiKey, ApiKeyCreated, ApiScopeGql, AuthPayload, BillingPortalSession, CheckoutSession,
+            ConsumeCreditsInput, CreateProjectInput, CreateTaskInput, CreateTenantInput,
+            CreditSpend, Project, SignUpInput, Task, Tenant, parse_id, tenant_ref,
         },
         viewer,
     },
@@ -81,7 +85,8 @@ impl Mutation {
         })
     }
 
-    /// Creates a tenant: you become its OWNER and it starts on the default plan.
+    /// Creates a tenant on the default plan: you become its OWNER. A platform API key with
+    /// `TENANTS_WRITE` may create one too (with no member yet).
     async fn create_tenant(
         &self,
         ctx: &Context<'_>,
@@ -91,6 +96,7 @@ impl Mutation {
         let input = NewTenant {
             name: input.name,
             slug: input.slug,
+            external_id: input.external_id,
         };
         let tenant = tenants::create_tenant(&state.db, &state.config, viewer(ctx), input)
             .await
@@ -148,8 +154,10 @@ impl Mutation {
         input: ConsumeCreditsInput,
     ) -> async_graphql::Result<CreditSpend> {
         let state = state(ctx)?;
+        let tenant = input.tenant_id.as_ref();
+        let external = input.tenant_external_id.as_deref();
         let request = Consume {
-            tenant_id: parse_id(&input.tenant_id, "tenantId").extend()?,
+            tenant_id: tenant_ref(&state.db, tenant, external).await.extend()?,
             cost: Cost::from_input(
                 input.credit_type,
                 input.amount.map(i64::from),
@@ -169,6 +177,46 @@ impl Mutation {
         };
         let consumed = consume::consume(state, viewer(ctx), request).await;
         Ok(CreditSpend::new(consumed.extend()?))
+    }
+
+    /// Creates an API key for a server: a tenant's (`tenantId`; its OWNER or ADMIN), or a
+    /// platform key (`tenantId` null; a platform admin, see `platform_admins`). The secret is
+    /// in the answer, and only there.
+    async fn create_api_key(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: Option<ID>,
+        name: String,
+        scopes: Vec<ApiScopeGql>,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> async_graphql::Result<ApiKeyCreated> {
+        let state = state(ctx)?;
+        let request = NewApiKey {
+            tenant_id: tenant_id
+                .map(|id| parse_id(&id, "tenantId"))
+                .transpose()
+                .extend()?,
+            name,
+            scopes: scopes.into_iter().map(ApiScope::from).collect(),
+            expires_at,
+        };
+        let admins = &state.config.platform_admins;
+        let (key, secret) = api_keys::create(&state.db, viewer(ctx), admins, request)
+            .await
+            .extend()?;
+        Ok(ApiKeyCreated {
+            api_key: key.into(),
+            secret,
+        })
+    }
+
+    /// Revokes an API key: refused from the next request on, on every replica.
+    async fn revoke_api_key(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<ApiKey> {
+        let state = state(ctx)?;
+        let id = parse_id(&id, "id").extend()?;
+        let admins = &state.config.platform_admins;
+        let key = api_keys::revoke(&state.db, viewer(ctx), admins, id).await;
+        Ok(key.extend()?.into())
     }
 
     /// A Stripe Checkout page where the tenant subscribes to `planSlug` (a plan with a Stripe

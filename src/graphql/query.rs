@@ -1,21 +1,22 @@
 //! Query resolvers: read arguments, call the domain, map the result.
 
-use async_graphql::{Context, ID, Object, ResultExt};
+use async_graphql::{Context, ErrorExtensions, ID, Object, ResultExt};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::Utc;
 use uuid::Uuid;
 
 use crate::{
-    auth, billing,
+    auth::{self, ApiScope},
+    billing,
     consume::{self, Cost},
     credits::{self, HistoryFilter},
     error::AppError,
     graphql::{
         state,
         types::{
-            Credit, CreditCheck, CreditConnection, CreditHistoryFilter, CreditType, Plan,
+            ApiKey, Credit, CreditCheck, CreditConnection, CreditHistoryFilter, CreditType, Plan,
             PlanFeatureUsage, Tenant, UsageBasedUnit, UsageReport, UsageReportConnection, User,
-            page_complexity, parse_id,
+            page_complexity, parse_id, tenant_ref,
         },
         viewer,
     },
@@ -66,6 +67,23 @@ impl Query {
         Ok(me.map(User::from))
     }
 
+    /// A tenant by your own id for it (`externalId`), if you may see it: a member, or an API
+    /// key that may touch it. Null when none has that id.
+    async fn tenant_by_external_id(
+        &self,
+        ctx: &Context<'_>,
+        external_id: String,
+    ) -> async_graphql::Result<Option<Tenant>> {
+        let db = &state(ctx)?.db;
+        let id = match tenants::by_external_id(db, &external_id).await {
+            Ok(id) => id,
+            Err(AppError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e.extend()),
+        };
+        let tenant = tenants::tenant(db, viewer(ctx), id).await;
+        Ok(tenant.extend()?.map(Tenant::from))
+    }
+
     /// A tenant you are a member of.
     async fn tenant(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Tenant>> {
         let id = parse_id(&id, "id").extend()?;
@@ -83,26 +101,52 @@ impl Query {
     ) -> async_graphql::Result<Option<PlanFeatureUsage>> {
         let db = &state(ctx)?.db;
         let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
-        let usage = credits::usage(db, viewer(ctx), tenant_id, &feature, Utc::now()).await;
+        let now = Utc::now();
+        let usage = credits::usage(
+            db,
+            viewer(ctx),
+            tenant_id,
+            &feature,
+            now,
+            ApiScope::CreditsRead,
+        );
+        let usage = usage.await;
         Ok(usage.extend()?.map(PlanFeatureUsage::from))
     }
 
     /// Whether an action would be allowed now — a catalogue `creditType`, or an explicit
     /// `amount` of a `feature` — by the same rule the guard applies. Writes nothing, holds
     /// nothing: a spend may still be refused if others spend first. Members only.
+    #[allow(clippy::too_many_arguments)]
     async fn check_credits(
         &self,
         ctx: &Context<'_>,
-        tenant_id: ID,
+        tenant_id: Option<ID>,
+        tenant_external_id: Option<String>,
         credit_type: Option<String>,
         amount: Option<i32>,
         feature: Option<String>,
     ) -> async_graphql::Result<CreditCheck> {
         let state = state(ctx)?;
-        let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
+        let external = tenant_external_id.as_deref();
+        let tenant_id = tenant_ref(&state.db, tenant_id.as_ref(), external)
+            .await
+            .extend()?;
         let cost = Cost::from_input(credit_type, amount.map(i64::from), feature, state).extend()?;
         let check = consume::check(state, viewer(ctx), tenant_id, &cost).await;
         Ok(check.extend()?.into())
+    }
+
+    /// A tenant's API keys, newest first, revoked ones included (never their secrets).
+    /// OWNER and ADMIN only.
+    async fn api_keys(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: ID,
+    ) -> async_graphql::Result<Vec<ApiKey>> {
+        let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
+        let keys = auth::api_keys::list(&state(ctx)?.db, viewer(ctx), tenant_id).await;
+        Ok(keys.extend()?.into_iter().map(ApiKey::from).collect())
     }
 
     /// The tenant's credit ledger, newest first, `first` (at most 100) at a time. Members only.
@@ -128,6 +172,13 @@ impl Query {
                 .extend()?,
             from: filter.from,
             to: filter.to,
+            actor_type: filter.actor.map(Into::into),
+            actor_id: filter
+                .actor_id
+                .map(|id| parse_id(&id, "filter.actorId"))
+                .transpose()
+                .extend()?,
+            object_id: filter.object_id,
         };
         let (rows, more) = credits::history(db, viewer(ctx), tenant_id, first, after, &filter)
             .await

@@ -10,6 +10,7 @@ use crate::error::AppError;
 mod accounts;
 mod billing;
 mod catalog;
+mod keys;
 mod ledger;
 mod page;
 mod resources;
@@ -17,6 +18,7 @@ mod resources;
 pub use accounts::*;
 pub use billing::*;
 pub use catalog::*;
+pub use keys::*;
 pub use ledger::*;
 pub use page::*;
 pub use resources::*;
@@ -34,6 +36,22 @@ pub fn page_complexity(first: Option<i32>, child_complexity: usize) -> usize {
 
 fn int(value: i64) -> i32 {
     i32::try_from(value).unwrap_or(if value < 0 { i32::MIN } else { i32::MAX })
+}
+
+/// The tenant an operation names: by `tenantId` or by `tenantExternalId` (one query), exactly
+/// one of them.
+pub async fn tenant_ref(
+    db: &crate::db::Database,
+    tenant_id: Option<&ID>,
+    external_id: Option<&str>,
+) -> Result<Uuid, AppError> {
+    match (tenant_id, external_id) {
+        (Some(id), None) => parse_id(id, "tenantId"),
+        (None, Some(external)) => crate::tenants::by_external_id(db, external).await,
+        _ => Err(AppError::bad_input(
+            "give exactly one of tenantId and tenantExternalId",
+        )),
+    }
 }
 
 /// Parses a GraphQL `ID` argument, naming the argument when it is not a Tollgate id.

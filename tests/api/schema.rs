@@ -67,6 +67,11 @@ const TENANT_TABLES: [&str; 8] = [
     "usage_event",
 ];
 
+/// Tables that name a tenant but belong to none: a platform API key has no tenant. They are
+/// few and small; distributed by tenant (Citus) they are reference tables, copied to every
+/// node.
+const REFERENCE_TABLES: [&str; 1] = ["api_key"];
+
 #[tokio::test]
 async fn every_unique_key_of_a_tenant_table_includes_tenant_id() {
     use sea_orm::{ConnectionTrait, Statement};
@@ -136,6 +141,7 @@ async fn every_unique_key_of_a_tenant_table_includes_tenant_id() {
             }
         }
     }
+    tables.retain(|t| !REFERENCE_TABLES.contains(&t.as_str()));
     assert_eq!(tables, TENANT_TABLES, "the tables with a tenant_id column");
     for table in TENANT_TABLES {
         let own: Vec<_> = keys.iter().filter(|(t, _, _)| t == table).collect();

@@ -99,6 +99,8 @@ pub struct Tenant {
     pub slug: String,
     /// Display name.
     pub name: String,
+    /// Your own id for the tenant, if you gave one.
+    pub external_id: Option<String>,
 }
 
 impl From<tenant::Model> for Tenant {
@@ -107,6 +109,7 @@ impl From<tenant::Model> for Tenant {
             id: ID(t.id.to_string()),
             slug: t.slug,
             name: t.name,
+            external_id: t.external_id,
         }
     }
 }
@@ -167,4 +170,7 @@ pub struct CreateTenantInput {
     pub name: String,
     /// Lower-case letters, digits and inner hyphens; unique.
     pub slug: String,
+    /// Your own id for the tenant (1 to 255 characters; unique): address it by this in
+    /// `consumeCredits`, `checkCredits` and `tenantByExternalId`.
+    pub external_id: Option<String>,
 }

@@ -7,8 +7,9 @@ use chrono::{DateTime, Utc};
 use entity::credit;
 use uuid::Uuid;
 
-use super::{CreditType, FeatureLimitType, User, int};
+use super::{Actor, ActorKind, CreditType, FeatureLimitType, User, int};
 use crate::{
+    auth::ApiScope,
     consume::{Check, Consumed, Refusal},
     credits::{self, FeatureUsage},
     error::AppError,
@@ -97,6 +98,8 @@ pub struct Credit {
     pub subject: Option<String>,
     /// The caller's JSON object (`consumeCredits`' `metadata`).
     pub metadata: Option<Json<serde_json::Value>>,
+    /// Who made the spend: a user, an API key or the system.
+    pub actor: Actor,
     #[graphql(skip)]
     pub user_id: Option<Uuid>,
 }
@@ -112,6 +115,7 @@ impl From<credit::Model> for Credit {
             feature: c.feature,
             subject: c.subject,
             metadata: c.metadata.map(Json),
+            actor: Actor::new(c.actor_type, c.actor_id),
             user_id: c.user_id,
         }
     }
@@ -155,13 +159,21 @@ pub struct CreditHistoryFilter {
     pub from: Option<DateTime<Utc>>,
     /// Only credits spent before this time.
     pub to: Option<DateTime<Utc>>,
+    /// Only spends made by this kind of actor.
+    pub actor: Option<ActorKind>,
+    /// Only spends made by this user or API key.
+    pub actor_id: Option<ID>,
+    /// Only spends for this object id.
+    pub object_id: Option<String>,
 }
 
 /// A spend of credits for an action of the caller's own.
 #[derive(InputObject, Debug)]
 pub struct ConsumeCreditsInput {
-    /// The tenant that pays.
-    pub tenant_id: ID,
+    /// The tenant that pays (or give `tenantExternalId`).
+    pub tenant_id: Option<ID>,
+    /// The tenant that pays, by your own id for it (`createTenant`'s `externalId`).
+    pub tenant_external_id: Option<String>,
     /// A credit type of the catalogue (`creditTypes`): its amount and feature. Give this or
     /// `amount`.
     pub credit_type: Option<String>,
@@ -218,6 +230,7 @@ impl CreditSpend {
             self.tenant_id,
             &self.credit.feature,
             Utc::now(),
+            ApiScope::CreditsConsume,
         )
         .await
         .extend()?;

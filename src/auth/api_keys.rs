@@ -1,0 +1,245 @@
+//! API keys for servers: `Authorization: Bearer tg_sk_…`. The secret is 32 random bytes,
+//! shown once; only its SHA-256 is kept (a random secret needs no slow hash). A tenant key
+//! touches only its own tenant, a platform key any; each carries scopes. A revoked or expired
+//! key is `UNAUTHENTICATED`; `lastUsedAt` is written at most once per `LAST_USED_EVERY`.
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use chrono::{DateTime, Duration, Utc};
+use entity::{api_key, tenant_user::Role};
+use rand::RngCore;
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    QueryOrder, prelude::*, sea_query::Expr,
+};
+use sha2::{Digest, Sha256};
+
+use super::{Viewer, require_admin};
+use crate::{db::Database, error::AppError};
+
+/// What a secret starts with: how a bearer token is told from a JWT.
+pub const SECRET_PREFIX: &str = "tg_sk_";
+const LAST_USED_EVERY: Duration = Duration::minutes(5);
+const MAX_NAME: usize = 100;
+
+/// What a key may do.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ApiScope {
+    /// `consumeCredits`.
+    CreditsConsume,
+    /// `checkCredits`, `planFeatureUsage`, `creditHistory`.
+    CreditsRead,
+    /// Granting credits (issue 13).
+    CreditsGrant,
+    /// Creating tenants (platform keys).
+    TenantsWrite,
+}
+
+impl ApiScope {
+    pub const ALL: [ApiScope; 4] = [
+        ApiScope::CreditsConsume,
+        ApiScope::CreditsRead,
+        ApiScope::CreditsGrant,
+        ApiScope::TenantsWrite,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ApiScope::CreditsConsume => "CREDITS_CONSUME",
+            ApiScope::CreditsRead => "CREDITS_READ",
+            ApiScope::CreditsGrant => "CREDITS_GRANT",
+            ApiScope::TenantsWrite => "TENANTS_WRITE",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<ApiScope> {
+        ApiScope::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+/// The scopes stored in a key's row.
+pub fn scopes_of(row: &api_key::Model) -> Vec<ApiScope> {
+    row.scopes.split(',').filter_map(ApiScope::parse).collect()
+}
+
+/// A key to create.
+pub struct NewApiKey {
+    /// `None`: a platform key.
+    pub tenant_id: Option<Uuid>,
+    pub name: String,
+    pub scopes: Vec<ApiScope>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+fn hash(secret: &str) -> String {
+    format!("{:x}", Sha256::digest(secret.as_bytes()))
+}
+
+/// The viewer a presented secret stands for; one query. `UNAUTHENTICATED` for a key that does
+/// not exist, is revoked or has expired.
+pub async fn authenticate(db: &DatabaseConnection, secret: &str) -> Result<Viewer, AppError> {
+    const INVALID: AppError = AppError::Unauthenticated("invalid, revoked or expired API key");
+    let now = Utc::now();
+    let key = api_key::Entity::find()
+        .filter(api_key::Column::SecretHash.eq(hash(secret)))
+        .one(db)
+        .await?
+        .ok_or(INVALID)?;
+    if key.revoked_at.is_some() || key.expires_at.is_some_and(|at| at <= now) {
+        return Err(INVALID);
+    }
+    if key.last_used_at.is_none_or(|at| at < now - LAST_USED_EVERY) {
+        // Coarse on purpose: one write per key every few minutes, never per request, and
+        // never on the request's path.
+        let (db, id) = (db.clone(), key.id);
+        tokio::spawn(async move {
+            let updated = api_key::Entity::update_many()
+                .col_expr(api_key::Column::LastUsedAt, Expr::value(now))
+                .filter(api_key::Column::Id.eq(id))
+                .exec(&db)
+                .await;
+            if let Err(e) = updated {
+                tracing::warn!(error.cause = %e, "could not record an API key's last use");
+            }
+        });
+    }
+    Ok(Viewer::with_key(key.id, key.tenant_id, scopes_of(&key)))
+}
+
+/// Creates a key: a tenant's by its OWNER or ADMIN, a platform key only by a platform admin.
+/// Returns the row and the secret, which is never shown again.
+pub async fn create(
+    db: &Database,
+    viewer: &Viewer,
+    platform_admins: &[String],
+    request: NewApiKey,
+) -> Result<(api_key::Model, String), AppError> {
+    let name = request.name.trim().to_owned();
+    if name.is_empty() || name.chars().count() > MAX_NAME {
+        return Err(AppError::bad_input(format!(
+            "name must be 1 to {MAX_NAME} characters"
+        )));
+    }
+    if request.scopes.is_empty() {
+        return Err(AppError::bad_input("a key needs at least one scope"));
+    }
+    if request.expires_at.is_some_and(|at| at <= Utc::now()) {
+        return Err(AppError::bad_input("expiresAt must be in the future"));
+    }
+    let user_id = viewer.require()?;
+    match request.tenant_id {
+        Some(tenant_id) => {
+            require_admin(db, viewer, tenant_id).await?;
+        }
+        None => {
+            let me = super::me(db, viewer).await?.ok_or(AppError::Forbidden)?;
+            if !platform_admins.iter().any(|email| email == &me.email) {
+                return Err(AppError::Forbidden);
+            }
+        }
+    }
+    insert(db, request, Some(user_id), &name).await
+}
+
+/// Creates a key without a viewer (the `api-key create` command on the server's machine).
+pub async fn create_unchecked(
+    db: &Database,
+    request: NewApiKey,
+) -> Result<(api_key::Model, String), AppError> {
+    let name = request.name.trim().to_owned();
+    if name.is_empty() || request.scopes.is_empty() {
+        return Err(AppError::bad_input(
+            "a key needs a name and at least one scope",
+        ));
+    }
+    if let Some(tenant_id) = request.tenant_id {
+        entity::tenant::Entity::find_by_id(tenant_id)
+            .one(&db.write)
+            .await?
+            .ok_or(AppError::NotFound("tenant"))?;
+    }
+    insert(db, request, None, &name).await
+}
+
+async fn insert(
+    db: &Database,
+    request: NewApiKey,
+    created_by: Option<Uuid>,
+    name: &str,
+) -> Result<(api_key::Model, String), AppError> {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let secret = format!("{SECRET_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes));
+    let mut scopes = request.scopes;
+    scopes.sort();
+    scopes.dedup();
+    let scopes: Vec<&str> = scopes.into_iter().map(ApiScope::name).collect();
+    let row = api_key::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        tenant_id: Set(request.tenant_id),
+        name: Set(name.to_owned()),
+        prefix: Set(secret.chars().take(SECRET_PREFIX.len() + 4).collect()),
+        secret_hash: Set(hash(&secret)),
+        scopes: Set(scopes.join(",")),
+        created_by: Set(created_by),
+        created_at: Set(Utc::now()),
+        expires_at: Set(request.expires_at),
+        revoked_at: Set(None),
+        last_used_at: Set(None),
+    }
+    .insert(&db.write)
+    .await?;
+    Ok((row, secret))
+}
+
+/// Revokes a key (from the next request on, on every replica): a tenant's key by its OWNER
+/// or ADMIN, a platform key by a platform admin. Revoking twice keeps the first time.
+pub async fn revoke(
+    db: &Database,
+    viewer: &Viewer,
+    platform_admins: &[String],
+    id: Uuid,
+) -> Result<api_key::Model, AppError> {
+    let key = api_key::Entity::find_by_id(id)
+        .one(&db.write)
+        .await?
+        .ok_or(AppError::NotFound("API key"))?;
+    match key.tenant_id {
+        Some(tenant_id) => {
+            // A key of a tenant the viewer does not administer does not exist for them.
+            if !matches!(
+                super::require_member(db, viewer, tenant_id).await,
+                Ok(Role::Owner | Role::Admin)
+            ) {
+                return Err(AppError::NotFound("API key"));
+            }
+        }
+        None => {
+            let me = super::me(db, viewer)
+                .await?
+                .ok_or(AppError::NotFound("API key"))?;
+            if !platform_admins.iter().any(|email| email == &me.email) {
+                return Err(AppError::NotFound("API key"));
+            }
+        }
+    }
+    if key.revoked_at.is_some() {
+        return Ok(key);
+    }
+    let mut active: api_key::ActiveModel = key.into();
+    active.revoked_at = Set(Some(Utc::now()));
+    Ok(active.update(&db.write).await?)
+}
+
+/// A tenant's keys, newest first (OWNER and ADMIN); revoked ones included.
+pub async fn list(
+    db: &Database,
+    viewer: &Viewer,
+    tenant_id: Uuid,
+) -> Result<Vec<api_key::Model>, AppError> {
+    require_admin(db, viewer, tenant_id).await?;
+    Ok(api_key::Entity::find()
+        .filter(api_key::Column::TenantId.eq(tenant_id))
+        .order_by_desc(api_key::Column::Id)
+        .all(&db.read)
+        .await?)
+}
