@@ -765,6 +765,7 @@ async fn raw_floor(url: &str, batched: bool, seconds: u64) -> f64 {
         description: Set(None),
         created_by: Set(user.id),
         created_at: Set(now),
+        deleted_at: Set(None),
     }
     .insert(&db.write)
     .await
@@ -808,6 +809,7 @@ async fn raw_floor(url: &str, batched: bool, seconds: u64) -> f64 {
                             title: "floor".into(),
                             created_by: user_id,
                             created_at: Utc::now(),
+                            deleted_at: None,
                         })
                         .expect("the task's row"),
                     actor: tollgate::credits::Actor::User(user_id),

@@ -22,7 +22,7 @@ pub use api_keys::ApiScope;
 pub use hashing::Hasher;
 pub use tenancy::{
     KEY_STANDING, PerViewer, STANDING, require_admin, require_member, standing_in, standing_of,
-    visible_project,
+    visible, visible_project,
 };
 pub use tokens::Keys;
 

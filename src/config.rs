@@ -147,6 +147,12 @@ pub struct AuthSettings {
 pub struct TenantSettings {
     /// Tenants one user may belong to (also bounds `me { memberships }`).
     pub max_per_user: u64,
+    /// How long an invitation can be accepted.
+    pub invitation_ttl_hours: u64,
+    /// Where an invitation is accepted in the host app: `{token}` is replaced by the
+    /// invitation's token (returned as `acceptUrl`; Tollgate sends no mail).
+    #[serde(default)]
+    pub invitation_accept_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -487,6 +493,14 @@ impl Config {
         }
         if self.tenants.max_per_user == 0 {
             bail!("invalid configuration: tenants.max_per_user must be > 0");
+        }
+        if self.tenants.invitation_ttl_hours == 0 {
+            bail!("invalid configuration: tenants.invitation_ttl_hours must be > 0");
+        }
+        if let Some(url) = &self.tenants.invitation_accept_url
+            && !url.contains("{token}")
+        {
+            bail!("invalid configuration: tenants.invitation_accept_url must contain {{token}}");
         }
         if self.http.body_timeout_seconds == 0 {
             bail!("invalid configuration: http.body_timeout_seconds must be > 0");

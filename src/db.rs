@@ -215,6 +215,27 @@ impl Row {
     }
 }
 
+/// A keyset page of `query`'s rows, newest first by their UUIDv7 `id`: `first` after the
+/// row `after`, and whether more follow. One query, whatever the depth.
+pub async fn keyset<E>(
+    db: &impl sea_orm::ConnectionTrait,
+    query: sea_orm::Select<E>,
+    id: E::Column,
+    first: u64,
+    after: Option<uuid::Uuid>,
+) -> Result<(Vec<E::Model>, bool), DbErr>
+where
+    E: EntityTrait,
+{
+    use sea_orm::{ColumnTrait, QueryFilter, QueryOrder, QuerySelect};
+    let query = match after {
+        Some(after) => query.filter(id.lt(after)),
+        None => query,
+    };
+    let rows = query.order_by_desc(id).limit(first + 1).all(db).await?;
+    Ok(page(rows, first))
+}
+
 /// A keyset page from `first + 1` rows read: the first `first`, and whether more follow.
 pub fn page<T>(mut rows: Vec<T>, first: u64) -> (Vec<T>, bool) {
     let more = rows.len() as u64 > first;

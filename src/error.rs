@@ -45,6 +45,16 @@ pub enum AppError {
     IdempotencyKeyReused,
     #[error("too many requests: try again in {retry_after} s")]
     RateLimited { retry_after: u64 },
+    #[error("no such invitation (or it was used or revoked)")]
+    InvitationNotFound,
+    #[error("this invitation has expired: ask for a new one")]
+    InvitationExpired,
+    #[error("this invitation is for another email address")]
+    InvitationEmailMismatch,
+    #[error("already a member of this tenant")]
+    AlreadyMember,
+    #[error("a tenant always has exactly one OWNER: transfer ownership first")]
+    LastOwner,
     #[error("internal server error")]
     Internal(#[source] anyhow::Error),
 }
@@ -61,6 +71,11 @@ impl AppError {
             AppError::FeatureNotIncluded { .. } => "FEATURE_NOT_INCLUDED",
             AppError::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             AppError::RateLimited { .. } => "RATE_LIMITED",
+            AppError::InvitationNotFound => "INVITATION_NOT_FOUND",
+            AppError::InvitationExpired => "INVITATION_EXPIRED",
+            AppError::InvitationEmailMismatch => "INVITATION_EMAIL_MISMATCH",
+            AppError::AlreadyMember => "ALREADY_MEMBER",
+            AppError::LastOwner => "LAST_OWNER",
             AppError::Internal(_) => "INTERNAL_SERVER_ERROR",
         }
     }

@@ -28,6 +28,8 @@ pub mod graphql;
 pub mod http;
 /// Idempotency keys of guarded mutations: claim, replay, purge.
 pub mod idempotency;
+/// Teams: members, invitations, roles and the one OWNER of each tenant.
+pub mod members;
 /// Prometheus metrics (`GET /metrics`).
 pub mod metrics;
 /// Plans and subscriptions: the configured plans, and the plan each tenant is on.

@@ -4,11 +4,12 @@
 
 use chrono::Utc;
 use entity::{project, task};
-use sea_orm::{EntityTrait, prelude::*};
+use sea_orm::{EntityTrait, prelude::*, sea_query::Expr};
 
 use crate::{
     auth::{self, Viewer},
     credits::{Actor, IdempotencyKey, PaidTable, Spend, Spent},
+    db::{self, Database, PerBackend},
     error::AppError,
     idempotency::{self, Fingerprint},
     state::AppState,
@@ -26,6 +27,7 @@ pub static PROJECT: PaidTable = PaidTable {
         "created_by",
         "created_at",
     ],
+    requires: None,
 };
 
 /// A task's row, paid for with `credit-task-creation`.
@@ -40,6 +42,12 @@ pub static TASK: PaidTable = PaidTable {
         "created_by",
         "created_at",
     ],
+    // Its project (`tenant_id`, `project_id`) not deleted, even while the spend runs.
+    requires: Some((
+        "EXISTS (SELECT 1 FROM project WHERE tenant_id = :paid_1 AND id = :paid_2 \
+         AND deleted_at IS NULL)",
+        "project",
+    )),
 };
 
 /// Every table whose rows credits pay for.
@@ -92,6 +100,7 @@ pub async fn create_project(
         description,
         created_by: user_id,
         created_at: Utc::now(),
+        deleted_at: None,
     };
     let key = key.map(|key| IdempotencyKey {
         value: key,
@@ -156,6 +165,7 @@ pub async fn create_task(
         title,
         created_by: user_id,
         created_at: Utc::now(),
+        deleted_at: None,
     };
     let key = key.map(|key| IdempotencyKey {
         value: key,
@@ -211,4 +221,111 @@ fn required_text(field: &str, value: &str, max: usize) -> Result<String, AppErro
         )));
     }
     Ok(value.to_owned())
+}
+
+/// A tenant's projects, newest first, `first` after `after` (keyset), deleted ones left out.
+/// For a `Tenant` the viewer was already allowed to see. One query.
+pub async fn projects(
+    db: &Database,
+    tenant_id: Uuid,
+    first: u64,
+    after: Option<Uuid>,
+) -> Result<(Vec<project::Model>, bool), AppError> {
+    let query = project::Entity::find()
+        .filter(project::Column::TenantId.eq(tenant_id))
+        .filter(project::Column::DeletedAt.is_null());
+    let id = project::Column::Id;
+    Ok(db::keyset(&db.read, query, id, first, after).await?)
+}
+
+/// A project's tasks, newest first, `first` after `after` (keyset), deleted ones left out.
+/// For a `Project` the viewer was already allowed to see. One query.
+pub async fn tasks(
+    db: &Database,
+    project: (Uuid, Uuid),
+    first: u64,
+    after: Option<Uuid>,
+) -> Result<(Vec<task::Model>, bool), AppError> {
+    let (tenant_id, project_id) = project;
+    let query = task::Entity::find()
+        .filter(task::Column::TenantId.eq(tenant_id))
+        .filter(task::Column::ProjectId.eq(project_id))
+        .filter(task::Column::DeletedAt.is_null());
+    Ok(db::keyset(&db.read, query, task::Column::Id, first, after).await?)
+}
+
+/// The task `task_id` if the viewer is a member of its tenant and neither it nor its project
+/// is deleted: one query. `None` otherwise, as for one that does not exist.
+pub async fn visible_task(
+    db: &Database,
+    viewer: &Viewer,
+    task_id: Uuid,
+) -> Result<Option<task::Model>, AppError> {
+    static SQL: PerBackend = PerBackend::new(|_| {
+        "SELECT tu.role AS viewer_role, t.* FROM \"user\" u \
+         LEFT JOIN task t ON t.id = :id AND t.deleted_at IS NULL \
+         AND EXISTS (SELECT 1 FROM project p WHERE p.tenant_id = t.tenant_id \
+         AND p.id = t.project_id AND p.deleted_at IS NULL) \
+         LEFT JOIN tenant_user tu ON tu.tenant_id = t.tenant_id AND tu.user_id = u.id \
+         WHERE u.id = :user"
+            .to_owned()
+    });
+    auth::visible::<task::Entity>(db, viewer, &SQL, task_id).await
+}
+
+/// Deletes a project and its tasks (members). Their rows stay, marked deleted, for the ledger
+/// rows that paid for them; nothing is refunded. `NOT_FOUND` for a project the viewer cannot
+/// see.
+pub async fn delete_project(
+    db: &Database,
+    viewer: &Viewer,
+    project_id: Uuid,
+) -> Result<project::Model, AppError> {
+    let project = auth::visible_project(db, viewer, project_id)
+        .await?
+        .ok_or(AppError::NotFound("project"))?;
+    let now = Utc::now();
+    let txn = db.begin_write().await?;
+    task::Entity::update_many()
+        .col_expr(task::Column::DeletedAt, Expr::value(now))
+        .filter(task::Column::TenantId.eq(project.tenant_id))
+        .filter(task::Column::ProjectId.eq(project.id))
+        .filter(task::Column::DeletedAt.is_null())
+        .exec(&txn)
+        .await?;
+    let deleted = project::Entity::update_many()
+        .col_expr(project::Column::DeletedAt, Expr::value(now))
+        .filter(project::Column::TenantId.eq(project.tenant_id))
+        .filter(project::Column::Id.eq(project.id))
+        .filter(project::Column::DeletedAt.is_null())
+        .exec(&txn)
+        .await?;
+    if deleted.rows_affected == 0 {
+        // Deleted by a concurrent request meanwhile.
+        return Err(AppError::NotFound("project"));
+    }
+    txn.commit().await?;
+    Ok(project)
+}
+
+/// Deletes a task (members); its row stays, marked deleted. Nothing is refunded.
+pub async fn delete_task(
+    db: &Database,
+    viewer: &Viewer,
+    task_id: Uuid,
+) -> Result<task::Model, AppError> {
+    let task = visible_task(db, viewer, task_id)
+        .await?
+        .ok_or(AppError::NotFound("task"))?;
+    let deleted = task::Entity::update_many()
+        .col_expr(task::Column::DeletedAt, Expr::value(Utc::now()))
+        .filter(task::Column::TenantId.eq(task.tenant_id))
+        .filter(task::Column::Id.eq(task.id))
+        .filter(task::Column::DeletedAt.is_null())
+        .exec(&db.write)
+        .await?;
+    match deleted.rows_affected {
+        0 => Err(AppError::NotFound("task")),
+        _ => Ok(task),
+    }
 }

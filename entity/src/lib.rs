@@ -11,6 +11,7 @@ pub mod project;
 pub mod stripe_event;
 pub mod task;
 pub mod tenant;
+pub mod tenant_invitation;
 pub mod tenant_subscription;
 pub mod tenant_user;
 pub mod usage_event;

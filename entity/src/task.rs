@@ -15,6 +15,8 @@ pub struct Model {
     pub title: String,
     pub created_by: Uuid,
     pub created_at: DateTimeUtc,
+    /// When it was deleted: the row stays for the ledger rows that paid for it.
+    pub deleted_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

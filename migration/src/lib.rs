@@ -12,6 +12,8 @@ mod m20261130_000006_tenant_keys;
 mod m20261130_000007_credit_subject;
 mod m20261130_000008_api_keys;
 mod m20261130_000009_tenant_external_id;
+mod m20261130_000010_deleted_resources;
+mod m20261130_000011_invitations;
 
 pub struct Migrator;
 
@@ -28,6 +30,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000007_credit_subject::Migration),
             Box::new(m20261130_000008_api_keys::Migration),
             Box::new(m20261130_000009_tenant_external_id::Migration),
+            Box::new(m20261130_000010_deleted_resources::Migration),
+            Box::new(m20261130_000011_invitations::Migration),
         ]
     }
 }

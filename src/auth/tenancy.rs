@@ -2,7 +2,7 @@
 //! request — in the same query as what the request reads (`STANDING`), so that a read costs
 //! one call. Never cached in the process.
 
-use std::sync::{LazyLock, OnceLock};
+use std::sync::OnceLock;
 
 use entity::{project, tenant_user::Role};
 use sea_orm::{DatabaseBackend, prelude::*};
@@ -120,8 +120,9 @@ pub async fn require_admin(
     }
 }
 
-/// The project `project_id` if the viewer is a member of its tenant: one query. `None` for a
-/// project of a tenant the viewer is not in, as for one that does not exist.
+/// The project `project_id` if the viewer is a member of its tenant and it is not deleted:
+/// one query. `None` for a project of a tenant the viewer is not in, as for one that does not
+/// exist.
 pub async fn visible_project(
     db: &Database,
     viewer: &Viewer,
@@ -129,23 +130,40 @@ pub async fn visible_project(
 ) -> Result<Option<project::Model>, AppError> {
     static SQL: PerBackend = PerBackend::new(|_| {
         "SELECT tu.role AS viewer_role, p.* FROM \"user\" u \
-         LEFT JOIN project p ON p.id = :project \
+         LEFT JOIN project p ON p.id = :id AND p.deleted_at IS NULL \
          LEFT JOIN tenant_user tu ON tu.tenant_id = p.tenant_id AND tu.user_id = u.id \
          WHERE u.id = :user"
             .to_owned()
     });
+    visible::<project::Entity>(db, viewer, &SQL, project_id).await
+}
+
+/// The row `id` of `E` that `sql` finds — a query of the viewer's `viewer_role` (bound as
+/// `:user`) beside the row (`:id`) — if the viewer is a member of the row's tenant: one
+/// query. No row at all means the viewer's user is gone.
+pub async fn visible<E>(
+    db: &Database,
+    viewer: &Viewer,
+    sql: &PerBackend,
+    id: Uuid,
+) -> Result<Option<E::Model>, AppError>
+where
+    E: EntityTrait,
+    E::Model: sea_orm::FromQueryResult,
+    E::ActiveModel: sea_orm::ActiveModelTrait<Entity = E> + sea_orm::TryIntoModel<E::Model>,
+{
     let user_id = viewer.require()?;
-    static SHAPE: LazyLock<Shape> = LazyLock::new(Shape::of::<project::Entity>);
-    let statement = SQL.get(db.backend()).bind(|name| match name {
-        "project" => Some(project_id.into()),
+    let shape = Shape::of::<E>();
+    let statement = sql.get(db.backend()).bind(|name| match name {
+        "id" => Some(id.into()),
         "user" => Some(user_id.into()),
         _ => None,
     })?;
-    let Some(row) = db.query_one(&statement, &SHAPE).await? else {
+    let Some(row) = db.query_one(&statement, &shape).await? else {
         return Err(viewer.user_gone());
     };
     match row.get::<Option<Role>>("viewer_role")? {
-        Some(_) => Ok(Some(row.model::<project::Entity>()?)),
+        Some(_) => Ok(Some(row.model::<E>()?)),
         None => Ok(None),
     }
 }

@@ -7,10 +7,7 @@
 
 use chrono::{DateTime, Utc};
 use entity::usage_event;
-use sea_orm::{
-    ConnectionTrait, DatabaseBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    prelude::*,
-};
+use sea_orm::{ConnectionTrait, DatabaseBackend, DbErr, EntityTrait, QueryFilter, prelude::*};
 
 use crate::{
     auth::{self, Viewer},
@@ -182,14 +179,7 @@ pub async fn reports(
     after: Option<Uuid>,
 ) -> Result<(Vec<usage_event::Model>, bool), AppError> {
     auth::require_admin(db, viewer, tenant_id).await?;
-    let mut query = usage_event::Entity::find().filter(usage_event::Column::TenantId.eq(tenant_id));
-    if let Some(after) = after {
-        query = query.filter(usage_event::Column::Id.lt(after));
-    }
-    let rows = query
-        .order_by_desc(usage_event::Column::Id)
-        .limit(first + 1)
-        .all(&db.read)
-        .await?;
-    Ok(db::page(rows, first))
+    let query = usage_event::Entity::find().filter(usage_event::Column::TenantId.eq(tenant_id));
+    let id = usage_event::Column::Id;
+    Ok(db::keyset(&db.read, query, id, first, after).await?)
 }

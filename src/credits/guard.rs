@@ -32,6 +32,10 @@ pub struct PaidTable {
     pub credit_type: &'static str,
     pub table: &'static str,
     pub columns: &'static [&'static str],
+    /// What must hold for the row to be inserted — SQL over its values `:paid_0`, `:paid_1`,
+    /// … (say, that the row it belongs to is not deleted) — checked in the spend's own
+    /// statement; when it does not, the spend is refused with `NOT_FOUND` naming `missing`.
+    pub requires: Option<(&'static str, &'static str)>,
 }
 
 impl PaidTable {
@@ -208,13 +212,16 @@ impl Statements {
 /// The counter upsert: adds `:cost` to the period's counter, creating it, only if the whole
 /// cost fits the plan's ceiling and `:user` (when given) is a member of the tenant. Its row
 /// lock decides between concurrent spenders, on any number of replicas.
-fn spend_sql(backend: DatabaseBackend) -> String {
+fn spend_sql(backend: DatabaseBackend, requires: Option<&str>) -> String {
     let plan = plan_sql(backend);
+    let requires = requires
+        .map(|sql| format!(" AND {sql}"))
+        .unwrap_or_default();
     format!(
         "INSERT INTO credit_usage (tenant_id, feature, period_start, used) \
          SELECT :tenant, :feature, p.period_start, :cost FROM ({plan}) p WHERE :cost <= p.lim \
          AND (:user IS NULL OR EXISTS (SELECT 1 FROM tenant_user tu \
-         WHERE tu.tenant_id = :tenant AND tu.user_id = :user)) \
+         WHERE tu.tenant_id = :tenant AND tu.user_id = :user)){requires} \
          ON CONFLICT (tenant_id, feature, period_start) DO UPDATE SET used = credit_usage.used + excluded.used \
          WHERE credit_usage.used + excluded.used <= (SELECT p.lim FROM ({plan}) p)"
     )
@@ -242,7 +249,7 @@ fn build(backend: DatabaseBackend, paid: Option<&PaidTable>, metered: bool) -> G
             values,
         )
     });
-    let spend = spend_sql(backend);
+    let spend = spend_sql(backend, paid.and_then(|p| p.requires).map(|(sql, _)| sql));
     match backend {
         DatabaseBackend::Postgres => {
             // The last CTE that inserts: the paid row when there is one, else the ledger's.
@@ -410,6 +417,27 @@ async fn refusal(session: &mut Session, spend: &Spend, now: DateTime<Utc>) -> Ap
             Err(e) => return e,
         }
     }
+    if let Paid::Row { table, values, .. } = &spend.paid
+        && let Some((requires, missing)) = table.requires
+    {
+        let sql = Sql::new(
+            session.backend(),
+            &format!("SELECT 1 AS holds WHERE {requires}"),
+        );
+        let value = |name: &str| {
+            let i = name.strip_prefix("paid_")?.parse::<usize>().ok()?;
+            values.get(i).cloned()
+        };
+        let holds = match sql.bind(value) {
+            Ok(statement) => session.query(&statement, &Shape::default()).await,
+            Err(e) => Err(e),
+        };
+        match holds {
+            Ok(rows) if rows.is_empty() => return AppError::NotFound(missing),
+            Ok(_) => {}
+            Err(e) => return e.into(),
+        }
+    }
     let row =
         match subscribed_feature(session, spend.tenant_id, &spend.credit_type.feature, now).await {
             Ok(row) => row,
@@ -458,6 +486,7 @@ mod tests {
         credit_type: "credit-widget",
         table: "widget",
         columns: &["id", "tenant_id", "label"],
+        requires: None,
     };
 
     /// The statement, a clause a line, and its parameters in number order.

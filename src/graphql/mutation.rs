@@ -1,6 +1,6 @@
 //! Mutation resolvers: read arguments, call the domain, map the result.
 
-use async_graphql::{Context, ID, Object, ResultExt};
+use async_graphql::{Context, ErrorExtensions, ID, Object, ResultExt};
 use chrono::{DateTime, Utc};
 
 use crate::{
@@ -16,10 +16,12 @@ use crate::{
         types::{
             ApiKey, ApiKeyCreated, ApiScopeGql, AuthPayload, BillingPortalSession, CheckoutSession,
             ConsumeCreditsInput, CreateProjectInput, CreateTaskInput, CreateTenantInput,
-            CreditSpend, Project, SignUpInput, Task, Tenant, parse_id, tenant_ref,
+            CreditSpend, Invitation, InvitationCreated, Member, Membership, Project, Role,
+            SignUpInput, Task, Tenant, parse_id, tenant_ref,
         },
         viewer,
     },
+    members,
     projects::{self, NewProject, NewTask},
     tenants::{self, NewTenant},
 };
@@ -104,6 +106,115 @@ impl Mutation {
         Ok(tenant.into())
     }
 
+    /// Invites `email` into a tenant as ADMIN or MEMBER (OWNER and ADMIN only). The answer
+    /// holds the one-time token for `acceptInvitation` (and the configured accept URL);
+    /// Tollgate sends no mail. Expires after `tenants.invitation_ttl_hours` (7 days).
+    async fn invite_member(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: ID,
+        email: String,
+        #[graphql(default_with = "Role::Member")] role: Role,
+    ) -> async_graphql::Result<InvitationCreated> {
+        let state = state(ctx)?;
+        let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
+        let (db, config) = (&state.db, &state.config);
+        let invited = members::invite(db, config, viewer(ctx), tenant_id, &email, role.into());
+        Ok(invited.await.extend()?.into())
+    }
+
+    /// Revokes a pending invitation (OWNER and ADMIN).
+    async fn revoke_invitation(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: ID,
+        id: ID,
+    ) -> async_graphql::Result<Invitation> {
+        let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
+        let id = parse_id(&id, "id").extend()?;
+        let revoked = members::revoke_invitation(&state(ctx)?.db, viewer(ctx), tenant_id, id);
+        Ok(revoked.await.extend()?.into())
+    }
+
+    /// Joins the tenant an invitation is for: the signed-in user's email must be the invited
+    /// one (`INVITATION_EMAIL_MISMATCH`); usable once (`INVITATION_NOT_FOUND` after),
+    /// before it expires (`INVITATION_EXPIRED`).
+    async fn accept_invitation(
+        &self,
+        ctx: &Context<'_>,
+        token: String,
+    ) -> async_graphql::Result<Membership> {
+        let state = state(ctx)?;
+        let (membership, _) = members::accept(&state.db, &state.config, viewer(ctx), &token)
+            .await
+            .extend()?;
+        let tenant = tenants::find(&state.db.write, membership.tenant_id)
+            .await
+            .extend()?
+            .ok_or_else(|| AppError::NotFound("tenant").extend())?;
+        Ok(Membership {
+            tenant: tenant.into(),
+            role: membership.role.into(),
+        })
+    }
+
+    /// Sets a member's role to ADMIN or MEMBER (OWNER and ADMIN). The OWNER's role changes
+    /// only by `transferOwnership` (`LAST_OWNER`).
+    async fn change_member_role(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: ID,
+        user_id: ID,
+        role: Role,
+    ) -> async_graphql::Result<Member> {
+        let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
+        let user_id = parse_id(&user_id, "userId").extend()?;
+        let db = &state(ctx)?.db;
+        let changed = members::change_role(db, viewer(ctx), tenant_id, user_id, role.into());
+        Ok(changed.await.extend()?.into())
+    }
+
+    /// Removes a member (OWNER and ADMIN; never the OWNER: `LAST_OWNER`). They lose access on
+    /// their very next request.
+    async fn remove_member(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: ID,
+        user_id: ID,
+    ) -> async_graphql::Result<bool> {
+        let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
+        let user_id = parse_id(&user_id, "userId").extend()?;
+        let db = &state(ctx)?.db;
+        members::remove(db, viewer(ctx), tenant_id, user_id)
+            .await
+            .extend()?;
+        Ok(true)
+    }
+
+    /// Leaves a tenant (the OWNER cannot: `LAST_OWNER`; transfer ownership first).
+    async fn leave_tenant(&self, ctx: &Context<'_>, tenant_id: ID) -> async_graphql::Result<bool> {
+        let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
+        members::leave(&state(ctx)?.db, viewer(ctx), tenant_id)
+            .await
+            .extend()?;
+        Ok(true)
+    }
+
+    /// Makes a member the OWNER and you, the OWNER, an ADMIN, in one transaction: the tenant
+    /// has exactly one OWNER at every instant.
+    async fn transfer_ownership(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: ID,
+        to_user_id: ID,
+    ) -> async_graphql::Result<Member> {
+        let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
+        let to = parse_id(&to_user_id, "toUserId").extend()?;
+        let db = &state(ctx)?.db;
+        let member = members::transfer_ownership(db, viewer(ctx), tenant_id, to).await;
+        Ok(member.extend()?.into())
+    }
+
     /// Creates a project, spending `credit-project-creation` credits of the tenant.
     /// Refused with `INSUFFICIENT_CREDITS` or `FEATURE_NOT_INCLUDED`, writing nothing.
     /// With an `idempotencyKey` (or an `Idempotency-Key` header), a repeat returns the
@@ -141,6 +252,21 @@ impl Mutation {
             idempotency_key: idempotency_key.or_else(|| header_key(ctx)),
         };
         let task = projects::create_task(state(ctx)?, viewer(ctx), input).await;
+        Ok(task.extend()?.into())
+    }
+
+    /// Deletes a project and its tasks (members). Nothing is refunded; the ledger keeps
+    /// pointing at them.
+    async fn delete_project(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Project> {
+        let id = parse_id(&id, "id").extend()?;
+        let project = projects::delete_project(&state(ctx)?.db, viewer(ctx), id).await;
+        Ok(project.extend()?.into())
+    }
+
+    /// Deletes a task (members). Nothing is refunded; the ledger keeps pointing at it.
+    async fn delete_task(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Task> {
+        let id = parse_id(&id, "id").extend()?;
+        let task = projects::delete_task(&state(ctx)?.db, viewer(ctx), id).await;
         Ok(task.extend()?.into())
     }
 

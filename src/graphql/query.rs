@@ -1,9 +1,7 @@
 //! Query resolvers: read arguments, call the domain, map the result.
 
 use async_graphql::{Context, ErrorExtensions, ID, Object, ResultExt};
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::Utc;
-use uuid::Uuid;
 
 use crate::{
     auth::{self, ApiScope},
@@ -14,17 +12,15 @@ use crate::{
     graphql::{
         state,
         types::{
-            ApiKey, Credit, CreditCheck, CreditConnection, CreditHistoryFilter, CreditType, Plan,
-            PlanFeatureUsage, Tenant, UsageBasedUnit, UsageReport, UsageReportConnection, User,
-            page_complexity, parse_id, tenant_ref,
+            ApiKey, Credit, CreditCheck, CreditConnection, CreditHistoryFilter, CreditType,
+            Invitation, Member, Plan, PlanFeatureUsage, Project, Task, Tenant, UsageBasedUnit,
+            UsageReport, UsageReportConnection, User, encode_cursor, page, page_complexity,
+            parse_id, tenant_ref,
         },
         viewer,
     },
-    plans, tenants,
+    members, plans, projects, tenants,
 };
-
-/// Largest page `creditHistory` and `usageReports` return.
-const MAX_PAGE: i32 = 100;
 
 /// What can be read. Catalogue fields are public; tenant fields are for members.
 pub struct Query;
@@ -82,6 +78,43 @@ impl Query {
         };
         let tenant = tenants::tenant(db, viewer(ctx), id).await;
         Ok(tenant.extend()?.map(Tenant::from))
+    }
+
+    /// A project of a tenant you are a member of; null when deleted or not yours.
+    async fn project(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Project>> {
+        let id = parse_id(&id, "id").extend()?;
+        let project = auth::visible_project(&state(ctx)?.db, viewer(ctx), id).await;
+        Ok(project.extend()?.map(Project::from))
+    }
+
+    /// A task of a tenant you are a member of; null when it or its project is deleted, or not
+    /// yours.
+    async fn task(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Task>> {
+        let id = parse_id(&id, "id").extend()?;
+        let task = projects::visible_task(&state(ctx)?.db, viewer(ctx), id).await;
+        Ok(task.extend()?.map(Task::from))
+    }
+
+    /// A tenant's members, the OWNER first (members only).
+    async fn members(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: ID,
+    ) -> async_graphql::Result<Vec<Member>> {
+        let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
+        let rows = members::members(&state(ctx)?.db, viewer(ctx), tenant_id).await;
+        Ok(rows.extend()?.into_iter().map(Member::from).collect())
+    }
+
+    /// A tenant's pending invitations, newest first (OWNER and ADMIN).
+    async fn invitations(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: ID,
+    ) -> async_graphql::Result<Vec<Invitation>> {
+        let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
+        let rows = members::invitations(&state(ctx)?.db, viewer(ctx), tenant_id).await;
+        Ok(rows.extend()?.into_iter().map(Invitation::from).collect())
     }
 
     /// A tenant you are a member of.
@@ -214,30 +247,4 @@ impl Query {
             .collect();
         Ok(UsageReportConnection::new(rows, after.is_some(), more))
     }
-}
-
-/// A page's size and keyset position from `first` and `after`.
-fn page(first: Option<i32>, after: Option<&str>) -> Result<(u64, Option<Uuid>), AppError> {
-    let first = first.unwrap_or(20);
-    if !(0..=MAX_PAGE).contains(&first) {
-        return Err(AppError::bad_input(format!(
-            "first must be between 0 and {MAX_PAGE}"
-        )));
-    }
-    let after = after.map(decode_cursor).transpose()?;
-    Ok((first.unsigned_abs().into(), after))
-}
-
-/// Cursors are opaque to clients: a versioned encoding of the row id (the keyset position).
-fn encode_cursor(id: Uuid) -> String {
-    URL_SAFE_NO_PAD.encode(format!("c1:{id}"))
-}
-
-fn decode_cursor(cursor: &str) -> Result<Uuid, AppError> {
-    URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .and_then(|text| Uuid::parse_str(text.strip_prefix("c1:")?).ok())
-        .ok_or_else(|| AppError::bad_input("after is not a cursor this API returned"))
 }

@@ -14,6 +14,7 @@ mod keys;
 mod ledger;
 mod page;
 mod resources;
+mod teams;
 
 pub use accounts::*;
 pub use billing::*;
@@ -22,6 +23,7 @@ pub use keys::*;
 pub use ledger::*;
 pub use page::*;
 pub use resources::*;
+pub use teams::*;
 
 /// Saturates a stored 64-bit count into GraphQL's 32-bit `Int`.
 /// How many items a list without a page size counts as in a request's complexity

@@ -173,7 +173,8 @@ impl TestApp {
         assert!(body["errors"].is_null(), "{body}");
     }
 
-    /// Adds `user` to `tenant` with `role` (directly: inviting is not part of the API yet).
+    /// Adds `user` to `tenant` with `role`, directly in the database (the invitation round
+    /// trip is tested in teams.rs).
     pub async fn add_member(&self, tenant: &str, user: &str, role: &str) {
         let db = self.db().await;
         let backend = db.get_database_backend();

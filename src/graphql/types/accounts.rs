@@ -1,6 +1,8 @@
 //! Users, tenants and memberships, and the inputs that create them.
 
-use async_graphql::{ComplexObject, Context, Enum, ErrorExtensions, ID, InputObject, SimpleObject};
+use async_graphql::{
+    ComplexObject, Context, Enum, ErrorExtensions, ID, InputObject, ResultExt, SimpleObject,
+};
 use entity::{tenant, tenant_subscription, user};
 
 use super::{Plan, TenantSubscription, parse_id};
@@ -149,6 +151,28 @@ impl Tenant {
             current_period_end: s.current_period_end,
             cancel_at_period_end: s.cancel_at_period_end,
         }))
+    }
+
+    /// The tenant's projects, newest first, `first` (at most 100) at a time; deleted ones
+    /// left out.
+    #[graphql(complexity = "super::page_complexity(first, child_complexity)")]
+    async fn projects(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 20)] first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<super::ProjectConnection> {
+        let tenant_id = parse_id(&self.id, "id").extend()?;
+        let (first, after_id) = super::page(first, after.as_deref()).extend()?;
+        let db = &state(ctx)?.db;
+        let (rows, more) = crate::projects::projects(db, tenant_id, first, after_id)
+            .await
+            .extend()?;
+        let rows = rows
+            .into_iter()
+            .map(|row| (super::encode_cursor(row.id), super::Project::from(row)))
+            .collect();
+        Ok(super::ProjectConnection::new(rows, after.is_some(), more))
     }
 }
 

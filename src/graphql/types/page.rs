@@ -2,8 +2,14 @@
 //! macro makes each connection and edge type (GraphQL needs a concrete pair per node type).
 
 use async_graphql::SimpleObject;
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use uuid::Uuid;
 
-use super::{Credit, UsageReport};
+use super::{Credit, Project, Task, UsageReport};
+use crate::error::AppError;
+
+/// The largest page a connection returns.
+pub const MAX_PAGE: i32 = 100;
 
 /// Relay page information.
 #[derive(SimpleObject, Clone, Debug)]
@@ -80,3 +86,38 @@ connection!(
     "usage reports",
     "A usage report"
 );
+
+/// A page's size and keyset position from `first` and `after`.
+pub fn page(first: Option<i32>, after: Option<&str>) -> Result<(u64, Option<Uuid>), AppError> {
+    let first = first.unwrap_or(20);
+    if !(0..=MAX_PAGE).contains(&first) {
+        return Err(AppError::bad_input(format!(
+            "first must be between 0 and {MAX_PAGE}"
+        )));
+    }
+    let after = after.map(decode_cursor).transpose()?;
+    Ok((first.unsigned_abs().into(), after))
+}
+
+/// Cursors are opaque to clients: a versioned encoding of the row id (the keyset position).
+pub fn encode_cursor(id: Uuid) -> String {
+    URL_SAFE_NO_PAD.encode(format!("c1:{id}"))
+}
+
+fn decode_cursor(cursor: &str) -> Result<Uuid, AppError> {
+    URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|text| Uuid::parse_str(text.strip_prefix("c1:")?).ok())
+        .ok_or_else(|| AppError::bad_input("after is not a cursor this API returned"))
+}
+
+connection!(
+    ProjectConnection,
+    ProjectEdge,
+    Project,
+    "projects",
+    "A project"
+);
+connection!(TaskConnection, TaskEdge, Task, "tasks", "A task");
