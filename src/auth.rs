@@ -15,7 +15,7 @@ use std::sync::{
 };
 
 use entity::user;
-use sea_orm::{DatabaseConnection, prelude::Uuid};
+use sea_orm::prelude::Uuid;
 
 pub use accounts::{SignUp, find_by_email, normalize_email, sign_in, sign_up};
 pub use api_keys::ApiScope;
@@ -160,7 +160,7 @@ impl Viewer {
 /// tokens need no database call; an identity provider's token is matched to its user (and
 /// the user created on a first visit), which does.
 pub async fn authenticate(
-    db: &DatabaseConnection,
+    db: &Database,
     keys: &Keys,
     authorization: Option<&str>,
 ) -> Result<Viewer, AppError> {
@@ -181,7 +181,7 @@ pub async fn authenticate(
     let user_id = match keys.verify(token)? {
         Identity::User(id) => id,
         Identity::External(claims) => {
-            accounts::external_user(db, claims)
+            accounts::external_user(&db.read, claims)
                 .await?
                 .ok_or(AppError::Unauthenticated("invalid or expired token"))?
                 .id

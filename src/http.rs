@@ -261,7 +261,7 @@ async fn execute(
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or_default());
-    let viewer = match auth::authenticate(&state.db.read, &state.keys, authorization).await {
+    let viewer = match auth::authenticate(&state.db, &state.keys, authorization).await {
         Ok(viewer) => viewer,
         Err(e) => {
             e.log();

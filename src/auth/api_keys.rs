@@ -3,18 +3,23 @@
 //! touches only its own tenant, a platform key any; each carries scopes. A revoked or expired
 //! key is `UNAUTHENTICATED`; `lastUsedAt` is written at most once per `LAST_USED_EVERY`.
 
+use std::sync::LazyLock;
+
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Duration, Utc};
 use entity::{api_key, tenant_user::Role};
 use rand::RngCore;
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    QueryOrder, prelude::*, sea_query::Expr,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
+    prelude::*, sea_query::Expr,
 };
 use sha2::{Digest, Sha256};
 
 use super::{Viewer, require_admin};
-use crate::{db::Database, error::AppError};
+use crate::{
+    db::{Database, PerBackend, Shape},
+    error::AppError,
+};
 
 /// What a secret starts with: how a bearer token is told from a JWT.
 pub const SECRET_PREFIX: &str = "tg_sk_";
@@ -76,21 +81,29 @@ fn hash(secret: &str) -> String {
 
 /// The viewer a presented secret stands for; one query. `UNAUTHENTICATED` for a key that does
 /// not exist, is revoked or has expired.
-pub async fn authenticate(db: &DatabaseConnection, secret: &str) -> Result<Viewer, AppError> {
+pub async fn authenticate(db: &Database, secret: &str) -> Result<Viewer, AppError> {
     const INVALID: AppError = AppError::Unauthenticated("invalid, revoked or expired API key");
+    static SQL: PerBackend =
+        PerBackend::new(|_| "SELECT * FROM api_key WHERE secret_hash = :hash".to_owned());
+    static SHAPE: LazyLock<Shape> = LazyLock::new(Shape::of::<api_key::Entity>);
     let now = Utc::now();
-    let key = api_key::Entity::find()
-        .filter(api_key::Column::SecretHash.eq(hash(secret)))
-        .one(db)
+    let secret_hash = hash(secret);
+    let statement = SQL
+        .get(db.backend())
+        .bind(|name| (name == "hash").then(|| secret_hash.as_str().into()))?;
+    // On the request's own path: SQLite's reader on this thread, PostgreSQL's own connection.
+    let key = db
+        .query_one(&statement, &SHAPE)
         .await?
-        .ok_or(INVALID)?;
+        .ok_or(INVALID)?
+        .model::<api_key::Entity>()?;
     if key.revoked_at.is_some() || key.expires_at.is_some_and(|at| at <= now) {
         return Err(INVALID);
     }
     if key.last_used_at.is_none_or(|at| at < now - LAST_USED_EVERY) {
         // Coarse on purpose: one write per key every few minutes, never per request, and
         // never on the request's path.
-        let (db, id) = (db.clone(), key.id);
+        let (db, id) = (db.write.clone(), key.id);
         tokio::spawn(async move {
             let updated = api_key::Entity::update_many()
                 .col_expr(api_key::Column::LastUsedAt, Expr::value(now))

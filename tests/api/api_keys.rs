@@ -546,3 +546,40 @@ async fn tenants_are_created_and_addressed_by_the_saas_s_own_ids() {
     assert_eq!(error_code(&both), Some("BAD_USER_INPUT"), "{both}");
     assert_eq!(error_code(&foreign), Some("FORBIDDEN"), "{foreign}");
 }
+
+#[tokio::test]
+async fn a_key_s_last_use_is_recorded_without_a_write_per_request() {
+    let app = spawn_app().await;
+    let (token, tenant) = app.owner_with_tenant("acme").await;
+    let created = create_key(&app, &token, Some(&tenant), json!(["CREDITS_READ"])).await;
+    let secret = created["secret"].as_str().expect("secret");
+    assert!(created["apiKey"]["lastUsedAt"].is_null());
+    let listed = || async {
+        let body = app
+            .gql(
+                Some(&token),
+                "query($t: ID!) { apiKeys(tenantId: $t) { lastUsedAt } }",
+                json!({ "t": tenant }),
+            )
+            .await;
+        body["data"]["apiKeys"][0]["lastUsedAt"].clone()
+    };
+
+    for _ in 0..5 {
+        let checked = app.gql(Some(secret), CHECK, json!({ "t": tenant })).await;
+        assert!(checked["errors"].is_null(), "{checked}");
+    }
+    // Written in the background, once.
+    let mut first = Value::Null;
+    for _ in 0..50 {
+        first = listed().await;
+        if first.is_string() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(first.is_string(), "lastUsedAt was never recorded");
+    app.gql(Some(secret), CHECK, json!({ "t": tenant })).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(listed().await, first, "not rewritten within five minutes");
+}

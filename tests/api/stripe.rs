@@ -159,6 +159,64 @@ async fn all_delivered(app: &TestApp, token: &str, tenant: &str, n: usize) -> bo
 }
 
 #[tokio::test]
+async fn a_custom_credit_type_feeds_its_meter_through_the_same_outbox() {
+    let fake = FakeStripe::start().await;
+    let app = stripe_app(&fake, |c| {
+        c.credit_types.push(tollgate::config::CreditTypeConfig {
+            value: "report-export".into(),
+            name: "Report export".into(),
+            description: "Exporting a report.".into(),
+            amount: 3,
+            feature: "credits".into(),
+            meter: None,
+        });
+        c.usage_based_units
+            .push(tollgate::config::UsageBasedUnitConfig {
+                name: "exports".into(),
+                title: "Export".into(),
+                title_plural: "Exports".into(),
+                event_name: Some("report_exports".into()),
+                credit_types: vec!["report-export".into()],
+                stripe_price_id: None,
+            });
+    })
+    .await;
+    let (token, tenant) = app.owner_with_tenant("metered").await;
+    link_customer(&app, &tenant, "cus_exports").await;
+
+    let spent = app
+        .gql(
+            Some(&token),
+            "mutation($t: ID!) { consumeCredits(input: { tenantId: $t, creditType: \"report-export\", idempotencyKey: \"r1\" }) { credit { id } } }",
+            json!({ "t": tenant }),
+        )
+        .await;
+    let explicit = app
+        .gql(
+            Some(&token),
+            "mutation($t: ID!) { consumeCredits(input: { tenantId: $t, amount: 2, idempotencyKey: \"r2\" }) { credit { id } } }",
+            json!({ "t": tenant }),
+        )
+        .await;
+    assert!(spent["errors"].is_null(), "{spent}");
+    assert!(explicit["errors"].is_null(), "{explicit}");
+    eventually("the export is delivered", || {
+        all_delivered(&app, &token, &tenant, 1)
+    })
+    .await;
+
+    let reports = reports(&app, &token, &tenant).await;
+    assert_eq!(reports[0]["unit"], "exports");
+    assert_eq!(reports[0]["quantity"], 3);
+    let accepted = fake.with(|r| r.accepted.clone());
+    let form = accepted.values().next().expect("one meter event");
+    assert_eq!(form["event_name"], "report_exports");
+    assert_eq!(form["payload[value]"], "3");
+    // An explicit amount belongs to no unit: it is not billed.
+    assert_eq!(app.scalar("SELECT COUNT(*) FROM usage_event").await, 1);
+}
+
+#[tokio::test]
 async fn each_guarded_spend_is_one_meter_event_with_stripes_form_fields() {
     let fake = FakeStripe::start().await;
     let app = stripe_app(&fake, |_| {}).await;
