@@ -359,9 +359,10 @@ async fn run_database(
         ),
         (
             "`consumeCredits` with an API key (a new idempotency key each), UNLIMITED plan",
-            // `%KEY%`: a fresh idempotency key per request (wrk's `request`, below).
+            // As a backend sends it: one document, the input in variables; `%KEY%` becomes a
+            // fresh idempotency key per request (wrk's `request`, below).
             one(format!(
-                r#"{{"query":"mutation {{ consumeCredits(input: {{tenantId: \"{}\", creditType: \"credit-task-creation\", objectId: \"job\", idempotencyKey: \"%KEY%\"}}) {{ credit {{ id }} }} }}"}}"#,
+                r#"{{"query":"mutation($i: ConsumeCreditsInput!) {{ consumeCredits(input: $i) {{ credit {{ id }} }} }}","variables":{{"i":{{"tenantId":"{}","amount":1,"objectId":"job","idempotencyKey":"%KEY%"}}}}}}"#,
                 unlimited.0
             )),
             Some(key.as_str()),

@@ -13,6 +13,7 @@ use crate::{
     credits::{self, Actor, FeatureLimitType, FeatureUsage, IdempotencyKey, Paid, Spend, Spent},
     error::AppError,
     idempotency::{self, Fingerprint},
+    projects,
     state::AppState,
 };
 
@@ -108,6 +109,17 @@ pub async fn consume(
         }
     };
     let credit_type = credit_type(state, &request.cost)?;
+    // Those pay for Tollgate's own rows: spent without one, the books would not balance.
+    if projects::PAID
+        .iter()
+        .any(|p| p.credit_type == credit_type.value)
+    {
+        return Err(AppError::bad_input(format!(
+            "creditType {:?} pays for Tollgate's own projects and tasks: spend it with \
+             createProject or createTask, or define a credit type of your own",
+            credit_type.value
+        )));
+    }
     let object_id = reference("objectId", request.object_id)?;
     let subject = reference("subject", request.subject)?;
     let metadata_text = match &request.metadata {

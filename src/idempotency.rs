@@ -57,6 +57,27 @@ pub fn retention(config: &crate::config::Config) -> Duration {
     Duration::seconds(i64::try_from(config.idempotency.retention_seconds).unwrap_or(i64::MAX))
 }
 
+/// Claims a key when it is new (`:tenant`, `:key`, `:operation`, `:hash`, `:resource`,
+/// `:now`); does nothing when the tenant has it already. The guard runs it inside its own
+/// statement on PostgreSQL.
+pub const CLAIM_SQL: &str = "INSERT INTO idempotency_key (tenant_id, key, operation, \
+     request_hash, resource_id, created_at) VALUES (:tenant, :key, :operation, :hash, :resource, \
+     :now) ON CONFLICT (tenant_id, key) DO NOTHING";
+
+/// Undoes a claim of `key` made in the open transaction (its spend was refused).
+pub async fn forget(session: &mut Session, tenant_id: Uuid, key: &str) -> Result<(), AppError> {
+    static DELETE: PerBackend = PerBackend::new(|_| {
+        "DELETE FROM idempotency_key WHERE tenant_id = :tenant AND key = :key".to_owned()
+    });
+    let statement = DELETE.get(session.backend()).bind(|name| match name {
+        "tenant" => Some(tenant_id.into()),
+        "key" => Some(key.into()),
+        _ => None,
+    })?;
+    session.execute(&statement).await?;
+    Ok(())
+}
+
 /// The outcome of claiming a key.
 pub enum Claim {
     /// The key is new: go on and create `resource_id`.
@@ -76,12 +97,7 @@ pub async fn claim(
     now: DateTime<Utc>,
     retention: Duration,
 ) -> Result<Claim, AppError> {
-    static INSERT: PerBackend = PerBackend::new(|_| {
-        "INSERT INTO idempotency_key (tenant_id, key, operation, request_hash, resource_id, \
-         created_at) VALUES (:tenant, :key, :operation, :hash, :resource, :now) \
-         ON CONFLICT (tenant_id, key) DO NOTHING"
-            .to_owned()
-    });
+    static INSERT: PerBackend = PerBackend::new(|_| CLAIM_SQL.to_owned());
     static EXISTING: PerBackend = PerBackend::new(|_| {
         "SELECT operation, request_hash, resource_id, created_at FROM idempotency_key \
          WHERE tenant_id = :tenant AND key = :key"

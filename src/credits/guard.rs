@@ -156,8 +156,9 @@ pub enum Spent {
 /// The guard's statements for one paid table.
 #[derive(Debug)]
 enum GuardSql {
-    /// One statement: data-modifying CTEs, each feeding the next.
-    Postgres(Sql),
+    /// One statement: data-modifying CTEs, each feeding the next; `keyed` claims the
+    /// idempotency key first and spends only if the claim is new.
+    Postgres { plain: Sql, keyed: Sql },
     /// Statements run one after the other on the writer's own thread (no round trip is a
     /// hand-off): the counter upsert, returning its period when it wrote its row, then —
     /// only then — the ledger row in that period (`:period`), the paid row and, for a metered
@@ -249,7 +250,8 @@ fn build(backend: DatabaseBackend, paid: Option<&PaidTable>, metered: bool) -> G
             values,
         )
     });
-    let spend = spend_sql(backend, paid.and_then(|p| p.requires).map(|(sql, _)| sql));
+    let paid_requires = paid.and_then(|p| p.requires).map(|(sql, _)| sql);
+    let spend = spend_sql(backend, paid_requires);
     match backend {
         DatabaseBackend::Postgres => {
             // The last CTE that inserts: the paid row when there is one, else the ledger's.
@@ -267,15 +269,34 @@ fn build(backend: DatabaseBackend, paid: Option<&PaidTable>, metered: bool) -> G
                 ),
                 false => String::new(),
             };
-            GuardSql::Postgres(Sql::new(
+            let ledger = ledger_sql("spent.period_start");
+            let plain = format!(
+                "WITH spent AS ({spend} RETURNING period_start), \
+                 ledger AS ({ledger} FROM spent RETURNING id){paid}{outbox} \
+                 SELECT CAST(1 AS BIGINT) AS created FROM {last}"
+            );
+            // The same, spending only when this statement claims the key: one round trip
+            // for a keyed spend too. `claimed` 1 and `created` 0 is a refusal (the claim
+            // must be undone); `claimed` 0 means the key was there already.
+            let keyed_spend = spend_sql(
                 backend,
-                &format!(
-                    "WITH spent AS ({spend} RETURNING period_start), \
-                     ledger AS ({} FROM spent RETURNING id){paid}{outbox} \
-                     SELECT CAST(1 AS BIGINT) AS created FROM {last}",
-                    ledger_sql("spent.period_start")
-                ),
-            ))
+                Some(&match paid_requires {
+                    Some(sql) => format!("{sql} AND EXISTS (SELECT 1 FROM claim)"),
+                    None => "EXISTS (SELECT 1 FROM claim)".to_owned(),
+                }),
+            );
+            let keyed = format!(
+                "WITH claim AS ({} RETURNING 1), \
+                 spent AS ({keyed_spend} RETURNING period_start), \
+                 ledger AS ({ledger} FROM spent RETURNING id){paid}{outbox} \
+                 SELECT CAST((SELECT COUNT(*) FROM claim) AS BIGINT) AS claimed, \
+                 CAST((SELECT COUNT(*) FROM {last}) AS BIGINT) AS created",
+                idempotency::CLAIM_SQL
+            );
+            GuardSql::Postgres {
+                plain: Sql::new(backend, &plain),
+                keyed: Sql::new(backend, &keyed),
+            }
         }
         _ => GuardSql::Sqlite {
             spend: Sql::new(backend, &format!("{spend} RETURNING period_start")),
@@ -289,7 +310,7 @@ fn build(backend: DatabaseBackend, paid: Option<&PaidTable>, metered: bool) -> G
 
 /// The spend's writes inside the session's open transaction: claim its key, then the guard's
 /// statement. On a refusal (`INSUFFICIENT_CREDITS`, `FEATURE_NOT_INCLUDED`, `FORBIDDEN`) it
-/// has written nothing, except a key claim, which its caller must undo.
+/// has written nothing: a key it claimed is forgotten again.
 pub(super) async fn write(
     session: &mut Session,
     statements: &Statements,
@@ -298,44 +319,82 @@ pub(super) async fn write(
     // Microseconds: what PostgreSQL keeps, so the time returned is the time stored.
     let now = Utc::now().trunc_subsecs(6);
     let ledger_id = Uuid::now_v7();
+    let charged = Spent::Charged { ledger_id, at: now };
     // What a replay of the key returns: the paid row, or for an action the ledger row.
     let resource_id = match &spend.paid {
         Paid::Row { id, .. } => *id,
         Paid::Action { .. } => ledger_id,
     };
-    if let Some(key) = &spend.key {
-        let claim = idempotency::claim(
-            session,
-            spend.tenant_id,
-            &key.value,
-            &key.fingerprint,
-            resource_id,
-            now,
-            key.retention,
-        )
-        .await?;
-        if let Claim::Replay(original) = claim {
-            // A replay writes nothing, so the guard's statement did not check the spender:
-            // only a member may see what the key made.
-            if let Some(user_id) = spend.user_id {
-                auth::standing_in(session, user_id, spend.tenant_id).await?;
-            }
-            return Ok(Spent::Replayed(original));
+    let sql = statements.get(spend)?;
+    let Some(key) = &spend.key else {
+        return match run(session, sql, spend, ledger_id, now, None)
+            .await?
+            .created
+        {
+            true => Ok(charged),
+            false => Err(refusal(session, spend, now).await),
+        };
+    };
+    // PostgreSQL claims the key and spends in one statement; only a key seen before (a
+    // replay, a reuse, an expired key) takes the long way below.
+    if let GuardSql::Postgres { .. } = sql {
+        let claim = Some((&key.fingerprint, resource_id));
+        let ran = run(session, sql, spend, ledger_id, now, claim).await?;
+        if ran.created {
+            return Ok(charged);
+        }
+        if ran.claimed {
+            let refused = refusal(session, spend, now).await;
+            idempotency::forget(session, spend.tenant_id, &key.value).await?;
+            return Err(refused);
         }
     }
-    consume(session, statements.get(spend)?, spend, ledger_id, now).await?;
-    Ok(Spent::Charged { ledger_id, at: now })
+    let claim = idempotency::claim(
+        session,
+        spend.tenant_id,
+        &key.value,
+        &key.fingerprint,
+        resource_id,
+        now,
+        key.retention,
+    )
+    .await?;
+    if let Claim::Replay(original) = claim {
+        // A replay writes nothing, so the guard's statement did not check the spender:
+        // only a member may see what the key made.
+        if let Some(user_id) = spend.user_id {
+            auth::standing_in(session, user_id, spend.tenant_id).await?;
+        }
+        return Ok(Spent::Replayed(original));
+    }
+    if run(session, sql, spend, ledger_id, now, None)
+        .await?
+        .created
+    {
+        return Ok(charged);
+    }
+    let refused = refusal(session, spend, now).await;
+    idempotency::forget(session, spend.tenant_id, &key.value).await?;
+    Err(refused)
 }
 
-/// The guard's statements, bound and run; `Err` (a refusal, explained) when they wrote
-/// nothing.
-async fn consume(
+/// What the guard's statements did: claimed the spend's key (PostgreSQL's keyed statement
+/// only), and spent.
+struct Ran {
+    claimed: bool,
+    created: bool,
+}
+
+/// The guard's statements, bound and run: PostgreSQL's keyed statement when `claim` (the
+/// request's fingerprint and the id a replay returns) is given, else the plain one.
+async fn run(
     session: &mut Session,
     sql: &GuardSql,
     spend: &Spend,
     ledger_id: Uuid,
     now: DateTime<Utc>,
-) -> Result<(), AppError> {
+    claim: Option<(&Fingerprint, Uuid)>,
+) -> Result<Ran, AppError> {
     let usage_id = Uuid::now_v7();
     let (object_id, row) = match &spend.paid {
         Paid::Row { id, values, .. } => (Some(id.to_string()), &values[..]),
@@ -358,6 +417,9 @@ async fn consume(
             "metadata" => spend.metadata.clone().into(),
             "actor_type" => spend.actor.kind().into(),
             "actor_id" => spend.actor.id().into(),
+            "operation" => claim?.0.operation.into(),
+            "hash" => claim?.0.hash.as_str().into(),
+            "resource" => claim?.1.into(),
             name => match name.strip_prefix("paid_") {
                 Some(i) => row.get(i.parse::<usize>().ok()?)?.clone(),
                 None => {
@@ -366,11 +428,24 @@ async fn consume(
             },
         })
     };
-    let created = match sql {
-        GuardSql::Postgres(sql) => !session
-            .query(&sql.bind(value)?, &Shape::default())
-            .await?
-            .is_empty(),
+    match sql {
+        GuardSql::Postgres { plain, keyed } => {
+            let statement = match claim {
+                Some(_) => keyed.bind(value)?,
+                None => plain.bind(value)?,
+            };
+            let rows = session.query(&statement, &Shape::default()).await?;
+            Ok(match (claim, rows.first()) {
+                (Some(_), Some(row)) => Ran {
+                    claimed: row.get::<i64>("claimed")? > 0,
+                    created: row.get::<i64>("created")? > 0,
+                },
+                (_, first) => Ran {
+                    claimed: false,
+                    created: first.is_some(),
+                },
+            })
+        }
         GuardSql::Sqlite {
             spend: counter,
             ledger,
@@ -382,29 +457,29 @@ async fn consume(
             let rows = session
                 .query(&counter.bind(value)?, &Shape::default())
                 .await?;
-            match rows.first() {
-                Some(row) => {
-                    let period: Option<String> = row.get("period_start")?;
-                    let value = |name: &str| match name {
-                        "period" => Some(period.clone().into()),
-                        name => value(name),
-                    };
-                    session.execute(&ledger.bind(value)?).await?;
-                    if let Some(paid) = paid {
-                        session.execute(&paid.bind(value)?).await?;
-                    }
-                    if spend.credit_type.meter.is_some() {
-                        session.execute(&outbox.bind(value)?).await?;
-                    }
-                    true
-                }
-                None => false,
+            let Some(row) = rows.first() else {
+                return Ok(Ran {
+                    claimed: false,
+                    created: false,
+                });
+            };
+            let period: Option<String> = row.get("period_start")?;
+            let value = |name: &str| match name {
+                "period" => Some(period.clone().into()),
+                name => value(name),
+            };
+            session.execute(&ledger.bind(value)?).await?;
+            if let Some(paid) = paid {
+                session.execute(&paid.bind(value)?).await?;
             }
+            if spend.credit_type.meter.is_some() {
+                session.execute(&outbox.bind(value)?).await?;
+            }
+            Ok(Ran {
+                claimed: false,
+                created: true,
+            })
         }
-    };
-    match created {
-        true => Ok(()),
-        false => Err(refusal(session, spend, now).await),
     }
 }
 
@@ -509,7 +584,7 @@ mod tests {
 
     fn snapshot(backend: DatabaseBackend, paid: Option<&PaidTable>, metered: bool) -> String {
         match build(backend, paid, metered) {
-            GuardSql::Postgres(sql) => readable(&sql),
+            GuardSql::Postgres { plain, .. } => readable(&plain),
             GuardSql::Sqlite {
                 spend,
                 ledger,
@@ -529,6 +604,14 @@ mod tests {
         insta::assert_snapshot!(snapshot(DatabaseBackend::Postgres, Some(&WIDGET), true));
         let unmetered = snapshot(DatabaseBackend::Postgres, Some(&WIDGET), false);
         assert!(!unmetered.contains("usage_event"), "{unmetered}");
+    }
+
+    #[test]
+    fn postgres_keyed_guard_claims_its_key_in_the_same_statement() {
+        let GuardSql::Postgres { keyed, .. } = build(DatabaseBackend::Postgres, None, false) else {
+            panic!("a PostgreSQL statement");
+        };
+        insta::assert_snapshot!(readable(&keyed));
     }
 
     #[test]

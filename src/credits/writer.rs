@@ -1,9 +1,9 @@
 //! The per-process guard writer: many callers' spends in one commit, on one connection of its
 //! own. Callers hand over a `Spend` and wait; the writer takes what is queued (up to
 //! `max_batch`), runs each spend's writes in one transaction and commits once, then answers
-//! every caller. A refused spend writes nothing, so it needs no savepoint; a keyed one gets a
-//! savepoint (a refusal must undo its key claim). If anything else fails, the batch is rolled
-//! back and its spends are replayed one by one, each in its own transaction. Correctness never
+//! every caller. A refused spend writes nothing (a key it claimed is forgotten again), so it
+//! needs no savepoint. If anything else fails, the batch is rolled back and its spends are
+//! replayed one by one, each in its own transaction. Correctness never
 //! rests on the writer being alone: every spend is still the conditional upsert, so any number
 //! of replicas may write to one database.
 //!
@@ -25,9 +25,6 @@ use crate::{
 
 /// Attempts of one spend's transaction before a contention error is given up on.
 const ATTEMPTS: u32 = 5;
-
-/// The savepoint a keyed spend runs under.
-const KEYED: &str = "keyed_spend";
 
 type Reply = oneshot::Sender<Result<Spent, AppError>>;
 type Job = (Spend, Reply);
@@ -139,19 +136,9 @@ impl Running {
         Ok(outcomes)
     }
 
-    /// One spend's writes in the open transaction; a keyed spend's under a savepoint, undone
-    /// when it is refused.
+    /// One spend's writes in the open transaction (a refused one writes nothing).
     async fn write(&mut self, spend: &Spend) -> Result<Spent, AppError> {
-        if spend.key.is_none() {
-            return guard::write(&mut self.session, &self.statements, spend).await;
-        }
-        self.session.savepoint(KEYED).await?;
-        let outcome = guard::write(&mut self.session, &self.statements, spend).await;
-        if matches!(outcome, Err(ref e) if !matches!(e, AppError::Internal(_))) {
-            self.session.undo(KEYED).await?;
-        }
-        self.session.release(KEYED).await?;
-        outcome
+        guard::write(&mut self.session, &self.statements, spend).await
     }
 
     /// The spend in a transaction of its own, again if the database aborted it for

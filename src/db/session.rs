@@ -86,21 +86,6 @@ impl Session {
         self.batch("ROLLBACK").await
     }
 
-    /// Marks a point the transaction can go back to (`undo`) without losing the rest.
-    pub async fn savepoint(&mut self, name: &str) -> Result<(), DbErr> {
-        self.batch(&format!("SAVEPOINT {name}")).await
-    }
-
-    /// Undoes everything since `savepoint(name)`.
-    pub async fn undo(&mut self, name: &str) -> Result<(), DbErr> {
-        self.batch(&format!("ROLLBACK TO SAVEPOINT {name}")).await
-    }
-
-    /// Forgets `savepoint(name)`, keeping what followed it.
-    pub async fn release(&mut self, name: &str) -> Result<(), DbErr> {
-        self.batch(&format!("RELEASE SAVEPOINT {name}")).await
-    }
-
     /// One statement's rows (on SQLite typed by `shape`).
     pub async fn query(&mut self, statement: &Statement, shape: &Shape) -> Result<Vec<Row>, DbErr> {
         self.count(1);

@@ -254,6 +254,10 @@ async fn bad_input_and_strangers_are_refused_with_codes_and_nothing_written() {
     };
     let cases = [
         ("unknown type", with("creditType", json!("credit-coffee"))),
+        (
+            "a type that pays for tasks",
+            with("creditType", json!("credit-task-creation")),
+        ),
         ("both costs", with("amount", json!(3))),
         ("no cost", {
             let mut i = base.clone();
@@ -315,6 +319,11 @@ async fn check_credits_agrees_with_what_consume_credits_then_does() {
     let fits = check(json!("report-export"), Value::Null, Value::Null).await;
     let too_much = check(Value::Null, json!(11), Value::Null).await;
     let missing = check(Value::Null, json!(1), json!("seats")).await;
+    let built_in = check(json!("credit-task-creation"), Value::Null, Value::Null).await;
+    assert_eq!(
+        built_in["required"], 1,
+        "what createTask would cost: {built_in}"
+    );
     assert_eq!(fits["allowed"], true);
     assert_eq!(fits["required"], 3);
     assert_eq!(fits["remaining"], 10);

@@ -78,6 +78,26 @@ async fn a_lone_guarded_create_task_is_one_statement_with_its_begin_and_commit()
 }
 
 #[tokio::test]
+async fn a_lone_keyed_consume_credits_is_one_statement_with_its_begin_and_commit() {
+    let app = spawn_app().await;
+    let (token, tenant) = app.owner_with_tenant("acme").await;
+    let spend =
+        |key: &str| json!({ "i": { "tenantId": tenant, "amount": 1, "idempotencyKey": key } });
+    const CONSUME: &str =
+        "mutation($i: ConsumeCreditsInput!) { consumeCredits(input: $i) { replayed } }";
+
+    let (counted, body) = trips(&app, &token, CONSUME, spend("first")).await;
+    assert_eq!(body["data"]["consumeCredits"]["replayed"], false, "{body}");
+    // PostgreSQL: BEGIN, the guard's one statement (the key claimed in it), COMMIT. SQLite:
+    // one hand-off to the writer.
+    let expected = if app.is_postgres() { 3 } else { 1 };
+    assert_eq!(counted, expected, "{body}");
+    // A replay takes the long way (the claim found), and is still answered.
+    let (_, again) = trips(&app, &token, CONSUME, spend("first")).await;
+    assert_eq!(again["data"]["consumeCredits"]["replayed"], true, "{again}");
+}
+
+#[tokio::test]
 async fn under_load_the_writer_shares_begin_and_commit_between_requests() {
     let app = spawn_app_with_plan(FeatureLimitType::Unlimited, 0).await;
     let (token, tenant) = app.owner_with_tenant("acme").await;
