@@ -176,7 +176,7 @@ pub async fn authenticate(
             "the Authorization header must be `Bearer <token>`",
         ))?;
     if token.starts_with(api_keys::SECRET_PREFIX) {
-        return api_keys::authenticate(db, token).await;
+        return api_keys::authenticate(db, keys.known_api_keys(), token).await;
     }
     let user_id = match keys.verify(token)? {
         Identity::User(id) => id,

@@ -8,7 +8,7 @@ use entity::credit;
 use sea_orm::prelude::*;
 
 use crate::{
-    auth::{ApiScope, Viewer},
+    auth::{self, ApiScope, Viewer},
     config::{CreditTypeConfig, EXPLICIT_CREDIT_TYPE},
     credits::{self, Actor, FeatureLimitType, FeatureUsage, IdempotencyKey, Paid, Spend, Spent},
     error::AppError,
@@ -171,6 +171,8 @@ pub async fn consume(
         .submit(spend)
         .await
         .map_err(|e| match (e, viewer.key()) {
+            // The key was revoked since it was looked up.
+            (AppError::Unauthenticated(auth::api_keys::REVOKED), Some(_)) => viewer.user_gone(),
             // The member a key named is not one (or no longer exists).
             (AppError::Unauthenticated(_) | AppError::Forbidden, Some(_)) => {
                 AppError::bad_input("userId is not a member of the tenant")

@@ -74,6 +74,7 @@ pub async fn create_tenant(
         Some(_) => return Err(AppError::Forbidden),
         None => Some(viewer.require()?),
     };
+    auth::api_keys::in_force(db, viewer).await?;
     let now = Utc::now();
     let txn = db.begin_write().await?;
     if let Some(owner) = owner {

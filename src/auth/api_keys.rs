@@ -3,7 +3,10 @@
 //! touches only its own tenant, a platform key any; each carries scopes. A revoked or expired
 //! key is `UNAUTHENTICATED`; `lastUsedAt` is written at most once per `LAST_USED_EVERY`.
 
-use std::sync::LazyLock;
+use std::{
+    collections::HashMap,
+    sync::{LazyLock, Mutex, PoisonError},
+};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Duration, Utc};
@@ -79,31 +82,91 @@ fn hash(secret: &str) -> String {
     format!("{:x}", Sha256::digest(secret.as_bytes()))
 }
 
-/// The viewer a presented secret stands for; one query. `UNAUTHENTICATED` for a key that does
-/// not exist, is revoked or has expired.
-pub async fn authenticate(db: &Database, secret: &str) -> Result<Viewer, AppError> {
-    const INVALID: AppError = AppError::Unauthenticated("invalid, revoked or expired API key");
+/// What a refusal says when the key was revoked since the request began.
+pub const REVOKED: &str = "invalid, revoked or expired API key";
+
+/// Keys already looked up, by their secret's hash: what a key is (its id, tenant, scopes and
+/// expiry) never changes, so a request with a known key costs no database call. Whether it
+/// was **revoked** is never decided here: every tenant read checks it in its own query
+/// (`KEY_STANDING`), the credits guard in its own statement, and the few other writes a key
+/// may make check it themselves (`in_force`). At most `KNOWN_MAX` keys are kept (then the
+/// cache starts over).
+#[derive(Default)]
+pub struct Known(Mutex<HashMap<String, KnownKey>>);
+
+#[derive(Clone)]
+struct KnownKey {
+    id: Uuid,
+    tenant_id: Option<Uuid>,
+    scopes: Vec<ApiScope>,
+    expires_at: Option<DateTime<Utc>>,
+    /// When this process last recorded the key's use.
+    used_at: Option<DateTime<Utc>>,
+}
+
+const KNOWN_MAX: usize = 4096;
+
+/// The viewer a presented secret stands for: from `known` when this process has seen it,
+/// else one query. `UNAUTHENTICATED` for a key that does not exist, has expired, or (when
+/// looked up) is revoked.
+pub async fn authenticate(db: &Database, known: &Known, secret: &str) -> Result<Viewer, AppError> {
+    const INVALID: AppError = AppError::Unauthenticated(REVOKED);
     static SQL: PerBackend =
         PerBackend::new(|_| "SELECT * FROM api_key WHERE secret_hash = :hash".to_owned());
     static SHAPE: LazyLock<Shape> = LazyLock::new(Shape::of::<api_key::Entity>);
     let now = Utc::now();
     let secret_hash = hash(secret);
-    let statement = SQL
-        .get(db.backend())
-        .bind(|name| (name == "hash").then(|| secret_hash.as_str().into()))?;
-    // On the request's own path: SQLite's reader on this thread, PostgreSQL's own connection.
-    let key = db
-        .query_one(&statement, &SHAPE)
-        .await?
-        .ok_or(INVALID)?
-        .model::<api_key::Entity>()?;
-    if key.revoked_at.is_some() || key.expires_at.is_some_and(|at| at <= now) {
+    let cached = known
+        .0
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&secret_hash)
+        .cloned();
+    let mut key = match cached {
+        Some(key) => key,
+        None => {
+            let statement = SQL
+                .get(db.backend())
+                .bind(|name| (name == "hash").then(|| secret_hash.as_str().into()))?;
+            // On the request's own path: SQLite's reader on this thread, PostgreSQL's own
+            // connection.
+            let row = db
+                .query_one(&statement, &SHAPE)
+                .await?
+                .ok_or(INVALID)?
+                .model::<api_key::Entity>()?;
+            if row.revoked_at.is_some() {
+                return Err(INVALID);
+            }
+            KnownKey {
+                id: row.id,
+                tenant_id: row.tenant_id,
+                scopes: scopes_of(&row),
+                expires_at: row.expires_at,
+                used_at: row.last_used_at,
+            }
+        }
+    };
+    if key.expires_at.is_some_and(|at| at <= now) {
         return Err(INVALID);
     }
-    if key.last_used_at.is_none_or(|at| at < now - LAST_USED_EVERY) {
-        // Coarse on purpose: one write per key every few minutes, never per request, and
-        // never on the request's path.
-        let (db, id) = (db.write.clone(), key.id);
+    let record_use = key.used_at.is_none_or(|at| at < now - LAST_USED_EVERY);
+    if record_use {
+        key.used_at = Some(now);
+    }
+    let viewer = Viewer::with_key(key.id, key.tenant_id, key.scopes.clone());
+    let id = key.id;
+    {
+        let mut known = known.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if known.len() >= KNOWN_MAX {
+            known.clear();
+        }
+        known.insert(secret_hash, key);
+    }
+    if record_use {
+        // Coarse on purpose: one write per key every few minutes per process, never on the
+        // request's path.
+        let db = db.write.clone();
         tokio::spawn(async move {
             let updated = api_key::Entity::update_many()
                 .col_expr(api_key::Column::LastUsedAt, Expr::value(now))
@@ -115,7 +178,20 @@ pub async fn authenticate(db: &Database, secret: &str) -> Result<Viewer, AppErro
             }
         });
     }
-    Ok(Viewer::with_key(key.id, key.tenant_id, scopes_of(&key)))
+    Ok(viewer)
+}
+
+/// `UNAUTHENTICATED` (and the request answered 401) when the viewer's API key was revoked
+/// since it was looked up: for the writes a key makes outside the credits guard.
+pub async fn in_force(db: &Database, viewer: &Viewer) -> Result<(), AppError> {
+    let Some(key) = viewer.key() else {
+        return Ok(());
+    };
+    let row = api_key::Entity::find_by_id(key.id).one(&db.write).await?;
+    match row {
+        Some(row) if row.revoked_at.is_none() => Ok(()),
+        _ => Err(viewer.user_gone()),
+    }
 }
 
 /// Creates a key: a tenant's by its OWNER or ADMIN, a platform key only by a platform admin.

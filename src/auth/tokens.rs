@@ -63,6 +63,8 @@ pub struct Keys {
     audience: String,
     external: Option<External>,
     verified: Arc<Verified>,
+    /// API keys this process has looked up (`api_keys::Known`).
+    api_keys: Arc<super::api_keys::Known>,
 }
 
 /// Tollgate's own tokens already verified, by their exact text: a client sends the same token
@@ -196,6 +198,7 @@ impl Keys {
             audience: jwt.audience.clone(),
             external,
             verified: Arc::default(),
+            api_keys: Arc::default(),
         })
     }
 
@@ -211,6 +214,11 @@ impl Keys {
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| AppError::Internal(e.into()))
+    }
+
+    /// The API keys this process has looked up.
+    pub(super) fn known_api_keys(&self) -> &super::api_keys::Known {
+        &self.api_keys
     }
 
     pub(super) fn verify(&self, token: &str) -> Result<Identity, AppError> {

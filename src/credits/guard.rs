@@ -20,7 +20,7 @@ use crate::{
     auth,
     billing::outbox,
     config::CreditTypeConfig,
-    db::{Session, Shape, Sql},
+    db::{self, Session, Shape, Sql},
     error::{AppError, Shortfall},
     idempotency::{self, Claim, Fingerprint},
 };
@@ -222,7 +222,9 @@ fn spend_sql(backend: DatabaseBackend, requires: Option<&str>) -> String {
         "INSERT INTO credit_usage (tenant_id, feature, period_start, used) \
          SELECT :tenant, :feature, p.period_start, :cost FROM ({plan}) p WHERE :cost <= p.lim \
          AND (:user IS NULL OR EXISTS (SELECT 1 FROM tenant_user tu \
-         WHERE tu.tenant_id = :tenant AND tu.user_id = :user)){requires} \
+         WHERE tu.tenant_id = :tenant AND tu.user_id = :user)) \
+         AND (:api_key IS NULL OR EXISTS (SELECT 1 FROM api_key k \
+         WHERE k.id = :api_key AND k.revoked_at IS NULL)){requires} \
          ON CONFLICT (tenant_id, feature, period_start) DO UPDATE SET used = credit_usage.used + excluded.used \
          WHERE credit_usage.used + excluded.used <= (SELECT p.lim FROM ({plan}) p)"
     )
@@ -361,9 +363,12 @@ pub(super) async fn write(
     .await?;
     if let Claim::Replay(original) = claim {
         // A replay writes nothing, so the guard's statement did not check the spender:
-        // only a member may see what the key made.
+        // only a member (or a key still in force) may see what the key made.
         if let Some(user_id) = spend.user_id {
             auth::standing_in(session, user_id, spend.tenant_id).await?;
+        }
+        if let Actor::ApiKey(key_id) = spend.actor {
+            key_in_force(session, key_id).await?;
         }
         return Ok(Spent::Replayed(original));
     }
@@ -417,6 +422,11 @@ async fn run(
             "metadata" => spend.metadata.clone().into(),
             "actor_type" => spend.actor.kind().into(),
             "actor_id" => spend.actor.id().into(),
+            "api_key" => match spend.actor {
+                Actor::ApiKey(id) => Some(id),
+                _ => None,
+            }
+            .into(),
             "operation" => claim?.0.operation.into(),
             "hash" => claim?.0.hash.as_str().into(),
             "resource" => claim?.1.into(),
@@ -483,9 +493,32 @@ async fn run(
     }
 }
 
+/// `UNAUTHENTICATED` (`auth::api_keys::REVOKED`) when the spending API key was revoked.
+async fn key_in_force(session: &mut Session, key_id: Uuid) -> Result<(), AppError> {
+    static SQL: db::PerBackend = db::PerBackend::new(|_| {
+        "SELECT 1 AS in_force FROM api_key WHERE id = :key AND revoked_at IS NULL".to_owned()
+    });
+    let statement = SQL
+        .get(session.backend())
+        .bind(|name| (name == "key").then(|| key_id.into()))?;
+    match session
+        .query(&statement, &Shape::default())
+        .await?
+        .is_empty()
+    {
+        true => Err(AppError::Unauthenticated(auth::api_keys::REVOKED)),
+        false => Ok(()),
+    }
+}
+
 /// Why a spend was refused, for the client: the spender is not a member (`FORBIDDEN`; its
 /// user gone: `UNAUTHENTICATED`), no entitlement, or the counter as it stands.
 async fn refusal(session: &mut Session, spend: &Spend, now: DateTime<Utc>) -> AppError {
+    if let Actor::ApiKey(key_id) = spend.actor
+        && let Err(e) = key_in_force(session, key_id).await
+    {
+        return e;
+    }
     if let Some(user_id) = spend.user_id {
         match auth::standing_in(session, user_id, spend.tenant_id).await {
             Ok(_) => {}

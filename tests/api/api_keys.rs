@@ -297,19 +297,32 @@ async fn a_revoked_or_expired_key_is_unauthenticated_from_the_next_request_on() 
     );
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
 
-    for (case, secret) in [
-        ("revoked", secret.as_str()),
-        ("expired", expiring.as_str()),
+    // A revoked key reads and spends nothing from the next request on (its revocation is
+    // checked in the request's own query or statement); an expired or unknown one is refused
+    // before anything runs.
+    let spend_query = json!({ "query": CONSUME, "variables": { "input": {
+        "tenantId": tenant, "amount": 1, "idempotencyKey": "3" } } });
+    let read_query = json!({ "query": "query($t: ID!) { tenant(id: $t) { id } }",
+                             "variables": { "t": tenant } });
+    let replay_query = json!({ "query": CONSUME, "variables": { "input": {
+        "tenantId": tenant, "amount": 1, "idempotencyKey": "1" } } });
+    let public = json!({ "query": "{ creditTypes { value } }" });
+    for (case, secret, body) in [
+        ("revoked, spending", secret.as_str(), &spend_query),
+        ("revoked, replaying", secret.as_str(), &replay_query),
+        ("revoked, reading", secret.as_str(), &read_query),
+        ("expired", expiring.as_str(), &public),
         (
             "unknown",
             "tg_sk_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            &public,
         ),
     ] {
         let response = app
             .client
             .post(format!("{}/graphql", app.address))
             .bearer_auth(secret)
-            .json(&json!({ "query": "{ creditTypes { value } }" }))
+            .json(body)
             .send()
             .await
             .expect("sent");
