@@ -21,8 +21,8 @@ pub use accounts::{SignUp, find_by_email, normalize_email, sign_in, sign_up};
 pub use api_keys::ApiScope;
 pub use hashing::Hasher;
 pub use tenancy::{
-    KEY_STANDING, PerViewer, STANDING, require_admin, require_member, standing_in, standing_of,
-    visible, visible_project,
+    KEY_STANDING, PerViewer, STANDING, member_row, require_admin, require_member, standing_in,
+    standing_of, visible, visible_project,
 };
 pub use tokens::Keys;
 

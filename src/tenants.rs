@@ -1,8 +1,6 @@
 //! Tenants (workspaces) and their members. A new tenant's creator becomes its OWNER and the
 //! tenant is subscribed to the default plan, in one transaction.
 
-use std::sync::LazyLock;
-
 use chrono::Utc;
 use entity::{tenant, tenant_user};
 use sea_orm::{
@@ -13,7 +11,7 @@ use sea_orm::{
 use crate::{
     auth::{self, ApiScope, PerViewer, Viewer},
     config::Config,
-    db::{Database, PerBackend, Shape},
+    db::{Database, PerBackend},
     error::AppError,
     plans,
 };
@@ -191,20 +189,12 @@ pub async fn tenant(
         ApiScope::CreditsConsume,
         ApiScope::TenantsWrite,
     ])?;
-    static SHAPE: LazyLock<Shape> = LazyLock::new(Shape::of::<tenant::Entity>);
     let statement = SQL.get(db.backend(), viewer).bind(|name| match name {
         "tenant" => Some(tenant_id.into()),
         "user" => Some(user_id.into()),
         _ => None,
     })?;
-    let row = db.query_one(&statement, &SHAPE).await?;
-    auth::standing_of(viewer, row.as_ref())?;
-    match row {
-        Some(row) if row.get::<Option<Uuid>>("id")?.is_some() => {
-            Ok(Some(row.model::<tenant::Entity>()?))
-        }
-        _ => Ok(None),
-    }
+    auth::member_row::<tenant::Entity>(db, viewer, &statement).await
 }
 
 /// The tenants `user_id` belongs to, with the role in each, oldest membership first.

@@ -66,6 +66,27 @@ pub fn standing_of(viewer: &Viewer, row: Option<&Row>) -> Result<Role, AppError>
     }
 }
 
+/// The row of `E` a `STANDING` query read beside the viewer's role (`viewer_role`): refused
+/// as `standing_of` says, `None` when the viewer may look but there is no such row (its `id`
+/// is null). One query.
+pub async fn member_row<E>(
+    db: &Database,
+    viewer: &Viewer,
+    statement: &sea_orm::Statement,
+) -> Result<Option<E::Model>, AppError>
+where
+    E: EntityTrait,
+    E::Model: sea_orm::FromQueryResult,
+    E::ActiveModel: sea_orm::ActiveModelTrait<Entity = E> + sea_orm::TryIntoModel<E::Model>,
+{
+    let row = db.query_one(statement, &Shape::of::<E>()).await?;
+    standing_of(viewer, row.as_ref())?;
+    match row {
+        Some(row) if row.get::<Option<Uuid>>("id")?.is_some() => Ok(Some(row.model::<E>()?)),
+        _ => Ok(None),
+    }
+}
+
 /// The role of `user_id` in `tenant_id`, read in a write transaction: `UNAUTHENTICATED` when
 /// the user is gone, `FORBIDDEN` when not a member.
 pub async fn standing_in(

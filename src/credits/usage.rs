@@ -222,7 +222,6 @@ pub async fn ledger_row(
              LEFT JOIN credit c ON c.tenant_id = tu.tenant_id AND c.id = :id WHERE u.id = :user"
         )
     });
-    static SHAPE: LazyLock<Shape> = LazyLock::new(Shape::of::<credit::Entity>);
     let user_id = viewer.standing_id(&[scope])?;
     let statement = SQL.get(db.backend(), viewer).bind(|name| match name {
         "tenant" => Some(tenant_id.into()),
@@ -230,14 +229,7 @@ pub async fn ledger_row(
         "user" => Some(user_id.into()),
         _ => None,
     })?;
-    let row = db.query_one(&statement, &SHAPE).await?;
-    auth::standing_of(viewer, row.as_ref())?;
-    match row {
-        Some(row) if row.get::<Option<Uuid>>("id")?.is_some() => {
-            Ok(Some(row.model::<credit::Entity>()?))
-        }
-        _ => Ok(None),
-    }
+    auth::member_row::<credit::Entity>(db, viewer, &statement).await
 }
 
 /// The plan feature `:feature` of a tenant's subscription, the subscription's period and the
