@@ -9,7 +9,7 @@ use crate::{
         api_keys::{self, NewApiKey},
     },
     billing::{self, Checkout},
-    consume::{self, Consume, Cost},
+    consume,
     error::AppError,
     graphql::{
         ClientAddress, IdempotencyHeader, state,
@@ -17,7 +17,7 @@ use crate::{
             ApiKey, ApiKeyCreated, ApiScopeGql, AuthPayload, BillingPortalSession, CheckoutSession,
             ConsumeCreditsInput, CreateProjectInput, CreateTaskInput, CreateTenantInput,
             CreditSpend, Invitation, InvitationCreated, Member, Membership, Project, Role,
-            SignUpInput, Task, Tenant, parse_id, tenant_ref,
+            SignUpInput, Task, Tenant, parse_id,
         },
         viewer,
     },
@@ -280,27 +280,7 @@ impl Mutation {
         input: ConsumeCreditsInput,
     ) -> async_graphql::Result<CreditSpend> {
         let state = state(ctx)?;
-        let tenant = input.tenant_id.as_ref();
-        let external = input.tenant_external_id.as_deref();
-        let request = Consume {
-            tenant_id: tenant_ref(&state.db, tenant, external).await.extend()?,
-            cost: Cost::from_input(
-                input.credit_type,
-                input.amount.map(i64::from),
-                input.feature,
-                state,
-            )
-            .extend()?,
-            object_id: input.object_id,
-            user_id: input
-                .user_id
-                .map(|id| parse_id(&id, "userId"))
-                .transpose()
-                .extend()?,
-            subject: input.subject,
-            idempotency_key: input.idempotency_key,
-            metadata: input.metadata.map(|m| m.0),
-        };
+        let request = input.into_request(state).await.extend()?;
         let consumed = consume::consume(state, viewer(ctx), request).await;
         Ok(CreditSpend::new(consumed.extend()?))
     }

@@ -10,10 +10,11 @@ use uuid::Uuid;
 use super::{Actor, ActorKind, CreditType, FeatureLimitType, User, int};
 use crate::{
     auth::ApiScope,
-    consume::{Check, Consumed, Refusal},
+    consume::{Check, Consume, Consumed, Cost, Refusal},
     credits::{self, FeatureUsage},
     error::AppError,
     graphql::{loaders::Loaders, state, viewer},
+    state::AppState,
 };
 
 /// Where a tenant stands on one feature of its plan.
@@ -194,6 +195,27 @@ pub struct ConsumeCreditsInput {
     pub idempotency_key: String,
     /// A JSON object kept with the ledger row (at most 4,096 bytes).
     pub metadata: Option<Json<serde_json::Value>>,
+}
+
+impl ConsumeCreditsInput {
+    /// The domain's request: the tenant resolved (by id or external id), the cost checked.
+    pub async fn into_request(self, state: &AppState) -> Result<Consume, AppError> {
+        let tenant = self.tenant_id.as_ref();
+        let tenant_id = super::tenant_ref(&state.db, tenant, self.tenant_external_id.as_deref());
+        let amount = self.amount.map(i64::from);
+        Ok(Consume {
+            tenant_id: tenant_id.await?,
+            cost: Cost::from_input(self.credit_type, amount, self.feature, state)?,
+            object_id: self.object_id,
+            user_id: self
+                .user_id
+                .map(|id| super::parse_id(&id, "userId"))
+                .transpose()?,
+            subject: self.subject,
+            idempotency_key: self.idempotency_key,
+            metadata: self.metadata.map(|m| m.0),
+        })
+    }
 }
 
 /// A spend made by `consumeCredits`, or found again by its idempotency key.
