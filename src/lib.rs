@@ -1,11 +1,11 @@
 //! Tollgate: tracks, limits and charges a SaaS product's customers through credits, behind a
 //! GraphQL API. Start with `credits` (the domain and its invariants).
 
-/// Who is calling: tokens, accounts and password hashing, the viewer, tenancy checks.
+/// Who is calling: tokens, API keys, accounts and password hashing, the viewer, tenancy checks.
 pub mod auth;
 /// Stripe: the usage outbox and its reporter, webhooks, Checkout and the billing portal.
 pub mod billing;
-/// The command line (`serve`, `migrate`, `print-schema`, `token`).
+/// The command line (`serve`, `migrate`, `print-schema`, `verify`, `token`, `api-key create`).
 pub mod cli;
 /// Typed configuration: defaults, TOML file, environment.
 pub mod config;
