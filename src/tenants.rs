@@ -26,13 +26,17 @@ pub struct NewTenant {
     pub slug: String,
     /// The SaaS's own id for it; unique.
     pub external_id: Option<String>,
+    /// Its OWNER, an existing user, when a platform API key creates it (a signed-in user
+    /// owns what they create).
+    pub owner_email: Option<String>,
 }
 
 /// The longest external id accepted.
 pub const MAX_EXTERNAL_ID: usize = 255;
 
-/// Creates a tenant subscribed to the configured default plan: owned by the signed-in user,
-/// or — for a platform API key with `TENANTS_WRITE` — with no member yet.
+/// Creates a tenant subscribed to the configured default plan, with exactly one OWNER: the
+/// signed-in user, or — for a platform API key with `TENANTS_WRITE` — the existing user
+/// `owner_email` names.
 pub async fn create_tenant(
     db: &Database,
     config: &Config,
@@ -65,19 +69,37 @@ pub async fn create_tenant(
         }
         other => other,
     };
-    let owner = match viewer.key() {
-        Some(key) if key.tenant_id.is_none() && key.scopes.contains(&ApiScope::TenantsWrite) => {
-            None
+    let owner = match (viewer.key(), input.owner_email) {
+        (Some(key), Some(email))
+            if key.tenant_id.is_none() && key.scopes.contains(&ApiScope::TenantsWrite) =>
+        {
+            let email = auth::normalize_email(&email)?;
+            auth::find_by_email(&db.read, &email)
+                .await?
+                .ok_or_else(|| {
+                    AppError::bad_input("ownerEmail names no user: they must sign up first")
+                })?
+                .id
         }
-        Some(_) => return Err(AppError::Forbidden),
-        None => Some(viewer.require()?),
+        (Some(key), None)
+            if key.tenant_id.is_none() && key.scopes.contains(&ApiScope::TenantsWrite) =>
+        {
+            return Err(AppError::bad_input(
+                "ownerEmail is required: a tenant always has exactly one OWNER",
+            ));
+        }
+        (Some(_), _) => return Err(AppError::Forbidden),
+        (None, Some(_)) => {
+            return Err(AppError::bad_input(
+                "ownerEmail is for platform API keys: you own the tenants you create",
+            ));
+        }
+        (None, None) => viewer.require()?,
     };
     auth::api_keys::in_force(db, viewer).await?;
     let now = Utc::now();
     let txn = db.begin_write().await?;
-    if let Some(owner) = owner {
-        check_owner(&txn, config, viewer, owner).await?;
-    }
+    check_owner(&txn, config, viewer, owner).await?;
     let inserted = tenant::ActiveModel {
         id: Set(Uuid::now_v7()),
         slug: Set(slug),
@@ -102,19 +124,17 @@ pub async fn create_tenant(
             });
         }
     };
-    if let Some(owner) = owner {
-        tenant_user::ActiveModel {
-            tenant_id: Set(tenant.id),
-            user_id: Set(owner),
-            role: Set(Role::Owner),
-            created_at: Set(now),
-        }
-        .insert(&txn)
-        .await?;
+    tenant_user::ActiveModel {
+        tenant_id: Set(tenant.id),
+        user_id: Set(owner),
+        role: Set(Role::Owner),
+        created_at: Set(now),
     }
+    .insert(&txn)
+    .await?;
     plans::subscribe(&txn, tenant.id, &config.default_plan, now).await?;
     txn.commit().await?;
-    tracing::info!(tenant.id = %tenant.id, user.id = ?owner, "tenant created");
+    tracing::info!(tenant.id = %tenant.id, user.id = %owner, "tenant created");
     Ok(tenant)
 }
 

@@ -88,7 +88,7 @@ impl Mutation {
     }
 
     /// Creates a tenant on the default plan: you become its OWNER. A platform API key with
-    /// `TENANTS_WRITE` may create one too (with no member yet).
+    /// `TENANTS_WRITE` may create one too, naming its OWNER (`ownerEmail`, an existing user).
     async fn create_tenant(
         &self,
         ctx: &Context<'_>,
@@ -99,6 +99,7 @@ impl Mutation {
             name: input.name,
             slug: input.slug,
             external_id: input.external_id,
+            owner_email: input.owner_email,
         };
         let tenant = tenants::create_tenant(&state.db, &state.config, viewer(ctx), input)
             .await

@@ -445,18 +445,36 @@ async fn tenants_are_created_and_addressed_by_the_saas_s_own_ids() {
     const CREATE_TENANT: &str = "mutation($input: CreateTenantInput!) { createTenant(input: $input) \
         { id slug externalId subscription { plan { slug } } } }";
 
+    app.sign_up("owner7@example.com").await;
     let created = app
         .gql(
             Some(&platform),
             CREATE_TENANT,
-            json!({ "input": { "name": "Cust 7", "slug": "cust-7", "externalId": "cust_7" } }),
+            json!({ "input": { "name": "Cust 7", "slug": "cust-7", "externalId": "cust_7",
+                               "ownerEmail": "Owner7@example.com" } }),
         )
         .await;
     let again = app
         .gql(
             Some(&platform),
             CREATE_TENANT,
-            json!({ "input": { "name": "Other", "slug": "other", "externalId": "cust_7" } }),
+            json!({ "input": { "name": "Other", "slug": "other", "externalId": "cust_7",
+                               "ownerEmail": "owner7@example.com" } }),
+        )
+        .await;
+    let ownerless = app
+        .gql(
+            Some(&platform),
+            CREATE_TENANT,
+            json!({ "input": { "name": "Nobody's", "slug": "nobodys" } }),
+        )
+        .await;
+    let unknown_owner = app
+        .gql(
+            Some(&platform),
+            CREATE_TENANT,
+            json!({ "input": { "name": "Ghost's", "slug": "ghosts",
+                               "ownerEmail": "ghost@example.com" } }),
         )
         .await;
     let by_tenant_key = app
@@ -480,6 +498,16 @@ async fn tenants_are_created_and_addressed_by_the_saas_s_own_ids() {
     assert_eq!(created["subscription"]["plan"]["slug"], "free");
     assert_eq!(error_code(&again), Some("BAD_USER_INPUT"), "{again}");
     assert_eq!(
+        error_code(&ownerless),
+        Some("BAD_USER_INPUT"),
+        "{ownerless}"
+    );
+    assert_eq!(
+        error_code(&unknown_owner),
+        Some("BAD_USER_INPUT"),
+        "{unknown_owner}"
+    );
+    assert_eq!(
         error_code(&by_tenant_key),
         Some("FORBIDDEN"),
         "{by_tenant_key}"
@@ -488,14 +516,20 @@ async fn tenants_are_created_and_addressed_by_the_saas_s_own_ids() {
         by_user["data"]["createTenant"]["externalId"], "mine_1",
         "{by_user}"
     );
-    // Nobody is a member of a tenant a platform key made.
-    let members = app
+    // A tenant a platform key made has exactly one OWNER: the user it named.
+    let owners = app
         .scalar(
             "SELECT COUNT(*) FROM tenant_user u JOIN tenant t ON t.id = u.tenant_id \
-             WHERE t.external_id = 'cust_7'",
+             JOIN \"user\" o ON o.id = u.user_id \
+             WHERE t.external_id = 'cust_7' AND u.role = 'OWNER' AND o.email = 'owner7@example.com'",
         )
         .await;
-    assert_eq!(members, 0);
+    assert_eq!(owners, 1);
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM tenant WHERE slug IN ('nobodys', 'ghosts')")
+            .await,
+        0
+    );
 
     let found = app
         .gql(

@@ -197,4 +197,7 @@ pub struct CreateTenantInput {
     /// Your own id for the tenant (1 to 255 characters; unique): address it by this in
     /// `consumeCredits`, `checkCredits` and `tenantByExternalId`.
     pub external_id: Option<String>,
+    /// Its OWNER, by email (an existing user): required when a platform API key creates the
+    /// tenant; a signed-in user owns the tenants they create.
+    pub owner_email: Option<String>,
 }
