@@ -639,17 +639,18 @@ impl Config {
             .find(|p| p.stripe_price_ids.iter().any(|id| id == price_id))
     }
 
+    /// The catalogue's credit type `value`, if there is one.
+    pub fn find_credit_type(&self, value: &str) -> Option<&CreditTypeConfig> {
+        self.credit_types.iter().find(|c| c.value == value)
+    }
+
     /// The credit type configured as `value` (validation guarantees the built-in ones).
     pub fn credit_type(&self, value: &str) -> Result<CreditTypeConfig, crate::error::AppError> {
-        self.credit_types
-            .iter()
-            .find(|c| c.value == value)
-            .cloned()
-            .ok_or_else(|| {
-                crate::error::AppError::Internal(anyhow::anyhow!(
-                    "credit type {value} is not configured"
-                ))
-            })
+        self.find_credit_type(value).cloned().ok_or_else(|| {
+            crate::error::AppError::Internal(anyhow::anyhow!(
+                "credit type {value} is not configured"
+            ))
+        })
     }
 
     pub fn is_sqlite(&self) -> bool {

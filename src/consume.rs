@@ -40,7 +40,7 @@ impl Cost {
     ) -> Result<Self, AppError> {
         match (credit_type, amount) {
             (Some(value), None) => {
-                let known = state.config.credit_types.iter().find(|c| c.value == value);
+                let known = state.config.find_credit_type(&value);
                 match (known, feature) {
                     (Some(ct), Some(f)) if ct.feature != f => Err(AppError::bad_input(format!(
                         "creditType {value:?} spends feature {:?}, not {f:?}",
@@ -124,8 +124,8 @@ pub async fn consume(
     let subject = reference("subject", request.subject)?;
     let metadata_text = match &request.metadata {
         None => String::new(),
-        Some(serde_json::Value::Object(map)) => {
-            let text = serde_json::Value::Object(map.clone()).to_string();
+        Some(metadata @ serde_json::Value::Object(_)) => {
+            let text = metadata.to_string();
             if text.len() > MAX_METADATA_BYTES {
                 return Err(AppError::bad_input(format!(
                     "metadata must be at most {MAX_METADATA_BYTES} bytes of JSON"
@@ -283,9 +283,7 @@ fn credit_type(state: &AppState, cost: &Cost) -> Result<CreditTypeConfig, AppErr
     match cost {
         Cost::CreditType(value) => state
             .config
-            .credit_types
-            .iter()
-            .find(|c| &c.value == value)
+            .find_credit_type(value)
             .cloned()
             .ok_or_else(|| {
                 AppError::bad_input(format!(

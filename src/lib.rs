@@ -5,6 +5,8 @@
 pub mod auth;
 /// Stripe: the usage outbox and its reporter, webhooks, Checkout and the billing portal.
 pub mod billing;
+/// Bounded in-process caches of facts that never change once known.
+pub mod cache;
 /// The command line (`serve`, `migrate`, `print-schema`, `verify`, `token`, `api-key create`).
 pub mod cli;
 /// Typed configuration: defaults, TOML file, environment.

@@ -14,8 +14,8 @@ use entity::{
 };
 use rand::RngCore;
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, TransactionTrait, prelude::*, sea_query::Expr,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
+    TransactionTrait, prelude::*, sea_query::Expr,
 };
 use sha2::{Digest, Sha256};
 
@@ -24,6 +24,7 @@ use crate::{
     config::Config,
     db::Database,
     error::AppError,
+    tenants,
 };
 
 /// What an invitation's token starts with.
@@ -164,16 +165,7 @@ pub async fn accept(
     {
         return Err(AppError::AlreadyMember);
     }
-    let belongs_to = tenant_user::Entity::find()
-        .filter(tenant_user::Column::UserId.eq(me.id))
-        .count(&txn)
-        .await?;
-    if belongs_to >= config.tenants.max_per_user {
-        return Err(AppError::bad_input(format!(
-            "a user may belong to at most {} tenants",
-            config.tenants.max_per_user
-        )));
-    }
+    tenants::ensure_room(&txn, config, viewer, me.id).await?;
     let membership = tenant_user::ActiveModel {
         tenant_id: Set(found.tenant_id),
         user_id: Set(me.id),

@@ -99,7 +99,7 @@ pub async fn create_tenant(
     auth::api_keys::in_force(db, viewer).await?;
     let now = Utc::now();
     let txn = db.begin_write().await?;
-    check_owner(&txn, config, viewer, owner).await?;
+    ensure_room(&txn, config, viewer, owner).await?;
     let inserted = tenant::ActiveModel {
         id: Set(Uuid::now_v7()),
         slug: Set(slug),
@@ -138,10 +138,11 @@ pub async fn create_tenant(
     Ok(tenant)
 }
 
-/// Whether `owner` may own one more tenant: the user exists (on PostgreSQL its row is locked
-/// for the transaction, so concurrent creations by one user cannot both pass the cap) and
-/// belongs to fewer than `tenants.max_per_user`.
-async fn check_owner(
+/// Whether `user` may belong to one more tenant (owning a new one, or joining one): the user
+/// exists (on PostgreSQL its row is locked for the transaction, so concurrent creations or
+/// acceptances by one user cannot both pass the cap) and belongs to fewer than
+/// `tenants.max_per_user`.
+pub async fn ensure_room(
     txn: &sea_orm::DatabaseTransaction,
     config: &Config,
     viewer: &Viewer,

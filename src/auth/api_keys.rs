@@ -3,10 +3,7 @@
 //! touches only its own tenant, a platform key any; each carries scopes. A revoked or expired
 //! key is `UNAUTHENTICATED`; `lastUsedAt` is written at most once per `LAST_USED_EVERY`.
 
-use std::{
-    collections::HashMap,
-    sync::{LazyLock, Mutex, PoisonError},
-};
+use std::sync::LazyLock;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Duration, Utc};
@@ -20,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Viewer, require_admin};
 use crate::{
+    cache::Bounded,
     db::{Database, PerBackend, Shape},
     error::AppError,
 };
@@ -92,7 +90,7 @@ pub const REVOKED: &str = "invalid, revoked or expired API key";
 /// may make check it themselves (`in_force`). At most `KNOWN_MAX` keys are kept (then the
 /// cache starts over).
 #[derive(Default)]
-pub struct Known(Mutex<HashMap<String, KnownKey>>);
+pub struct Known(Bounded<String, KnownKey, KNOWN_MAX>);
 
 #[derive(Clone)]
 struct KnownKey {
@@ -116,13 +114,7 @@ pub async fn authenticate(db: &Database, known: &Known, secret: &str) -> Result<
     static SHAPE: LazyLock<Shape> = LazyLock::new(Shape::of::<api_key::Entity>);
     let now = Utc::now();
     let secret_hash = hash(secret);
-    let cached = known
-        .0
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get(&secret_hash)
-        .cloned();
-    let mut key = match cached {
+    let mut key = match known.0.get(&secret_hash) {
         Some(key) => key,
         None => {
             let statement = SQL
@@ -156,13 +148,7 @@ pub async fn authenticate(db: &Database, known: &Known, secret: &str) -> Result<
     }
     let viewer = Viewer::with_key(key.id, key.tenant_id, key.scopes.clone());
     let id = key.id;
-    {
-        let mut known = known.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if known.len() >= KNOWN_MAX {
-            known.clear();
-        }
-        known.insert(secret_hash, key);
-    }
+    known.0.insert(secret_hash, key);
     if record_use {
         // Coarse on purpose: one write per key every few minutes per process, never on the
         // request's path.
@@ -202,6 +188,23 @@ pub async fn create(
     platform_admins: &[String],
     request: NewApiKey,
 ) -> Result<(api_key::Model, String), AppError> {
+    let name = valid_name(&request)?;
+    let user_id = viewer.require()?;
+    match request.tenant_id {
+        Some(tenant_id) => {
+            require_admin(db, viewer, tenant_id).await?;
+        }
+        None if !is_platform_admin(db, viewer, platform_admins).await? => {
+            return Err(AppError::Forbidden);
+        }
+        None => {}
+    }
+    insert(db, request, Some(user_id), &name).await
+}
+
+/// The key's name, trimmed, once the request is known to be a valid one: a name of 1 to
+/// `MAX_NAME` characters, a scope at least, an expiry in the future.
+fn valid_name(request: &NewApiKey) -> Result<String, AppError> {
     let name = request.name.trim().to_owned();
     if name.is_empty() || name.chars().count() > MAX_NAME {
         return Err(AppError::bad_input(format!(
@@ -214,19 +217,17 @@ pub async fn create(
     if request.expires_at.is_some_and(|at| at <= Utc::now()) {
         return Err(AppError::bad_input("expiresAt must be in the future"));
     }
-    let user_id = viewer.require()?;
-    match request.tenant_id {
-        Some(tenant_id) => {
-            require_admin(db, viewer, tenant_id).await?;
-        }
-        None => {
-            let me = super::me(db, viewer).await?.ok_or(AppError::Forbidden)?;
-            if !platform_admins.iter().any(|email| email == &me.email) {
-                return Err(AppError::Forbidden);
-            }
-        }
-    }
-    insert(db, request, Some(user_id), &name).await
+    Ok(name)
+}
+
+/// Whether the viewer is a user `platform_admins` names (anonymous and API keys are not).
+async fn is_platform_admin(
+    db: &Database,
+    viewer: &Viewer,
+    platform_admins: &[String],
+) -> Result<bool, AppError> {
+    let me = super::me(db, viewer).await?;
+    Ok(me.is_some_and(|me| platform_admins.contains(&me.email)))
 }
 
 /// Creates a key without a viewer (the `api-key create` command on the server's machine).
@@ -234,12 +235,7 @@ pub async fn create_unchecked(
     db: &Database,
     request: NewApiKey,
 ) -> Result<(api_key::Model, String), AppError> {
-    let name = request.name.trim().to_owned();
-    if name.is_empty() || request.scopes.is_empty() {
-        return Err(AppError::bad_input(
-            "a key needs a name and at least one scope",
-        ));
-    }
+    let name = valid_name(&request)?;
     if let Some(tenant_id) = request.tenant_id {
         entity::tenant::Entity::find_by_id(tenant_id)
             .one(&db.write)
@@ -292,24 +288,16 @@ pub async fn revoke(
         .one(&db.write)
         .await?
         .ok_or(AppError::NotFound("API key"))?;
-    match key.tenant_id {
-        Some(tenant_id) => {
-            // A key of a tenant the viewer does not administer does not exist for them.
-            if !matches!(
-                super::require_member(db, viewer, tenant_id).await,
-                Ok(Role::Owner | Role::Admin)
-            ) {
-                return Err(AppError::NotFound("API key"));
-            }
-        }
-        None => {
-            let me = super::me(db, viewer)
-                .await?
-                .ok_or(AppError::NotFound("API key"))?;
-            if !platform_admins.iter().any(|email| email == &me.email) {
-                return Err(AppError::NotFound("API key"));
-            }
-        }
+    // A key the viewer may not manage does not exist for them.
+    let manages = match key.tenant_id {
+        Some(tenant_id) => matches!(
+            super::require_member(db, viewer, tenant_id).await,
+            Ok(Role::Owner | Role::Admin)
+        ),
+        None => is_platform_admin(db, viewer, platform_admins).await?,
+    };
+    if !manages {
+        return Err(AppError::NotFound("API key"));
     }
     if key.revoked_at.is_some() {
         return Ok(key);

@@ -2,11 +2,7 @@
 //! optionally, RS256 tokens of an external identity provider (by PEM key or JWKS file). A
 //! token that is present but invalid is an error, never an anonymous caller.
 
-use std::{
-    collections::HashMap,
-    path::Path,
-    sync::{Arc, Mutex, PoisonError},
-};
+use std::{path::Path, sync::Arc};
 
 use anyhow::Context;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -18,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::{
+    cache::Bounded,
     config::{Config, ExternalIdp},
     error::AppError,
 };
@@ -75,7 +72,7 @@ pub struct Keys {
 /// costs a bounded amount of memory. Who the user is and whether they still exist is never
 /// decided here: the database checks the user's row in the request's own query.
 #[derive(Default)]
-struct Verified(Mutex<HashMap<Box<str>, (Uuid, i64)>>);
+struct Verified(Bounded<Box<str>, (Uuid, i64), VERIFIED_MAX>);
 
 const VERIFIED_MAX: usize = 4096;
 const VERIFIED_MAX_BYTES: usize = 1024;
@@ -83,21 +80,15 @@ const VERIFIED_MAX_BYTES: usize = 1024;
 impl Verified {
     /// The user of a token verified before, if it has not expired since.
     fn get(&self, token: &str, leeway: u64) -> Option<Uuid> {
-        let cache = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let &(user_id, exp) = cache.get(token)?;
+        let (user_id, exp) = self.0.get(token)?;
         let leeway = i64::try_from(leeway).unwrap_or(i64::MAX);
         (exp.saturating_add(leeway) >= Utc::now().timestamp()).then_some(user_id)
     }
 
     fn keep(&self, token: &str, user_id: Uuid, exp: i64) {
-        if token.len() > VERIFIED_MAX_BYTES {
-            return;
+        if token.len() <= VERIFIED_MAX_BYTES {
+            self.0.insert(token.into(), (user_id, exp));
         }
-        let mut cache = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if cache.len() >= VERIFIED_MAX {
-            cache.clear();
-        }
-        cache.insert(token.into(), (user_id, exp));
     }
 }
 

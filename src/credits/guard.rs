@@ -346,9 +346,7 @@ pub(super) async fn write(
             return Ok(charged);
         }
         if ran.claimed {
-            let refused = refusal(session, spend, now).await;
-            idempotency::forget(session, spend.tenant_id, &key.value).await?;
-            return Err(refused);
+            return Err(refused_unclaimed(session, spend, &key.value, now).await?);
         }
     }
     let claim = idempotency::claim(
@@ -378,9 +376,20 @@ pub(super) async fn write(
     {
         return Ok(charged);
     }
+    Err(refused_unclaimed(session, spend, &key.value, now).await?)
+}
+
+/// Why a keyed spend was refused, once its claim of `key` is forgotten again (the refusal
+/// writes nothing, the key included).
+async fn refused_unclaimed(
+    session: &mut Session,
+    spend: &Spend,
+    key: &str,
+    now: DateTime<Utc>,
+) -> Result<AppError, AppError> {
     let refused = refusal(session, spend, now).await;
-    idempotency::forget(session, spend.tenant_id, &key.value).await?;
-    Err(refused)
+    idempotency::forget(session, spend.tenant_id, key).await?;
+    Ok(refused)
 }
 
 /// What the guard's statements did: claimed the spend's key (PostgreSQL's keyed statement

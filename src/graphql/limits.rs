@@ -17,7 +17,7 @@ use async_graphql::{
     parser::types::{ExecutableDocument, FragmentDefinition, Selection, SelectionSet},
 };
 
-use crate::config::GraphqlSettings;
+use crate::{cache::Bounded, config::GraphqlSettings};
 
 #[derive(Clone)]
 pub struct Limits {
@@ -292,32 +292,20 @@ impl<'a> Counter<'a> {
 /// `PARSED_MAX` of them (then the cache starts over), so its memory stays small whatever
 /// clients send. A document's text is its whole input: the same text always parses the same.
 #[derive(Default)]
-struct Parsed(std::sync::Mutex<HashMap<String, ExecutableDocument>>);
+struct Parsed(Bounded<String, ExecutableDocument, PARSED_MAX>);
 
 const PARSED_MAX: usize = 256;
 const PARSED_MAX_BYTES: usize = 2048;
 
 impl Parsed {
     fn get(&self, query: &str) -> Option<ExecutableDocument> {
-        let cache = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        cache.get(query).cloned()
+        self.0.get(query)
     }
 
     fn keep(&self, query: &str, document: &ExecutableDocument) {
-        if query.len() > PARSED_MAX_BYTES {
-            return;
+        if query.len() <= PARSED_MAX_BYTES {
+            self.0.insert(query.to_owned(), document.clone());
         }
-        let mut cache = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if cache.len() >= PARSED_MAX {
-            cache.clear();
-        }
-        cache.insert(query.to_owned(), document.clone());
     }
 }
 

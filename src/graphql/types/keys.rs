@@ -4,11 +4,11 @@ use async_graphql::{Enum, ID, SimpleObject};
 use chrono::{DateTime, Utc};
 use entity::{api_key, credit::ActorType};
 
-use crate::auth::{ApiScope, api_keys::scopes_of};
+use crate::auth::api_keys::scopes_of;
 
 /// What an API key may do.
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
-#[graphql(name = "ApiScope")]
+#[graphql(name = "ApiScope", remote = "crate::auth::ApiScope")]
 pub enum ApiScopeGql {
     /// `consumeCredits` (and the spend's `usage`).
     CreditsConsume,
@@ -18,28 +18,6 @@ pub enum ApiScopeGql {
     CreditsGrant,
     /// Creating tenants (platform keys; coming with tenants by external id).
     TenantsWrite,
-}
-
-impl From<ApiScopeGql> for ApiScope {
-    fn from(s: ApiScopeGql) -> Self {
-        match s {
-            ApiScopeGql::CreditsConsume => ApiScope::CreditsConsume,
-            ApiScopeGql::CreditsRead => ApiScope::CreditsRead,
-            ApiScopeGql::CreditsGrant => ApiScope::CreditsGrant,
-            ApiScopeGql::TenantsWrite => ApiScope::TenantsWrite,
-        }
-    }
-}
-
-impl From<ApiScope> for ApiScopeGql {
-    fn from(s: ApiScope) -> Self {
-        match s {
-            ApiScope::CreditsConsume => ApiScopeGql::CreditsConsume,
-            ApiScope::CreditsRead => ApiScopeGql::CreditsRead,
-            ApiScope::CreditsGrant => ApiScopeGql::CreditsGrant,
-            ApiScope::TenantsWrite => ApiScopeGql::TenantsWrite,
-        }
-    }
 }
 
 /// An API key (never its secret).

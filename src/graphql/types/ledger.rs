@@ -139,12 +139,8 @@ impl Credit {
 
     /// The credit type, as currently configured.
     async fn credit_type(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<CreditType>> {
-        Ok(state(ctx)?
-            .config
-            .credit_types
-            .iter()
-            .find(|c| c.value == self.kind)
-            .map(CreditType::from))
+        let config = &state(ctx)?.config;
+        Ok(config.find_credit_type(&self.kind).map(CreditType::from))
     }
 }
 
