@@ -224,6 +224,8 @@ fn ledger_row(tenant: Uuid) -> credit::ActiveModel {
         metadata: Set(None),
         actor_type: Set(credit::ActorType::System),
         actor_id: Set(None),
+        movement: Set(credit::Movement::Spend),
+        grant_id: Set(None),
     }
 }
 

@@ -817,6 +817,7 @@ async fn raw_floor(url: &str, batched: bool, seconds: u64) -> f64 {
                     subject: None,
                     metadata: None,
                     key: None,
+                    at: Utc::now(),
                 };
                 writer.submit(spend).await.expect("guard");
                 done += 1;

@@ -48,6 +48,8 @@ pub struct Config {
     pub auth: AuthSettings,
     /// Tenants: how many one user may belong to.
     pub tenants: TenantSettings,
+    /// Credit grants: how often expired ones are swept.
+    pub grants: GrantSettings,
     /// `GET /metrics`: where it is served and who may read it.
     pub metrics: MetricsSettings,
     /// Access tokens: issuer, audience, leeway; optionally an external identity provider.
@@ -140,6 +142,14 @@ pub struct AuthSettings {
     pub hashing_concurrency: usize,
     /// Hashes that may wait for a free hasher; past that, `RATE_LIMITED`.
     pub hashing_queue: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantSettings {
+    /// How often grants past their expiry are marked `EXPIRED` (with their expiry movement).
+    /// An expired grant is never spent meanwhile: the guard checks the time itself.
+    pub sweep_interval_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

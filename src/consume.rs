@@ -4,7 +4,7 @@
 //! ledger row keeps the caller's object id, subject and metadata.
 
 use chrono::{DateTime, Utc};
-use entity::credit;
+use entity::credit::{self, Movement};
 use sea_orm::prelude::*;
 
 use crate::{
@@ -164,6 +164,7 @@ pub async fn consume(
             fingerprint,
             retention: idempotency::retention(&state.config),
         }),
+        at: state.clock.now(),
     };
     let metadata = spend.metadata.clone();
     let spent = state
@@ -198,6 +199,8 @@ pub async fn consume(
                 metadata,
                 actor_type: actor.kind(),
                 actor_id: actor.id(),
+                movement: Movement::Spend,
+                grant_id: None,
             },
             replayed: false,
         }),
@@ -230,8 +233,10 @@ pub enum Refusal {
 pub struct Check {
     pub allowed: bool,
     pub required: i64,
-    /// Left now; `None` when unlimited.
+    /// Left of the period's allowance; `None` when unlimited.
     pub remaining: Option<i64>,
+    /// The allowance's rest and the grants together; `None` when unlimited.
+    pub available: Option<i64>,
     pub reason: Option<Refusal>,
     /// When the period's allowance starts again (`MONTHLY`).
     pub resets_at: Option<DateTime<Utc>>,
@@ -249,7 +254,7 @@ pub async fn check(
 ) -> Result<Check, AppError> {
     let credit_type = credit_type(state, cost)?;
     let required = credit_type.amount;
-    let now = Utc::now();
+    let now = state.clock.now();
     let feature = &credit_type.feature;
     let usage = credits::usage(
         &state.db,
@@ -265,13 +270,17 @@ pub async fn check(
         Some(u) if u.kind == FeatureLimitType::NotIncluded => {
             (false, Some(Refusal::FeatureNotIncluded))
         }
-        Some(u) if credits::fits(u.kind, u.value, u.used, required) => (true, None),
+        Some(u) if u.fits(required) => (true, None),
         Some(_) => (false, Some(Refusal::InsufficientCredits)),
     };
     Ok(Check {
         allowed,
         required,
         remaining: usage.as_ref().and_then(FeatureUsage::remaining),
+        available: match &usage {
+            Some(u) => u.available(),
+            None => Some(0),
+        },
         reason,
         resets_at: usage.as_ref().and_then(|u| u.period).and_then(|p| p.end),
         usage,

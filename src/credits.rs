@@ -14,11 +14,15 @@
 //!    `INCLUDED` and `UNLIMITED` are allowed and still recorded.
 //! 5. Periods in UTC (`limit::Period`): `MONTHLY` counts within the subscription's current
 //!    period when known, else the calendar month; `MAX` is lifetime.
+//! 7. One balance, known provenance: a spend the allowance alone cannot pay takes the rest
+//!    from the tenant's spendable grants in burn order, only if the whole cost fits them all,
+//!    and records what each grant paid (`grants`). Expired grants are never spendable.
 //!
 //! Nothing here names what the credits pay for: a guarded resource describes its row
 //! (`PaidTable`, `Spend`) and hands the spend to the `Writer`.
 
 mod audit;
+pub mod grants;
 mod guard;
 mod limit;
 mod usage;

@@ -266,6 +266,18 @@ pub fn is_transient(err: &DbErr) -> bool {
     )
 }
 
+/// Whether `err` is a unique constraint's refusal, from either driver (rusqlite's errors
+/// arrive as text).
+pub fn is_unique_violation(err: &DbErr) -> bool {
+    match err {
+        DbErr::Custom(message) => message.contains("UNIQUE constraint failed"),
+        err => matches!(
+            err.sql_err(),
+            Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+        ),
+    }
+}
+
 /// `pool` counting a round trip each time it takes a connection back (its ping).
 fn count_releases<DB: sea_orm::sqlx::Database>(
     pool: sea_orm::sqlx::pool::PoolOptions<DB>,

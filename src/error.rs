@@ -16,11 +16,19 @@ pub struct Shortfall {
     pub limit: i64,
     /// End of the current period; `None` for lifetime (`MAX`) limits.
     pub resets_at: Option<DateTime<Utc>>,
+    /// What the tenant's spendable grants hold beside the allowance.
+    pub grants_remaining: i64,
 }
 
 impl Shortfall {
+    /// Left of the period's allowance.
     pub fn remaining(&self) -> i64 {
         (self.limit - self.used).max(0)
+    }
+
+    /// All a spend could take now: the allowance's rest and the grants.
+    pub fn available(&self) -> i64 {
+        self.remaining().saturating_add(self.grants_remaining)
     }
 }
 
@@ -120,6 +128,8 @@ impl ErrorExtensions for AppError {
                     e.set("used", s.used);
                     e.set("limit", s.limit);
                     e.set("remaining", s.remaining());
+                    e.set("grantsRemaining", s.grants_remaining);
+                    e.set("available", s.available());
                     e.set(
                         "resetsAt",
                         s.resets_at

@@ -9,6 +9,8 @@ pub mod billing;
 pub mod cache;
 /// The command line (`serve`, `migrate`, `print-schema`, `verify`, `token`, `api-key create`).
 pub mod cli;
+/// The time the credits domain runs on (the system clock, or a manual one in tests).
+pub mod clock;
 /// Typed configuration: defaults, TOML file, environment.
 pub mod config;
 /// Credits spent on the SaaS's own actions (`consumeCredits`) and the preflight

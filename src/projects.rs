@@ -123,6 +123,7 @@ pub async fn create_project(
         subject: None,
         metadata: None,
         key,
+        at: state.clock.now(),
     };
     match writer.submit(spend).await.map_err(|e| spender(viewer, e))? {
         Spent::Charged { .. } => Ok(project),
@@ -181,6 +182,7 @@ pub async fn create_task(
         subject: None,
         metadata: None,
         key,
+        at: state.clock.now(),
     };
     let spent = writer
         .submit(spend)

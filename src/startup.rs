@@ -21,6 +21,7 @@ use tracing_actix_web::TracingLogger;
 use crate::{
     auth::{Hasher, Keys},
     billing::{self, StripeHttp},
+    clock::Clock,
     config::Config,
     credits::{Statements, Writer},
     db::Database,
@@ -44,6 +45,11 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        Self::build_with_clock(config, Clock::default()).await
+    }
+
+    /// A server whose credits run on `clock` (tests of time boundaries set it by hand).
+    pub async fn build_with_clock(config: Config, clock: Clock) -> anyhow::Result<Self> {
         let db = Database::connect(&config).await?;
         let turn = StartUpLock::take(&config).await?;
         migrate(&db).await?;
@@ -59,6 +65,11 @@ impl Application {
                 i64::try_from(config.idempotency.retention_seconds).unwrap_or(i64::MAX),
             ),
             std::time::Duration::from_secs(config.idempotency.purge_interval_seconds),
+        );
+        crate::credits::grants::spawn_sweeper(
+            db.clone(),
+            clock.clone(),
+            std::time::Duration::from_secs(config.grants.sweep_interval_seconds.max(1)),
         );
         let metrics = Metrics::new()?;
         let (stop, stopped) = watch::channel(false);
@@ -103,6 +114,7 @@ impl Application {
             )
             .await?,
             owners: Arc::default(),
+            clock: clock.clone(),
             stripe,
             db: db.clone(),
             config: Arc::new(config),

@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::{
     auth::{Hasher, Keys},
     billing::StripeHttp,
+    clock::Clock,
     config::Config,
     credits::Writer,
     db::Database,
@@ -33,6 +34,8 @@ pub struct AppState {
     pub limits: Arc<RateLimits>,
     /// The tenant of each resource seen (facts that never change).
     pub owners: Arc<Owners>,
+    /// The time spends, grants and usage are decided at.
+    pub clock: Clock,
 }
 
 impl AppState {

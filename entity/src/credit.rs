@@ -1,4 +1,5 @@
-//! The append-only credit ledger: one row per guarded action. Never updated or deleted.
+//! The append-only credit ledger: one row per movement of credits — a guarded action's spend,
+//! and a grant's creation, expiry or void. Never updated or deleted.
 
 use sea_orm::entity::prelude::*;
 
@@ -30,6 +31,29 @@ pub struct Model {
     /// Who made the spend: a user, an API key (`actor_id`) or the system.
     pub actor_type: ActorType,
     pub actor_id: Option<Uuid>,
+    /// What moved: a spend (the default), or a grant's creation, expiry or void.
+    #[sea_orm(column_name = "kind")]
+    pub movement: Movement,
+    /// The grant a `GRANT`, `EXPIRY` or `VOID` movement is of.
+    pub grant_id: Option<Uuid>,
+}
+
+/// What a ledger row records.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
+pub enum Movement {
+    /// Credits spent (counted against the period's allowance, and its grants' allocations).
+    #[sea_orm(string_value = "SPEND")]
+    Spend,
+    /// A grant created: `amount` credits added.
+    #[sea_orm(string_value = "GRANT")]
+    Grant,
+    /// A grant expired: `amount` credits forfeited.
+    #[sea_orm(string_value = "EXPIRY")]
+    Expiry,
+    /// A grant voided: `amount` credits taken back.
+    #[sea_orm(string_value = "VOID")]
+    Void,
 }
 
 /// Who made a spend, stored as `USER`, `API_KEY` or `SYSTEM`.

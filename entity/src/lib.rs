@@ -3,6 +3,8 @@
 
 pub mod api_key;
 pub mod credit;
+pub mod credit_allocation;
+pub mod credit_grant;
 pub mod credit_usage;
 pub mod idempotency_key;
 pub mod plan;

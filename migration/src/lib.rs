@@ -14,6 +14,7 @@ mod m20261130_000008_api_keys;
 mod m20261130_000009_tenant_external_id;
 mod m20261130_000010_deleted_resources;
 mod m20261130_000011_invitations;
+mod m20261130_000012_credit_grants;
 
 pub struct Migrator;
 
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000009_tenant_external_id::Migration),
             Box::new(m20261130_000010_deleted_resources::Migration),
             Box::new(m20261130_000011_invitations::Migration),
+            Box::new(m20261130_000012_credit_grants::Migration),
         ]
     }
 }

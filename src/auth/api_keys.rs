@@ -181,6 +181,8 @@ pub async fn in_force(db: &Database, viewer: &Viewer) -> Result<(), AppError> {
 }
 
 /// Creates a key: a tenant's by its OWNER or ADMIN, a platform key only by a platform admin.
+/// A key that may grant credits (`CREDITS_GRANT`) is the platform's to give, even for one
+/// tenant: only a platform admin creates one.
 /// Returns the row and the secret, which is never shown again.
 pub async fn create(
     db: &Database,
@@ -191,6 +193,16 @@ pub async fn create(
     let name = valid_name(&request)?;
     let user_id = viewer.require()?;
     match request.tenant_id {
+        // Credits a tenant's own people could give themselves: the platform's to hand out.
+        Some(tenant_id) if request.scopes.contains(&ApiScope::CreditsGrant) => {
+            if !is_platform_admin(db, viewer, platform_admins).await? {
+                return Err(AppError::Forbidden);
+            }
+            entity::tenant::Entity::find_by_id(tenant_id)
+                .one(&db.write)
+                .await?
+                .ok_or(AppError::NotFound("tenant"))?;
+        }
         Some(tenant_id) => {
             require_admin(db, viewer, tenant_id).await?;
         }
@@ -221,7 +233,7 @@ fn valid_name(request: &NewApiKey) -> Result<String, AppError> {
 }
 
 /// Whether the viewer is a user `platform_admins` names (anonymous and API keys are not).
-async fn is_platform_admin(
+pub async fn is_platform_admin(
     db: &Database,
     viewer: &Viewer,
     platform_admins: &[String],

@@ -1,15 +1,22 @@
-//! Invariant 3 checked over a whole database (`tollgate verify`): for every tenant, feature
-//! and period, the ledger sums to the counter; every guarded resource has exactly one ledger
-//! row, and every ledger row names a resource that exists. And for Stripe's outbox: every
-//! usage event is of one ledger row, of the same tenant and amount, and no ledger row is
-//! reported twice. Read-only; safe on a live database.
+//! Invariants 3 and 7 checked over a whole database (`tollgate verify`): for every tenant,
+//! feature and period, the spends' allowance parts (amount less what grants paid) sum to the
+//! counter; every guarded resource has exactly one ledger row, and every ledger row names a
+//! resource that exists; every grant's amount is what it holds plus what spends took from it
+//! plus what expired or was voided, no spend took more from grants than it cost, and none took
+//! from a grant outside its effective time. And for Stripe's outbox: every usage event is of
+//! one ledger row, of the same tenant and of its allowance part, and no ledger row is reported
+//! twice. Read-only; safe on a live database.
 
 use std::{collections::BTreeMap, fmt};
 
 use chrono::{DateTime, Utc};
-use entity::{credit, credit_usage};
+use entity::{
+    credit::{self, Movement},
+    credit_usage,
+};
 use sea_orm::{
-    ConnectionTrait, DatabaseBackend, DbErr, EntityTrait, QuerySelect, Statement, sea_query::Expr,
+    ColumnTrait, ConnectionTrait, DatabaseBackend, DbErr, EntityTrait, QueryFilter, QuerySelect,
+    Statement, sea_query::Expr,
 };
 use uuid::Uuid;
 
@@ -25,6 +32,7 @@ pub struct Report {
     pub counters: usize,
     pub resources: i64,
     pub usage_events: i64,
+    pub grants: i64,
     pub problems: Vec<String>,
 }
 
@@ -38,11 +46,11 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "checked {} ledger rows, {} usage counters, {} guarded resources, {} usage events",
-            self.ledger_rows, self.counters, self.resources, self.usage_events
+            "checked {} ledger rows, {} usage counters, {} guarded resources, {} usage events, {} grants",
+            self.ledger_rows, self.counters, self.resources, self.usage_events, self.grants
         )?;
         if self.is_clean() {
-            return writeln!(f, "ok: ledger = counters = resources");
+            return writeln!(f, "ok: ledger = counters = resources = grants");
         }
         writeln!(f, "BROKEN: {} problem(s)", self.problems.len())?;
         for problem in &self.problems {
@@ -63,7 +71,7 @@ pub async fn verify(db: &impl ConnectionTrait, paid: &[&PaidTable]) -> Result<Re
     if db.get_database_backend() == DatabaseBackend::Postgres {
         let tables: Vec<&str> = paid.iter().map(|p| p.table).collect();
         let sql = format!(
-            "ANALYZE credit, credit_usage, usage_event, {}",
+            "ANALYZE credit, credit_usage, usage_event, credit_grant, credit_allocation, {}",
             tables.join(", ")
         );
         if let Err(e) = db.execute_unprepared(&sql).await {
@@ -76,21 +84,93 @@ pub async fn verify(db: &impl ConnectionTrait, paid: &[&PaidTable]) -> Result<Re
         check_resources(db, paid, &mut report).await?;
     }
     check_outbox(db, &mut report).await?;
+    check_grants(db, &mut report).await?;
     Ok(report)
+}
+
+/// What grants paid of ledger row `c`, in SQL.
+const FROM_GRANTS_SQL: &str = "COALESCE((SELECT SUM(a.amount) FROM credit_allocation a \
+WHERE a.tenant_id = c.tenant_id AND a.credit_id = c.id), 0)";
+
+async fn check_grants(db: &impl ConnectionTrait, report: &mut Report) -> Result<(), DbErr> {
+    report.grants = scalar(db, "SELECT CAST(COUNT(*) AS BIGINT) FROM credit_grant").await?;
+    let backend = db.get_database_backend();
+    let unbalanced = db
+        .query_all_raw(Statement::from_string(
+            backend,
+            "SELECT * FROM (SELECT g.id, g.status, g.amount, g.remaining, \
+             CAST(COALESCE((SELECT SUM(a.amount) FROM credit_allocation a \
+             WHERE a.tenant_id = g.tenant_id AND a.grant_id = g.id), 0) AS BIGINT) AS spent, \
+             CAST(COALESCE((SELECT SUM(c.amount) FROM credit c WHERE c.tenant_id = g.tenant_id \
+             AND c.grant_id = g.id AND c.kind IN ('EXPIRY', 'VOID')), 0) AS BIGINT) AS closed, \
+             CAST((SELECT COUNT(*) FROM credit c WHERE c.tenant_id = g.tenant_id \
+             AND c.grant_id = g.id AND c.kind = 'GRANT' AND c.amount = g.amount) AS BIGINT) AS granted \
+             FROM credit_grant g) b \
+             WHERE b.amount <> b.remaining + b.spent + b.closed OR b.granted <> 1 \
+             OR b.remaining < 0 OR (b.status <> 'ACTIVE' AND b.remaining <> 0)",
+        ))
+        .await?;
+    let mut problems = Vec::new();
+    for row in unbalanced {
+        let id: Uuid = row.try_get("", "id")?;
+        let (amount, remaining, spent, closed, granted): (i64, i64, i64, i64, i64) = (
+            row.try_get("", "amount")?,
+            row.try_get("", "remaining")?,
+            row.try_get("", "spent")?,
+            row.try_get("", "closed")?,
+            row.try_get("", "granted")?,
+        );
+        let status: String = row.try_get("", "status")?;
+        problems.push(format!(
+            "grant {id} ({status}): amount {amount} ≠ remaining {remaining} + spent {spent} + \
+             expired or voided {closed}, or {granted} GRANT rows of its amount, not 1"
+        ));
+    }
+    push_limited(report, problems);
+    let overdrawn = scalar(
+        db,
+        &format!(
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM credit c WHERE {FROM_GRANTS_SQL} > c.amount \
+             OR (c.kind <> 'SPEND' AND {FROM_GRANTS_SQL} <> 0)"
+        ),
+    )
+    .await?;
+    if overdrawn > 0 {
+        report.problems.push(format!(
+            "{overdrawn} ledger rows took more from grants than they spent (or are not spends)"
+        ));
+    }
+    let untimely = scalar(
+        db,
+        "SELECT CAST(COUNT(*) AS BIGINT) FROM credit_allocation a \
+         JOIN credit c ON c.tenant_id = a.tenant_id AND c.id = a.credit_id \
+         JOIN credit_grant g ON g.tenant_id = a.tenant_id AND g.id = a.grant_id \
+         WHERE a.amount <= 0 OR c.created_at < g.effective_at \
+         OR (g.expires_at IS NOT NULL AND c.created_at >= g.expires_at)",
+    )
+    .await?;
+    if untimely > 0 {
+        report.problems.push(format!(
+            "{untimely} allocations took from a grant outside its effective time (or took nothing)"
+        ));
+    }
+    Ok(())
 }
 
 async fn check_outbox(db: &impl ConnectionTrait, report: &mut Report) -> Result<(), DbErr> {
     report.usage_events = scalar(db, "SELECT CAST(COUNT(*) AS BIGINT) FROM usage_event").await?;
     let unmatched = scalar(
         db,
-        "SELECT CAST(COUNT(*) AS BIGINT) FROM usage_event u LEFT JOIN credit c \
+        &format!(
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM usage_event u LEFT JOIN credit c \
          ON c.tenant_id = u.tenant_id AND c.id = u.credit_id \
-         WHERE c.id IS NULL OR c.amount <> u.quantity",
+         WHERE c.id IS NULL OR c.amount - {FROM_GRANTS_SQL} <> u.quantity"
+        ),
     )
     .await?;
     if unmatched > 0 {
         report.problems.push(format!(
-            "{unmatched} usage events match no ledger row of their tenant and amount"
+            "{unmatched} usage events match no ledger row of their tenant and allowance part"
         ));
     }
     let twice = scalar(
@@ -113,8 +193,15 @@ async fn check_counters(db: &impl ConnectionTrait, report: &mut Report) -> Resul
         .column(credit::Column::TenantId)
         .column(credit::Column::Feature)
         .column(credit::Column::PeriodStart)
-        .column_as(Expr::cust("CAST(SUM(amount) AS BIGINT)"), "total")
+        .column_as(
+            Expr::cust(
+                "CAST(SUM(credit.amount - COALESCE((SELECT SUM(a.amount) FROM credit_allocation a \
+                 WHERE a.tenant_id = credit.tenant_id AND a.credit_id = credit.id), 0)) AS BIGINT)",
+            ),
+            "total",
+        )
         .column_as(Expr::cust("CAST(COUNT(*) AS BIGINT)"), "rows")
+        .filter(credit::Column::Movement.eq(Movement::Spend))
         .group_by(credit::Column::TenantId)
         .group_by(credit::Column::Feature)
         .group_by(credit::Column::PeriodStart)
@@ -122,8 +209,8 @@ async fn check_counters(db: &impl ConnectionTrait, report: &mut Report) -> Resul
         .all(db)
         .await?;
     let mut ledger: BTreeMap<CounterKey, i64> = BTreeMap::new();
-    for (tenant, feature, period, total, rows) in sums {
-        report.ledger_rows += rows;
+    report.ledger_rows = scalar(db, "SELECT CAST(COUNT(*) AS BIGINT) FROM credit").await?;
+    for (tenant, feature, period, total, _rows) in sums {
         ledger.insert((tenant, feature, period), total);
     }
     let counters = credit_usage::Entity::find().all(db).await?;

@@ -12,7 +12,7 @@ use entity::credit::ActorType;
 use sea_orm::{DatabaseBackend, prelude::*};
 
 use super::{
-    FeatureLimitType, Period,
+    FeatureLimitType, Period, grants,
     limit::{self, plan_sql},
     usage::{PlanFeatureRow, subscribed_feature},
 };
@@ -107,6 +107,8 @@ pub struct Spend {
     /// The caller's JSON object, recorded with the ledger row.
     pub metadata: Option<serde_json::Value>,
     pub key: Option<IdempotencyKey>,
+    /// When the spend is made: the time its plan, period and grants are read at.
+    pub at: DateTime<Utc>,
 }
 
 /// Who makes a spend.
@@ -171,11 +173,22 @@ enum GuardSql {
     },
 }
 
+/// The statements of a spend the allowance alone could not pay (`beyond_allowance`), run
+/// after `grants::funds` has locked the counter and the grants: the paid row (first, so that a
+/// precondition that no longer holds writes nothing), the ledger row in the period the plan
+/// names at `:now`, and the outbox row of the allowance's part (`:cost`).
+#[derive(Debug)]
+struct Slow {
+    paid: Option<Sql>,
+    ledger: Sql,
+    outbox: Sql,
+}
+
 /// Every guard statement this process can run, built once at start-up: per paid table, and
 /// whether the credit type is metered.
 #[derive(Debug)]
 pub struct Statements {
-    by_table: HashMap<(Option<&'static str>, bool), GuardSql>,
+    by_table: HashMap<(Option<&'static str>, bool), (GuardSql, Slow)>,
 }
 
 impl Statements {
@@ -189,7 +202,7 @@ impl Statements {
                 [false, true].map(|metered| {
                     (
                         (paid.map(|p| p.table), metered),
-                        build(backend, paid, metered),
+                        (build(backend, paid, metered), slow(backend, paid)),
                     )
                 })
             })
@@ -197,7 +210,7 @@ impl Statements {
         Statements { by_table }
     }
 
-    fn get(&self, spend: &Spend) -> Result<&GuardSql, AppError> {
+    fn get(&self, spend: &Spend) -> Result<&(GuardSql, Slow), AppError> {
         let metered = spend.credit_type.meter.is_some();
         self.by_table
             .get(&(spend.paid.table(), metered))
@@ -310,16 +323,43 @@ fn build(backend: DatabaseBackend, paid: Option<&PaidTable>, metered: bool) -> G
     }
 }
 
+fn slow(backend: DatabaseBackend, paid: Option<&PaidTable>) -> Slow {
+    let period = format!("(SELECT p.period_start FROM ({}) p)", plan_sql(backend));
+    Slow {
+        paid: paid.map(|paid| {
+            let values = (0..paid.columns.len())
+                .map(|i| format!(":paid_{i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let requires = paid
+                .requires
+                .map(|(sql, _)| format!(" WHERE {sql}"))
+                .unwrap_or_default();
+            Sql::new(
+                backend,
+                &format!(
+                    "INSERT INTO {} ({}) SELECT {values}{requires}",
+                    paid.table,
+                    paid.columns.join(", ")
+                ),
+            )
+        }),
+        ledger: Sql::new(backend, &ledger_sql(&period)),
+        outbox: Sql::new(backend, &outbox::spend_event_sql("1 = 1")),
+    }
+}
+
 /// The spend's writes inside the session's open transaction: claim its key, then the guard's
-/// statement. On a refusal (`INSUFFICIENT_CREDITS`, `FEATURE_NOT_INCLUDED`, `FORBIDDEN`) it
-/// has written nothing: a key it claimed is forgotten again.
+/// statement; when the allowance alone cannot pay, the grants (`beyond_allowance`). On a
+/// refusal (`INSUFFICIENT_CREDITS`, `FEATURE_NOT_INCLUDED`, `FORBIDDEN`) it has written
+/// nothing: a key it claimed is forgotten again.
 pub(super) async fn write(
     session: &mut Session,
     statements: &Statements,
     spend: &Spend,
 ) -> Result<Spent, AppError> {
     // Microseconds: what PostgreSQL keeps, so the time returned is the time stored.
-    let now = Utc::now().trunc_subsecs(6);
+    let now = spend.at.trunc_subsecs(6);
     let ledger_id = Uuid::now_v7();
     let charged = Spent::Charged { ledger_id, at: now };
     // What a replay of the key returns: the paid row, or for an action the ledger row.
@@ -327,26 +367,33 @@ pub(super) async fn write(
         Paid::Row { id, .. } => *id,
         Paid::Action { .. } => ledger_id,
     };
-    let sql = statements.get(spend)?;
+    let (sql, slow) = statements.get(spend)?;
+    let binding = Binding {
+        spend,
+        ledger_id,
+        now,
+        usage_id: Uuid::now_v7(),
+        object_id: match &spend.paid {
+            Paid::Row { id, .. } => Some(id.to_string()),
+            Paid::Action { object_id } => object_id.clone(),
+        },
+    };
     let Some(key) = &spend.key else {
-        return match run(session, sql, spend, ledger_id, now, None)
-            .await?
-            .created
-        {
+        return match run(session, sql, &binding, None).await?.created {
             true => Ok(charged),
-            false => Err(refusal(session, spend, now).await),
+            false => beyond_allowance(session, slow, &binding).await,
         };
     };
     // PostgreSQL claims the key and spends in one statement; only a key seen before (a
     // replay, a reuse, an expired key) takes the long way below.
     if let GuardSql::Postgres { .. } = sql {
         let claim = Some((&key.fingerprint, resource_id));
-        let ran = run(session, sql, spend, ledger_id, now, claim).await?;
+        let ran = run(session, sql, &binding, claim).await?;
         if ran.created {
             return Ok(charged);
         }
         if ran.claimed {
-            return Err(refused_unclaimed(session, spend, &key.value, now).await?);
+            return unclaimed_unless_paid(session, slow, &binding, &key.value).await;
         }
     }
     let claim = idempotency::claim(
@@ -370,26 +417,28 @@ pub(super) async fn write(
         }
         return Ok(Spent::Replayed(original));
     }
-    if run(session, sql, spend, ledger_id, now, None)
-        .await?
-        .created
-    {
+    if run(session, sql, &binding, None).await?.created {
         return Ok(charged);
     }
-    Err(refused_unclaimed(session, spend, &key.value, now).await?)
+    unclaimed_unless_paid(session, slow, &binding, &key.value).await
 }
 
-/// Why a keyed spend was refused, once its claim of `key` is forgotten again (the refusal
-/// writes nothing, the key included).
-async fn refused_unclaimed(
+/// A keyed spend the allowance alone refused: paid beyond it, or refused with its claim of
+/// `key` forgotten again (a refusal writes nothing, the key included).
+async fn unclaimed_unless_paid(
     session: &mut Session,
-    spend: &Spend,
+    slow: &Slow,
+    binding: &Binding<'_>,
     key: &str,
-    now: DateTime<Utc>,
-) -> Result<AppError, AppError> {
-    let refused = refusal(session, spend, now).await;
-    idempotency::forget(session, spend.tenant_id, key).await?;
-    Ok(refused)
+) -> Result<Spent, AppError> {
+    match beyond_allowance(session, slow, binding).await {
+        Ok(spent) => Ok(spent),
+        Err(AppError::Internal(e)) => Err(AppError::Internal(e)),
+        Err(refused) => {
+            idempotency::forget(session, binding.spend.tenant_id, key).await?;
+            Err(refused)
+        }
+    }
 }
 
 /// What the guard's statements did: claimed the spend's key (PostgreSQL's keyed statement
@@ -399,33 +448,29 @@ struct Ran {
     created: bool,
 }
 
-/// The guard's statements, bound and run: PostgreSQL's keyed statement when `claim` (the
-/// request's fingerprint and the id a replay returns) is given, else the plain one.
-async fn run(
-    session: &mut Session,
-    sql: &GuardSql,
-    spend: &Spend,
+/// The values a spend's statements bind, by parameter name.
+struct Binding<'a> {
+    spend: &'a Spend,
     ledger_id: Uuid,
     now: DateTime<Utc>,
-    claim: Option<(&Fingerprint, Uuid)>,
-) -> Result<Ran, AppError> {
-    let usage_id = Uuid::now_v7();
-    let (object_id, row) = match &spend.paid {
-        Paid::Row { id, values, .. } => (Some(id.to_string()), &values[..]),
-        Paid::Action { object_id } => (object_id.clone(), &[][..]),
-    };
-    let value = |name: &str| -> Option<sea_orm::Value> {
+    usage_id: Uuid,
+    object_id: Option<String>,
+}
+
+impl Binding<'_> {
+    fn value(&self, name: &str) -> Option<sea_orm::Value> {
+        let spend = self.spend;
         Some(match name {
             "tenant" => spend.tenant_id.into(),
             "feature" => spend.credit_type.feature.as_str().into(),
             "cost" => spend.credit_type.amount.into(),
-            "now" => now.into(),
-            "month" => Period::calendar_month(now).start.into(),
+            "now" => self.now.into(),
+            "month" => Period::calendar_month(self.now).start.into(),
             "lifetime" => Period::lifetime().start.into(),
-            "ledger_id" => ledger_id.into(),
+            "ledger_id" => self.ledger_id.into(),
             "user" => spend.user_id.into(),
             "credit_type" => spend.credit_type.value.as_str().into(),
-            "object" => object_id.as_deref().into(),
+            "object" => self.object_id.as_deref().into(),
             "key" => spend.key.as_ref().map(|k| k.value.as_str()).into(),
             "subject" => spend.subject.as_deref().into(),
             "metadata" => spend.metadata.clone().into(),
@@ -436,16 +481,36 @@ async fn run(
                 _ => None,
             }
             .into(),
-            "operation" => claim?.0.operation.into(),
-            "hash" => claim?.0.hash.as_str().into(),
-            "resource" => claim?.1.into(),
             name => match name.strip_prefix("paid_") {
-                Some(i) => row.get(i.parse::<usize>().ok()?)?.clone(),
-                None => {
-                    outbox::spend_event_value(name, usage_id, spend.credit_type.meter.as_ref()?)?
-                }
+                Some(i) => match &spend.paid {
+                    Paid::Row { values, .. } => values.get(i.parse::<usize>().ok()?)?.clone(),
+                    Paid::Action { .. } => return None,
+                },
+                None => outbox::spend_event_value(
+                    name,
+                    self.usage_id,
+                    spend.credit_type.meter.as_ref()?,
+                )?,
             },
         })
+    }
+}
+
+/// The guard's statements, bound and run: PostgreSQL's keyed statement when `claim` (the
+/// request's fingerprint and the id a replay returns) is given, else the plain one.
+async fn run(
+    session: &mut Session,
+    sql: &GuardSql,
+    binding: &Binding<'_>,
+    claim: Option<(&Fingerprint, Uuid)>,
+) -> Result<Ran, AppError> {
+    let value = |name: &str| -> Option<sea_orm::Value> {
+        match name {
+            "operation" => Some(claim?.0.operation.into()),
+            "hash" => Some(claim?.0.hash.as_str().into()),
+            "resource" => Some(claim?.1.into()),
+            name => binding.value(name),
+        }
     };
     match sql {
         GuardSql::Postgres { plain, keyed } => {
@@ -491,7 +556,7 @@ async fn run(
             if let Some(paid) = paid {
                 session.execute(&paid.bind(value)?).await?;
             }
-            if spend.credit_type.meter.is_some() {
+            if binding.spend.credit_type.meter.is_some() {
                 session.execute(&outbox.bind(value)?).await?;
             }
             Ok(Ran {
@@ -500,6 +565,61 @@ async fn run(
             })
         }
     }
+}
+
+/// A spend the counter alone refused. Why, when the spender, the resource or the plan says
+/// no; else the whole cost from what is left of the allowance and the tenant's spendable
+/// grants (`grants::funds`, locked), or `INSUFFICIENT_CREDITS` with the figures of both.
+async fn beyond_allowance(
+    session: &mut Session,
+    slow: &Slow,
+    binding: &Binding<'_>,
+) -> Result<Spent, AppError> {
+    let spend = binding.spend;
+    let now = binding.now;
+    let (period, feature) = precheck(session, spend, now).await?;
+    let cost = spend.credit_type.amount;
+    if limit::ceiling(feature.kind, feature.value) == Some(i64::MAX) {
+        // Unlimited never refuses.
+        return Err(AppError::Internal(anyhow::anyhow!(
+            "an unlimited spend of {cost} was refused"
+        )));
+    }
+    let value = |name: &str| binding.value(name);
+    let funds = grants::funds(session, &value).await?;
+    let Some(allocation) = funds.allocate(cost) else {
+        // The figures as they stand under the lock.
+        return Err(AppError::InsufficientCredits(Box::new(Shortfall {
+            feature: spend.credit_type.feature.clone(),
+            credit_type: spend.credit_type.value.clone(),
+            required: cost,
+            used: funds.used,
+            limit: feature.value,
+            resets_at: Period::current(feature.kind, period, now).end,
+            grants_remaining: funds.grants_remaining(),
+        })));
+    };
+    if let (Some(paid), Paid::Row { table, .. }) = (&slow.paid, &spend.paid)
+        && session.execute(&paid.bind(value)?).await? != 1
+    {
+        // Its precondition stopped holding since it was checked: nothing written.
+        let missing = table.requires.map_or(table.table, |(_, missing)| missing);
+        return Err(AppError::NotFound(missing));
+    }
+    grants::draw(session, &allocation, &value).await?;
+    session.execute(&slow.ledger.bind(value)?).await?;
+    // Only the allowance's part is metered usage: grants were paid for (or given) already.
+    if spend.credit_type.meter.is_some() && allocation.allowance > 0 {
+        let statement = slow.outbox.bind(|name| match name {
+            "cost" => Some(allocation.allowance.into()),
+            name => value(name),
+        })?;
+        session.execute(&statement).await?;
+    }
+    Ok(Spent::Charged {
+        ledger_id: binding.ledger_id,
+        at: now,
+    })
 }
 
 /// `UNAUTHENTICATED` (`auth::api_keys::REVOKED`) when the spending API key was revoked.
@@ -520,19 +640,26 @@ async fn key_in_force(session: &mut Session, key_id: Uuid) -> Result<(), AppErro
     }
 }
 
-/// Why a spend was refused, for the client: the spender is not a member (`FORBIDDEN`; its
-/// user gone: `UNAUTHENTICATED`), no entitlement, or the counter as it stands.
-async fn refusal(session: &mut Session, spend: &Spend, now: DateTime<Utc>) -> AppError {
-    if let Actor::ApiKey(key_id) = spend.actor
-        && let Err(e) = key_in_force(session, key_id).await
-    {
-        return e;
+/// Whether a spend the counter refused may be paid beyond the allowance: the refusal when the
+/// spender is not a member (`FORBIDDEN`; its user gone: `UNAUTHENTICATED`), the resource's
+/// precondition fails, or there is no entitlement; else the tenant's subscription period and
+/// its plan's feature as they stand.
+async fn precheck(
+    session: &mut Session,
+    spend: &Spend,
+    now: DateTime<Utc>,
+) -> Result<
+    (
+        (Option<DateTime<Utc>>, Option<DateTime<Utc>>),
+        super::usage::Feature,
+    ),
+    AppError,
+> {
+    if let Actor::ApiKey(key_id) = spend.actor {
+        key_in_force(session, key_id).await?;
     }
     if let Some(user_id) = spend.user_id {
-        match auth::standing_in(session, user_id, spend.tenant_id).await {
-            Ok(_) => {}
-            Err(e) => return e,
-        }
+        auth::standing_in(session, user_id, spend.tenant_id).await?;
     }
     if let Paid::Row { table, values, .. } = &spend.paid
         && let Some((requires, missing)) = table.requires
@@ -545,54 +672,33 @@ async fn refusal(session: &mut Session, spend: &Spend, now: DateTime<Utc>) -> Ap
             let i = name.strip_prefix("paid_")?.parse::<usize>().ok()?;
             values.get(i).cloned()
         };
-        let holds = match sql.bind(value) {
-            Ok(statement) => session.query(&statement, &Shape::default()).await,
-            Err(e) => Err(e),
-        };
-        match holds {
-            Ok(rows) if rows.is_empty() => return AppError::NotFound(missing),
-            Ok(_) => {}
-            Err(e) => return e.into(),
+        let rows = session.query(&sql.bind(value)?, &Shape::default()).await?;
+        if rows.is_empty() {
+            return Err(AppError::NotFound(missing));
         }
     }
-    let row =
-        match subscribed_feature(session, spend.tenant_id, &spend.credit_type.feature, now).await {
-            Ok(row) => row,
-            Err(e) => return e,
-        };
+    let row = subscribed_feature(session, spend.tenant_id, &spend.credit_type.feature, now).await?;
     // Every tenant has a subscription from its creation: none means no such tenant (a
     // platform key's spend names tenants by id; a user's was checked for membership above).
     let Some(row) = row else {
-        return AppError::NotFound("tenant");
+        return Err(AppError::NotFound("tenant"));
     };
     let PlanFeatureRow {
         period,
         feature: Some(feature),
     } = row
     else {
-        return AppError::FeatureNotIncluded {
+        return Err(AppError::FeatureNotIncluded {
             feature: spend.credit_type.feature.clone(),
-        };
+        });
     };
-    let cost = spend.credit_type.amount;
-    match feature.kind {
-        FeatureLimitType::NotIncluded => AppError::FeatureNotIncluded {
+    if feature.kind == FeatureLimitType::NotIncluded {
+        // Grants are frozen while the plan does not include the feature.
+        return Err(AppError::FeatureNotIncluded {
             feature: spend.credit_type.feature.clone(),
-        },
-        // Unlimited never refuses; a limited plan that fits now changed since (a concurrent
-        // plan change): the figures as they stand still explain the refusal.
-        kind if limit::ceiling(kind, feature.value) == Some(i64::MAX) => {
-            AppError::Internal(anyhow::anyhow!("an unlimited spend of {cost} was refused"))
-        }
-        kind => AppError::InsufficientCredits(Box::new(Shortfall {
-            feature: spend.credit_type.feature.clone(),
-            credit_type: spend.credit_type.value.clone(),
-            required: cost,
-            used: feature.used,
-            limit: feature.value,
-            resets_at: Period::current(kind, period, now).end,
-        })),
+        });
     }
+    Ok((period, feature))
 }
 
 #[cfg(test)]

@@ -4,11 +4,12 @@
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Datelike, Utc};
-use entity::credit::{self, ActorType};
+use entity::credit::{self, ActorType, Movement};
 use sea_orm::{ColumnType, DatabaseBackend, prelude::*};
 
 use super::{
     FeatureLimitType, Period,
+    grants::SPENDABLE_SQL,
     limit::{fits, period_start_sql},
 };
 use crate::{
@@ -31,14 +32,35 @@ pub struct FeatureUsage {
     pub message: Option<String>,
     /// The counting period, for `MONTHLY` features.
     pub period: Option<Period>,
+    /// What the tenant's spendable grants of the feature hold (frozen while the plan does not
+    /// include it).
+    pub grants_remaining: i64,
+    /// The soonest a spendable grant expires, and how much expires then.
+    pub next_expiry: Option<(i64, DateTime<Utc>)>,
 }
 
 impl FeatureUsage {
-    /// `None` when unlimited.
+    /// Left of the period's allowance; `None` when unlimited.
     pub fn remaining(&self) -> Option<i64> {
         self.kind
             .is_limited()
             .then(|| Ord::max(self.value - self.used, 0))
+    }
+
+    /// All a spend may take now: the allowance's rest and the grants; `None` when unlimited,
+    /// 0 when the plan does not include the feature.
+    pub fn available(&self) -> Option<i64> {
+        match self.kind {
+            FeatureLimitType::NotIncluded => Some(0),
+            _ => self
+                .remaining()
+                .map(|r| r.saturating_add(self.grants_remaining)),
+        }
+    }
+
+    /// Whether a spend of `cost` would be paid now: by the allowance, or with the grants.
+    pub fn fits(&self, cost: i64) -> bool {
+        fits(self.kind, self.value, self.used, cost) || self.available().is_some_and(|a| a >= cost)
     }
 }
 
@@ -65,6 +87,14 @@ pub async fn usage(
     let Some(row) = row else {
         return Err(viewer.user_gone());
     };
+    let grants_remaining = row.get::<Option<i64>>("grants_remaining")?.unwrap_or(0);
+    let next_expiry = match (
+        row.get::<Option<i64>>("next_expiry_amount")?,
+        row.get::<Option<DateTime<Utc>>>("next_expiry_at")?,
+    ) {
+        (Some(amount), Some(at)) => Some((amount, at)),
+        _ => None,
+    };
     let Some(PlanFeatureRow {
         period: subscription_period,
         feature: Some(own),
@@ -83,37 +113,48 @@ pub async fn usage(
             used: 0,
             enabled: false,
             period: None,
+            grants_remaining,
+            next_expiry,
         }));
     };
     let kind = own.kind;
     let period = Period::current(kind, subscription_period, now);
     let used = own.used;
-    // "May one more unit be used": the guard's own rule, for a cost of 1.
-    let enabled = fits(kind, own.value, used, 1);
-    let message = match kind {
-        _ if enabled => None,
-        FeatureLimitType::NotIncluded => Some(format!("Your plan does not include {}.", own.title)),
-        FeatureLimitType::Monthly => Some(format!(
-            "You've reached the limit this month ({used}/{}).",
-            own.value
-        )),
-        _ => Some(format!("You've reached the limit ({used}/{}).", own.value)),
-    };
-    Ok(Some(FeatureUsage {
+    let mut usage = FeatureUsage {
         name: own.name,
         title: own.title,
         kind,
         value: own.value,
         used,
-        enabled,
-        message,
+        enabled: false,
+        message: None,
         period: (kind == FeatureLimitType::Monthly).then_some(period),
-    }))
+        grants_remaining,
+        next_expiry,
+    };
+    // "May one more unit be used": the guard's own rule, for a cost of 1.
+    usage.enabled = usage.fits(1);
+    usage.message = match kind {
+        _ if usage.enabled => None,
+        FeatureLimitType::NotIncluded => {
+            Some(format!("Your plan does not include {}.", usage.title))
+        }
+        FeatureLimitType::Monthly => Some(format!(
+            "You've reached the limit this month ({used}/{}).",
+            usage.value
+        )),
+        _ => Some(format!(
+            "You've reached the limit ({used}/{}).",
+            usage.value
+        )),
+    };
+    Ok(Some(usage))
 }
 
 /// Which ledger rows a history page holds.
 #[derive(Clone, Debug, Default)]
 pub struct HistoryFilter {
+    pub movement: Option<Movement>,
     pub credit_type: Option<String>,
     pub user_id: Option<Uuid>,
     /// Inclusive.
@@ -157,13 +198,14 @@ pub async fn history(
         (filter.actor_type.is_some(), " AND actor_type = :actor_type"),
         (filter.actor_id.is_some(), " AND actor_id = :actor_id"),
         (filter.object_id.is_some(), " AND object_id = :object_id"),
+        (filter.movement.is_some(), " AND kind = :movement"),
     ];
     let present = filters
         .iter()
         .enumerate()
-        .fold(0u8, |mask, (i, (on, _))| mask | (u8::from(*on) << i));
+        .fold(0u16, |mask, (i, (on, _))| mask | (u16::from(*on) << i));
     // The page size is a literal (at most 101 texts): a bound LIMIT makes SQLite re-prepare.
-    static SQL: LazyLock<Variants<(bool, u8, u64)>> = LazyLock::new(Variants::default);
+    static SQL: LazyLock<Variants<(bool, u16, u64)>> = LazyLock::new(Variants::default);
     let key = viewer.key().is_some();
     let sql = SQL.get(db.backend(), (key, present, first), || {
         let standing = if key { KEY_STANDING } else { STANDING };
@@ -192,6 +234,7 @@ pub async fn history(
             "actor_type" => filter.actor_type.map(|a| a.to_value()).into(),
             "actor_id" => filter.actor_id.into(),
             "object_id" => filter.object_id.clone().into(),
+            "movement" => filter.movement.map(|m| m.to_value()).into(),
             _ => return None,
         })
     })?;
@@ -250,10 +293,25 @@ fn feature_sql(backend: DatabaseBackend, columns: &str, from: &str, filter: &str
 /// `usage`'s query: the viewer's standing, the feature, and — only when the tenant's plan
 /// lacks it — the title some plan gives it.
 static FEATURE_SQL: PerViewer = PerViewer::new(|backend, standing| {
+    let grants = |select: &str, more: &str| {
+        format!(
+            "(SELECT {select} FROM credit_grant g WHERE g.tenant_id = :tenant \
+             AND g.feature = :feature AND {SPENDABLE_SQL}{more})"
+        )
+    };
+    let soonest = grants("MIN(g.expires_at)", "");
     feature_sql(
         backend,
-        "tu.role AS viewer_role, CASE WHEN pf.name IS NULL THEN \
-         (SELECT a.title FROM plan_feature a WHERE a.name = :feature LIMIT 1) END AS any_title, ",
+        &format!(
+            "tu.role AS viewer_role, CASE WHEN pf.name IS NULL THEN \
+             (SELECT a.title FROM plan_feature a WHERE a.name = :feature LIMIT 1) END AS any_title, \
+             {} AS grants_remaining, {soonest} AS next_expiry_at, {} AS next_expiry_amount, ",
+            grants("CAST(SUM(g.remaining) AS BIGINT)", ""),
+            grants(
+                "CAST(SUM(g.remaining) AS BIGINT)",
+                &format!(" AND g.expires_at = {soonest}")
+            ),
+        ),
         &format!("{standing} LEFT JOIN tenant_subscription ts ON ts.tenant_id = tu.tenant_id"),
         "u.id = :user",
     )
@@ -262,6 +320,9 @@ static FEATURE_SQL: PerViewer = PerViewer::new(|backend, standing| {
 /// The types of `feature_sql`'s columns, for SQLite.
 static FEATURE_SHAPE: LazyLock<Shape> = LazyLock::new(|| {
     Shape::default()
+        .with("grants_remaining", ColumnType::BigInteger)
+        .with("next_expiry_at", ColumnType::TimestampWithTimeZone)
+        .with("next_expiry_amount", ColumnType::BigInteger)
         .with("subscribed", ColumnType::Uuid)
         .with("current_period_start", ColumnType::TimestampWithTimeZone)
         .with("current_period_end", ColumnType::TimestampWithTimeZone)

@@ -7,7 +7,7 @@ use std::{
 };
 
 use async_graphql::dataloader::{DataLoader, Loader};
-use entity::{tenant_subscription, user};
+use entity::{credit_allocation, tenant_subscription, user};
 use sea_orm::{DatabaseConnection, DbErr, EntityTrait, QueryFilter, prelude::*};
 
 use crate::{
@@ -21,6 +21,7 @@ pub struct Loaders {
     db: DatabaseConnection,
     users: OnceLock<DataLoader<UserLoader>>,
     subscriptions: OnceLock<DataLoader<SubscriptionLoader>>,
+    allocations: OnceLock<DataLoader<AllocationLoader>>,
 }
 
 impl Loaders {
@@ -29,12 +30,18 @@ impl Loaders {
             db,
             users: OnceLock::new(),
             subscriptions: OnceLock::new(),
+            allocations: OnceLock::new(),
         }
     }
 
     pub fn users(&self) -> &DataLoader<UserLoader> {
         self.users
             .get_or_init(|| DataLoader::new(UserLoader(self.db.clone()), tokio::spawn))
+    }
+
+    pub fn allocations(&self) -> &DataLoader<AllocationLoader> {
+        self.allocations
+            .get_or_init(|| DataLoader::new(AllocationLoader(self.db.clone()), tokio::spawn))
     }
 
     pub fn subscriptions(&self) -> &DataLoader<SubscriptionLoader> {
@@ -72,5 +79,26 @@ impl Loader<Uuid> for SubscriptionLoader {
         plans::tenant_subscriptions(&self.0, ids)
             .await
             .map_err(Arc::new)
+    }
+}
+
+/// What grants paid of spends, by ledger row id (`Credit.allocations`).
+pub struct AllocationLoader(pub DatabaseConnection);
+
+impl Loader<Uuid> for AllocationLoader {
+    type Value = Vec<credit_allocation::Model>;
+    type Error = Arc<DbErr>;
+
+    async fn load(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, Self::Value>, Arc<DbErr>> {
+        let rows = credit_allocation::Entity::find()
+            .filter(credit_allocation::Column::CreditId.is_in(ids.iter().copied()))
+            .all(&self.0)
+            .await
+            .map_err(Arc::new)?;
+        let mut by_credit: HashMap<Uuid, Self::Value> = HashMap::new();
+        for row in rows {
+            by_credit.entry(row.credit_id).or_default().push(row);
+        }
+        Ok(by_credit)
     }
 }

@@ -10,14 +10,16 @@ use crate::{
     },
     billing::{self, Checkout},
     consume,
+    credits::grants::{self, NewGrant},
     error::AppError,
     graphql::{
         ClientAddress, IdempotencyHeader, state,
         types::{
             ApiKey, ApiKeyCreated, ApiScopeGql, AuthPayload, BillingPortalSession, CheckoutSession,
             ConsumeCreditsInput, CreateProjectInput, CreateTaskInput, CreateTenantInput,
-            CreditSpend, Invitation, InvitationCreated, Member, Membership, Project, Role,
-            SignUpInput, Task, Tenant, parse_id,
+            CreditGrant, CreditGrantCreated, CreditSpend, GrantCreditsInput, Invitation,
+            InvitationCreated, Member, Membership, Project, Role, SignUpInput, Task, Tenant,
+            parse_id,
         },
         viewer,
     },
@@ -284,6 +286,96 @@ impl Mutation {
         let request = input.into_request(state).await.extend()?;
         let consumed = consume::consume(state, viewer(ctx), request).await;
         Ok(CreditSpend::new(consumed.extend()?))
+    }
+
+    /// Grants a tenant credits beyond its plan's allowance, spent after the allowance in burn
+    /// order (priority, soonest expiry, promotional before paid, oldest). An API key with
+    /// `CREDITS_GRANT` (a tenant key for its own tenant) or a platform admin. Idempotent on
+    /// `idempotencyKey`.
+    async fn grant_credits(
+        &self,
+        ctx: &Context<'_>,
+        input: GrantCreditsInput,
+    ) -> async_graphql::Result<CreditGrantCreated> {
+        let state = state(ctx)?;
+        let tenant_id = super::types::tenant_ref(
+            &state.db,
+            input.tenant_id.as_ref(),
+            input.tenant_external_id.as_deref(),
+        )
+        .await
+        .extend()?;
+        let actor = grants::authorize(
+            &state.db,
+            viewer(ctx),
+            &state.config.platform_admins,
+            tenant_id,
+        )
+        .await
+        .extend()?;
+        let grant = NewGrant {
+            tenant_id,
+            feature: input
+                .feature
+                .unwrap_or_else(|| crate::credits::CREDITS_FEATURE.to_owned()),
+            amount: i64::from(input.amount),
+            category: input
+                .category
+                .map_or(entity::credit_grant::GrantCategory::Promotional, Into::into),
+            priority: input.priority.unwrap_or(grants::DEFAULT_PRIORITY),
+            effective_at: input.effective_at,
+            expires_at: input.expires_at,
+            reason: input.reason,
+            source: "API",
+            source_ref: input.idempotency_key.clone(),
+        };
+        let retention = crate::idempotency::retention(&state.config);
+        let (grant, replayed) = grants::grant(
+            &state.db,
+            actor,
+            grant,
+            (&input.idempotency_key, retention),
+            state.clock.now(),
+        )
+        .await
+        .extend()?;
+        Ok(CreditGrantCreated {
+            grant: grant.into(),
+            replayed,
+        })
+    }
+
+    /// Voids what is left of an `ACTIVE` grant: no longer spendable; the history records the
+    /// credits taken back. Who may grant may void.
+    async fn void_credit_grant(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: ID,
+        id: ID,
+        reason: Option<String>,
+    ) -> async_graphql::Result<CreditGrant> {
+        let state = state(ctx)?;
+        let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
+        let grant_id = parse_id(&id, "id").extend()?;
+        let actor = grants::authorize(
+            &state.db,
+            viewer(ctx),
+            &state.config.platform_admins,
+            tenant_id,
+        )
+        .await
+        .extend()?;
+        let grant = grants::void(
+            &state.db,
+            actor,
+            tenant_id,
+            grant_id,
+            reason,
+            state.clock.now(),
+        )
+        .await
+        .extend()?;
+        Ok(grant.into())
     }
 
     /// Creates an API key for a server: a tenant's (`tenantId`; its OWNER or ADMIN), or a

@@ -1,7 +1,6 @@
 //! Query resolvers: read arguments, call the domain, map the result.
 
 use async_graphql::{Context, ErrorExtensions, ID, Object, ResultExt};
-use chrono::Utc;
 
 use crate::{
     auth::{self, ApiScope},
@@ -132,9 +131,10 @@ impl Query {
         tenant_id: ID,
         #[graphql(default = "credits")] feature: String,
     ) -> async_graphql::Result<Option<PlanFeatureUsage>> {
-        let db = &state(ctx)?.db;
+        let state = state(ctx)?;
+        let db = &state.db;
         let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
-        let now = Utc::now();
+        let now = state.clock.now();
         let usage = credits::usage(
             db,
             viewer(ctx),
@@ -197,6 +197,7 @@ impl Query {
         let (first, after) = page(first, after.as_deref()).extend()?;
         let filter = filter.unwrap_or_default();
         let filter = HistoryFilter {
+            movement: filter.movement.map(Into::into),
             credit_type: filter.kind,
             user_id: filter
                 .user_id

@@ -11,6 +11,7 @@ use sea_orm::{ConnectionTrait, Database as SeaDatabase, DatabaseConnection};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tollgate::{
+    clock::Clock,
     config::{Config, PlanConfig, PlanFeatureConfig},
     credits::FeatureLimitType,
     db::Database,
@@ -61,6 +62,11 @@ pub fn plan(slug: &str, kind: FeatureLimitType, value: i64) -> PlanConfig {
 
 /// A server with the built-in configuration changed by `configure`.
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_with_clock(Clock::default(), configure).await
+}
+
+/// `spawn_app_with`, its credits running on `clock` (a manual one stands where it is set).
+pub async fn spawn_app_with_clock(clock: Clock, configure: impl FnOnce(&mut Config)) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     let postgres = match std::env::var("TEST_DATABASE_URL") {
         Ok(url) if !url.is_empty() => Some(PostgresDb::create(&url).await),
@@ -84,7 +90,9 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     if std::env::var_os("TEST_LOG").is_some() {
         tollgate::telemetry::init(config.log_format);
     }
-    let app = Application::build(config).await.expect("server builds");
+    let app = Application::build_with_clock(config, clock)
+        .await
+        .expect("server builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let metrics_address = app
         .metrics_port()

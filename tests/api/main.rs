@@ -11,6 +11,7 @@ mod entitlement;
 mod errors;
 mod fake_stripe;
 mod fuzz;
+mod grants;
 mod guard;
 mod hardening;
 mod helpers;

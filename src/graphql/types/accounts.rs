@@ -153,6 +153,21 @@ impl Tenant {
         }))
     }
 
+    /// The tenant's credit grants, newest first (at most 500): what each holds, until when.
+    /// Members, or a key with `CREDITS_READ`.
+    #[graphql(complexity = "super::LIST_COMPLEXITY * child_complexity")]
+    async fn credit_grants(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Vec<super::CreditGrant>> {
+        let tenant_id = parse_id(&self.id, "id").extend()?;
+        let db = &state(ctx)?.db;
+        let grants = crate::credits::grants::list(db, super::super::viewer(ctx), tenant_id)
+            .await
+            .extend()?;
+        Ok(grants.into_iter().map(super::CreditGrant::from).collect())
+    }
+
     /// The tenant's projects, newest first, `first` (at most 100) at a time; deleted ones
     /// left out.
     #[graphql(complexity = "super::page_complexity(first, child_complexity)")]

@@ -7,7 +7,10 @@ use chrono::{DateTime, Utc};
 use entity::credit;
 use uuid::Uuid;
 
-use super::{Actor, ActorKind, CreditType, FeatureLimitType, User, int};
+use super::{
+    Actor, ActorKind, CreditAllocation, CreditExpiry, CreditMovementKind, CreditType,
+    FeatureLimitType, User, int,
+};
 use crate::{
     auth::ApiScope,
     consume::{Check, Consume, Consumed, Cost, Refusal},
@@ -41,12 +44,26 @@ pub struct PlanFeatureUsage {
     pub message: Option<String>,
     /// The counting period, for `MONTHLY` features.
     pub period: Option<UsagePeriod>,
+    /// What the tenant's spendable grants of the feature hold beside the allowance (frozen
+    /// while the plan does not include the feature).
+    pub grants_remaining: i32,
+    /// All a spend may take now: what is left of the allowance plus the grants; null when
+    /// unlimited, 0 when the plan does not include the feature.
+    pub available: Option<i32>,
+    /// The soonest a spendable grant expires, and how much expires then; null when none does.
+    pub next_expiry: Option<CreditExpiry>,
 }
 
 impl From<FeatureUsage> for PlanFeatureUsage {
     fn from(u: FeatureUsage) -> Self {
         PlanFeatureUsage {
             remaining: u.remaining().map(int),
+            available: u.available().map(int),
+            grants_remaining: int(u.grants_remaining),
+            next_expiry: u.next_expiry.map(|(amount, at)| CreditExpiry {
+                amount: int(amount),
+                at,
+            }),
             unlimited: matches!(
                 u.kind,
                 credits::FeatureLimitType::Included | credits::FeatureLimitType::Unlimited
@@ -77,19 +94,25 @@ pub struct UsagePeriod {
     pub end: DateTime<Utc>,
 }
 
-/// One row of the credit ledger: credits a guarded action spent.
+/// One row of the credit ledger: credits a guarded action spent, or a grant's creation,
+/// expiry or void (`kind`).
 #[derive(SimpleObject, Clone, Debug)]
 #[graphql(complex)]
 pub struct Credit {
     /// The ledger row's id.
     pub id: ID,
-    /// When the credits were spent.
+    /// When the credits moved.
     pub created_at: DateTime<Utc>,
-    /// The credit type's value, e.g. `credit-task-creation`.
+    /// What moved: a spend, or a grant's creation, expiry or void.
+    #[graphql(name = "kind")]
+    pub movement: CreditMovementKind,
+    /// The credit type's value, e.g. `credit-task-creation` (`grant` for a grant's movements).
     #[graphql(name = "type")]
     pub kind: String,
-    /// Credits spent.
+    /// Credits spent (granted, forfeited, taken back).
     pub amount: i32,
+    /// The grant a `GRANT`, `EXPIRY` or `VOID` row is of.
+    pub grant_id: Option<ID>,
     /// The id of what the credits paid for: the new Project's or Task's id, or the caller's
     /// own object id (`consumeCredits`).
     pub object_id: Option<String>,
@@ -103,12 +126,20 @@ pub struct Credit {
     pub actor: Actor,
     #[graphql(skip)]
     pub user_id: Option<Uuid>,
+    #[graphql(skip)]
+    pub ledger_id: Uuid,
+    #[graphql(skip)]
+    pub amount_spent: i64,
 }
 
 impl From<credit::Model> for Credit {
     fn from(c: credit::Model) -> Self {
         Credit {
             id: ID(c.id.to_string()),
+            ledger_id: c.id,
+            amount_spent: c.amount,
+            movement: c.movement.into(),
+            grant_id: c.grant_id.map(|id| ID(id.to_string())),
             created_at: c.created_at,
             kind: c.kind,
             amount: int(c.amount),
@@ -137,6 +168,21 @@ impl Credit {
         Ok(user.map(User::from))
     }
 
+    /// Which buckets paid a spend: the allowance's part, then each grant's (batched: one
+    /// query for a whole page). Empty for a grant's movements.
+    async fn allocations(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<CreditAllocation>> {
+        if self.movement != CreditMovementKind::Spend {
+            return Ok(Vec::new());
+        }
+        let loader = ctx.data::<Loaders>()?.allocations();
+        let grants = loader
+            .load_one(self.ledger_id)
+            .await
+            .map_err(|e| AppError::Internal(anyhow::anyhow!("loading allocations: {e}")).extend())?
+            .unwrap_or_default();
+        Ok(CreditAllocation::of_spend(self.amount_spent, &grants))
+    }
+
     /// The credit type, as currently configured.
     async fn credit_type(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<CreditType>> {
         let config = &state(ctx)?.config;
@@ -147,6 +193,9 @@ impl Credit {
 /// Filters for `creditHistory`.
 #[derive(InputObject, Clone, Debug, Default)]
 pub struct CreditHistoryFilter {
+    /// Only this kind of movement (spends, or a grant's creation, expiry or void).
+    #[graphql(name = "kind")]
+    pub movement: Option<CreditMovementKind>,
     /// Only this credit type (its value).
     #[graphql(name = "type")]
     pub kind: Option<String>,
@@ -241,13 +290,13 @@ impl CreditSpend {
 impl CreditSpend {
     /// Where the tenant stands on the spend's feature now (read when asked for).
     async fn usage(&self, ctx: &Context<'_>) -> async_graphql::Result<PlanFeatureUsage> {
-        let db = &state(ctx)?.db;
+        let state = state(ctx)?;
         let usage = credits::usage(
-            db,
+            &state.db,
             viewer(ctx),
             self.tenant_id,
             &self.credit.feature,
-            Utc::now(),
+            state.clock.now(),
             ApiScope::CreditsConsume,
         )
         .await
@@ -273,8 +322,10 @@ pub struct CreditCheck {
     pub allowed: bool,
     /// What the action costs.
     pub required: i32,
-    /// Left in the current period; null when unlimited.
+    /// Left of the period's allowance; null when unlimited.
     pub remaining: Option<i32>,
+    /// The allowance's rest and the grants together; null when unlimited.
+    pub available: Option<i32>,
     /// Why not, when `allowed` is false.
     pub reason: Option<CreditRefusalReason>,
     /// When the allowance starts again (`MONTHLY` features); null otherwise.
@@ -289,6 +340,7 @@ impl From<Check> for CreditCheck {
             allowed: c.allowed,
             required: int(c.required),
             remaining: c.remaining.map(int),
+            available: c.available.map(int),
             reason: c.reason.map(|r| match r {
                 Refusal::InsufficientCredits => CreditRefusalReason::InsufficientCredits,
                 Refusal::FeatureNotIncluded => CreditRefusalReason::FeatureNotIncluded,

@@ -1,0 +1,186 @@
+//! Credits beyond the plan: grants (promotional, paid, rolled over), what each spend took from
+//! which grant (`credit_allocation`), and the ledger's movement kind (`SPEND` by default;
+//! `GRANT`, `EXPIRY`, `VOID` name a grant in `grant_id`).
+
+use sea_orm_migration::{prelude::*, schema::*};
+
+#[derive(DeriveMigrationName)]
+pub struct Migration;
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(Grant::Table)
+                    .col(uuid(Grant::TenantId))
+                    .col(uuid(Grant::Id))
+                    .col(string(Grant::Feature))
+                    .col(string(Grant::Category))
+                    .col(string(Grant::Source))
+                    .col(string(Grant::SourceRef))
+                    .col(big_integer(Grant::Amount))
+                    .col(big_integer(Grant::Remaining))
+                    .col(integer(Grant::Priority))
+                    .col(timestamp_with_time_zone(Grant::EffectiveAt))
+                    .col(timestamp_with_time_zone_null(Grant::ExpiresAt))
+                    .col(string(Grant::Status))
+                    .col(string_null(Grant::Reason))
+                    .col(string(Grant::ActorType))
+                    .col(uuid_null(Grant::ActorId))
+                    .col(timestamp_with_time_zone(Grant::CreatedAt))
+                    .primary_key(Index::create().col(Grant::TenantId).col(Grant::Id))
+                    .foreign_key(
+                        ForeignKey::create()
+                            .from(Grant::Table, Grant::TenantId)
+                            .to(Tenant::Table, Tenant::Id),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        // One grant per source reference: a Stripe Checkout Session grants once.
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_credit_grant_source")
+                    .table(Grant::Table)
+                    .col(Grant::TenantId)
+                    .col(Grant::Source)
+                    .col(Grant::SourceRef)
+                    .unique()
+                    .to_owned(),
+            )
+            .await?;
+        // The spendable grants of a tenant's feature (the guard's slow path, usage).
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_credit_grant_spendable")
+                    .table(Grant::Table)
+                    .col(Grant::TenantId)
+                    .col(Grant::Feature)
+                    .col(Grant::Status)
+                    .to_owned(),
+            )
+            .await?;
+        // The sweeper's due grants.
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_credit_grant_expiry")
+                    .table(Grant::Table)
+                    .col(Grant::Status)
+                    .col(Grant::ExpiresAt)
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(Allocation::Table)
+                    .col(uuid(Allocation::TenantId))
+                    .col(uuid(Allocation::CreditId))
+                    .col(uuid(Allocation::GrantId))
+                    .col(big_integer(Allocation::Amount))
+                    .primary_key(
+                        Index::create()
+                            .col(Allocation::TenantId)
+                            .col(Allocation::CreditId)
+                            .col(Allocation::GrantId),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_credit_allocation_grant")
+                    .table(Allocation::Table)
+                    .col(Allocation::TenantId)
+                    .col(Allocation::GrantId)
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(Credit::Table)
+                    .add_column(string(Credit::Kind).default("SPEND"))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(Credit::Table)
+                    .add_column(uuid_null(Credit::GrantId))
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for column in [Credit::GrantId, Credit::Kind] {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(Credit::Table)
+                        .drop_column(column)
+                        .to_owned(),
+                )
+                .await?;
+        }
+        manager
+            .drop_table(Table::drop().table(Allocation::Table).to_owned())
+            .await?;
+        manager
+            .drop_table(Table::drop().table(Grant::Table).to_owned())
+            .await
+    }
+}
+
+#[derive(DeriveIden)]
+enum Grant {
+    #[sea_orm(iden = "credit_grant")]
+    Table,
+    TenantId,
+    Id,
+    Feature,
+    Category,
+    Source,
+    SourceRef,
+    Amount,
+    Remaining,
+    Priority,
+    EffectiveAt,
+    ExpiresAt,
+    Status,
+    Reason,
+    ActorType,
+    ActorId,
+    CreatedAt,
+}
+
+#[derive(DeriveIden)]
+enum Allocation {
+    #[sea_orm(iden = "credit_allocation")]
+    Table,
+    TenantId,
+    CreditId,
+    GrantId,
+    Amount,
+}
+
+#[derive(DeriveIden)]
+enum Credit {
+    Table,
+    Kind,
+    GrantId,
+}
+
+#[derive(DeriveIden)]
+enum Tenant {
+    Table,
+    Id,
+}

@@ -1,0 +1,731 @@
+//! Credits beyond the plan: grants. A spend takes from the period's allowance first; only
+//! when the allowance alone cannot pay the whole cost does the guard come here (`funds`), lock
+//! the counter row and then the tenant's spendable grants in burn order — one fixed order on
+//! every replica, so two spenders cannot deadlock — and take what is missing from them
+//! (`draw`), recording what each grant paid (`credit_allocation`). A tenant without grants
+//! never comes here while its allowance lasts: its spends stay the guard's one call.
+//!
+//! Burn order: priority (lower first), soonest expiry (never-expiring last), promotional
+//! before rolled-over before paid, oldest first. A grant is spendable only while `ACTIVE`,
+//! from `effective_at` and before `expires_at` — whether or not the sweeper (`sweep`) has
+//! marked it expired yet.
+
+use chrono::{DateTime, Duration, Utc};
+use entity::{
+    credit::{ActorType, Movement},
+    credit_grant::{self, GrantCategory, GrantStatus},
+};
+use sea_orm::{ColumnType, DatabaseBackend, prelude::*};
+use std::sync::LazyLock;
+
+use super::{Actor, limit::plan_sql};
+use crate::{
+    auth::{self, ApiScope, Viewer},
+    db::{Database, PerBackend, Session, Shape},
+    error::AppError,
+    idempotency::{self, Claim, Fingerprint},
+};
+
+/// A spendable grant, in SQL, for grant row `g` at `:now`.
+pub(super) const SPENDABLE_SQL: &str = "g.status = 'ACTIVE' AND g.remaining > 0 \
+AND g.effective_at <= :now AND (g.expires_at IS NULL OR g.expires_at > :now)";
+
+/// The burn order, in SQL, for grant rows `g`.
+const BURN_ORDER_SQL: &str = "g.priority, CASE WHEN g.expires_at IS NULL THEN 1 ELSE 0 END, \
+g.expires_at, CASE g.category WHEN 'PROMOTIONAL' THEN 0 WHEN 'ROLLOVER' THEN 1 ELSE 2 END, \
+g.created_at, g.id";
+
+/// The most credits one grant may hold.
+pub const MAX_AMOUNT: i64 = 1_000_000_000;
+/// A grant's default priority, and its bounds.
+pub const DEFAULT_PRIORITY: i32 = 50;
+const PRIORITIES: std::ops::RangeInclusive<i32> = 0..=100;
+const MAX_REASON: usize = 500;
+
+/// What the counter and the grants hold for a spend the allowance alone refused, locked
+/// until the spend's transaction ends.
+#[derive(Debug)]
+pub(super) struct Funds {
+    /// Used of the period's allowance.
+    pub used: i64,
+    /// Left of the period's allowance.
+    pub allowance: i64,
+    /// Spendable grants in burn order: id and remaining.
+    pub grants: Vec<(Uuid, i64)>,
+}
+
+impl Funds {
+    pub fn grants_remaining(&self) -> i64 {
+        self.grants
+            .iter()
+            .fold(0i64, |sum, (_, r)| sum.saturating_add(*r))
+    }
+
+    /// Who pays `cost`: the allowance first, then the grants in order; `None` when all of
+    /// them together cannot pay the whole of it.
+    pub fn allocate(&self, cost: i64) -> Option<Allocation> {
+        if self.allowance.saturating_add(self.grants_remaining()) < cost {
+            return None;
+        }
+        let allowance = self.allowance.min(cost);
+        let mut missing = cost - allowance;
+        let mut grants = Vec::new();
+        for (id, remaining) in &self.grants {
+            if missing == 0 {
+                break;
+            }
+            let take = missing.min(*remaining);
+            grants.push((*id, take));
+            missing -= take;
+        }
+        Some(Allocation { allowance, grants })
+    }
+}
+
+/// Who pays a spend: `allowance` from the period's counter, the rest from grants.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Allocation {
+    pub allowance: i64,
+    pub grants: Vec<(Uuid, i64)>,
+}
+
+/// Locks the tenant's counter row of the period that counts at `:now` (creating it, empty)
+/// and then its spendable grants of `:feature` in burn order; reads what they hold.
+/// Parameters: the plan's (`limit::plan_sql`).
+pub(super) async fn funds(
+    session: &mut Session,
+    value: &(dyn Fn(&str) -> Option<sea_orm::Value> + Sync),
+) -> Result<Funds, AppError> {
+    static LOCK: PerBackend = PerBackend::new(|backend| {
+        format!(
+            "INSERT INTO credit_usage (tenant_id, feature, period_start, used) \
+             SELECT :tenant, :feature, p.period_start, 0 FROM ({}) p WHERE 1 = 1 \
+             ON CONFLICT (tenant_id, feature, period_start) DO UPDATE SET used = credit_usage.used \
+             RETURNING used",
+            plan_sql(backend)
+        )
+    });
+    static LIMIT: PerBackend =
+        PerBackend::new(|backend| format!("SELECT p.lim FROM ({}) p", plan_sql(backend)));
+    static GRANTS: PerBackend = PerBackend::new(|backend| {
+        let lock = match backend {
+            DatabaseBackend::Postgres => " FOR UPDATE",
+            _ => "",
+        };
+        format!(
+            "SELECT g.id, g.remaining FROM credit_grant g \
+             WHERE g.tenant_id = :tenant AND g.feature = :feature AND {SPENDABLE_SQL} \
+             ORDER BY {BURN_ORDER_SQL}{lock}"
+        )
+    });
+    static SHAPE: LazyLock<Shape> = LazyLock::new(|| {
+        Shape::default()
+            .with("used", ColumnType::BigInteger)
+            .with("lim", ColumnType::BigInteger)
+            .with("id", ColumnType::Uuid)
+            .with("remaining", ColumnType::BigInteger)
+    });
+    let backend = session.backend();
+    let rows = session
+        .query(&LOCK.get(backend).bind(value)?, &SHAPE)
+        .await?;
+    let used: i64 = match rows.first() {
+        Some(row) => row.get("used")?,
+        // No plan defines the feature for the tenant (any more): nothing to spend.
+        None => {
+            return Ok(Funds {
+                used: 0,
+                allowance: 0,
+                grants: Vec::new(),
+            });
+        }
+    };
+    let rows = session
+        .query(&LIMIT.get(backend).bind(value)?, &SHAPE)
+        .await?;
+    let lim: Option<i64> = match rows.first() {
+        Some(row) => row.get("lim")?,
+        None => None,
+    };
+    let Some(lim) = lim else {
+        // Not included: grants are frozen, not spendable.
+        return Ok(Funds {
+            used,
+            allowance: 0,
+            grants: Vec::new(),
+        });
+    };
+    let rows = session
+        .query(&GRANTS.get(backend).bind(value)?, &SHAPE)
+        .await?;
+    let grants = rows
+        .iter()
+        .map(|row| Ok((row.get("id")?, row.get("remaining")?)))
+        .collect::<Result<Vec<_>, DbErr>>()?;
+    Ok(Funds {
+        used,
+        allowance: lim.saturating_sub(used).max(0),
+        grants,
+    })
+}
+
+/// Takes `allocation` from the locked counter and grants for ledger row `:ledger_id`: the
+/// allowance part onto the counter, each grant's part off its `remaining` (a grant spent to
+/// nothing is `EXHAUSTED`) and into `credit_allocation`.
+pub(super) async fn draw(
+    session: &mut Session,
+    allocation: &Allocation,
+    value: &(dyn Fn(&str) -> Option<sea_orm::Value> + Sync),
+) -> Result<(), AppError> {
+    static COUNTER: PerBackend = PerBackend::new(|backend| {
+        format!(
+            "UPDATE credit_usage SET used = used + :allowance WHERE tenant_id = :tenant \
+             AND feature = :feature AND period_start = (SELECT p.period_start FROM ({}) p)",
+            plan_sql(backend)
+        )
+    });
+    static GRANT: PerBackend = PerBackend::new(|_| {
+        "UPDATE credit_grant SET remaining = remaining - :take, \
+         status = CASE WHEN remaining = :take THEN 'EXHAUSTED' ELSE status END \
+         WHERE tenant_id = :tenant AND id = :grant AND remaining >= :take"
+            .to_owned()
+    });
+    static ALLOCATION: PerBackend = PerBackend::new(|_| {
+        "INSERT INTO credit_allocation (tenant_id, credit_id, grant_id, amount) \
+         VALUES (:tenant, :ledger_id, :grant, :take)"
+            .to_owned()
+    });
+    let backend = session.backend();
+    if allocation.allowance > 0 {
+        let statement = COUNTER.get(backend).bind(|name| match name {
+            "allowance" => Some(allocation.allowance.into()),
+            name => value(name),
+        })?;
+        if session.execute(&statement).await? != 1 {
+            return Err(AppError::Internal(anyhow::anyhow!(
+                "the locked counter row was not found again"
+            )));
+        }
+    }
+    for (grant, take) in &allocation.grants {
+        let value = |name: &str| match name {
+            "grant" => Some((*grant).into()),
+            "take" => Some((*take).into()),
+            name => value(name),
+        };
+        if session.execute(&GRANT.get(backend).bind(value)?).await? != 1 {
+            return Err(AppError::Internal(anyhow::anyhow!(
+                "a locked grant no longer holds what was read"
+            )));
+        }
+        session
+            .execute(&ALLOCATION.get(backend).bind(value)?)
+            .await?;
+    }
+    Ok(())
+}
+
+/// A grant to create.
+pub struct NewGrant {
+    pub tenant_id: Uuid,
+    pub feature: String,
+    pub amount: i64,
+    pub category: GrantCategory,
+    pub priority: i32,
+    /// Default: now.
+    pub effective_at: Option<DateTime<Utc>>,
+    /// Default: never.
+    pub expires_at: Option<DateTime<Utc>>,
+    pub reason: Option<String>,
+    /// `API`, `STRIPE_CHECKOUT`.
+    pub source: &'static str,
+    /// Unique per tenant and source; the idempotency key for `API` grants.
+    pub source_ref: String,
+}
+
+impl NewGrant {
+    fn check(&self, now: DateTime<Utc>) -> Result<(), AppError> {
+        if !(1..=MAX_AMOUNT).contains(&self.amount) {
+            return Err(AppError::bad_input(format!(
+                "amount must be between 1 and {MAX_AMOUNT}"
+            )));
+        }
+        if !PRIORITIES.contains(&self.priority) {
+            return Err(AppError::bad_input("priority must be between 0 and 100"));
+        }
+        if self.feature.is_empty() || self.feature.len() > 255 {
+            return Err(AppError::bad_input("feature must be 1 to 255 characters"));
+        }
+        if self
+            .reason
+            .as_ref()
+            .is_some_and(|r| r.chars().count() > MAX_REASON)
+        {
+            return Err(AppError::bad_input(format!(
+                "reason must be at most {MAX_REASON} characters"
+            )));
+        }
+        let effective = self.effective_at.unwrap_or(now);
+        if self
+            .expires_at
+            .is_some_and(|at| at <= effective || at <= now)
+        {
+            return Err(AppError::bad_input(
+                "expiresAt must be in the future and after effectiveAt",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Who may create and void grants of `tenant_id`: an API key with `CREDITS_GRANT` (a tenant
+/// key for its own tenant), or a platform admin. The tenant must exist (`NOT_FOUND`).
+pub async fn authorize(
+    db: &Database,
+    viewer: &Viewer,
+    platform_admins: &[String],
+    tenant_id: Uuid,
+) -> Result<Actor, AppError> {
+    let actor = match viewer.key() {
+        Some(key) => {
+            viewer.standing_id(&[ApiScope::CreditsGrant])?;
+            if key.tenant_id.is_some_and(|t| t != tenant_id) {
+                // Another tenant answers as if it did not exist.
+                return Err(AppError::NotFound("tenant"));
+            }
+            auth::api_keys::in_force(db, viewer).await?;
+            Actor::ApiKey(key.id)
+        }
+        None => {
+            let user_id = viewer.require()?;
+            if !auth::api_keys::is_platform_admin(db, viewer, platform_admins).await? {
+                return Err(AppError::Forbidden);
+            }
+            Actor::User(user_id)
+        }
+    };
+    entity::tenant::Entity::find_by_id(tenant_id)
+        .one(&db.write)
+        .await?
+        .ok_or(AppError::NotFound("tenant"))?;
+    Ok(actor)
+}
+
+/// Creates a grant and its `GRANT` movement in one transaction, idempotent on `key`: a
+/// repeat returns the first grant (`true`) and creates nothing.
+pub async fn grant(
+    db: &Database,
+    actor: Actor,
+    grant: NewGrant,
+    key: (&str, Duration),
+    now: DateTime<Utc>,
+) -> Result<(credit_grant::Model, bool), AppError> {
+    grant.check(now)?;
+    let (key, retention) = key;
+    let key = idempotency::check_key(Some(key.to_owned()))?.unwrap_or_default();
+    let fingerprint = Fingerprint::new(
+        "grantCredits",
+        &[
+            &grant.tenant_id.to_string(),
+            &grant.feature,
+            &grant.amount.to_string(),
+            grant.category.to_value().as_str(),
+            &grant.priority.to_string(),
+            &grant
+                .effective_at
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_default(),
+            &grant.expires_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
+            grant.reason.as_deref().unwrap_or(""),
+        ],
+    );
+    let model = credit_grant::Model {
+        tenant_id: grant.tenant_id,
+        id: Uuid::now_v7(),
+        feature: grant.feature,
+        category: grant.category,
+        source: grant.source.to_owned(),
+        source_ref: grant.source_ref,
+        amount: grant.amount,
+        remaining: grant.amount,
+        priority: grant.priority,
+        effective_at: grant.effective_at.unwrap_or(now),
+        expires_at: grant.expires_at,
+        status: GrantStatus::Active,
+        reason: grant.reason,
+        actor_type: actor.kind(),
+        actor_id: actor.id(),
+        created_at: now,
+    };
+    let mut session = db.session().await?;
+    session.begin().await?;
+    let outcome = async {
+        let claim = idempotency::claim(
+            &mut session,
+            model.tenant_id,
+            &key,
+            &fingerprint,
+            model.id,
+            now,
+            retention,
+        )
+        .await?;
+        if let Claim::Replay(id) = claim {
+            let found = find(&mut session, model.tenant_id, id).await?;
+            return found
+                .map(|g| (g, true))
+                .ok_or_else(|| AppError::Internal(anyhow::anyhow!("a granted grant is gone")));
+        }
+        insert(&mut session, &model).await?;
+        movement(&mut session, &model, Movement::Grant, model.amount, now).await?;
+        Ok((model.clone(), false))
+    }
+    .await;
+    finish(&mut session, outcome).await
+}
+
+/// Voids what is left of a grant: it is no longer spendable, and a `VOID` movement records
+/// the credits taken back. Only an `ACTIVE` grant can be voided (`BAD_USER_INPUT`).
+pub async fn void(
+    db: &Database,
+    actor: Actor,
+    tenant_id: Uuid,
+    grant_id: Uuid,
+    reason: Option<String>,
+    now: DateTime<Utc>,
+) -> Result<credit_grant::Model, AppError> {
+    if reason
+        .as_ref()
+        .is_some_and(|r| r.chars().count() > MAX_REASON)
+    {
+        return Err(AppError::bad_input(format!(
+            "reason must be at most {MAX_REASON} characters"
+        )));
+    }
+    let mut session = db.session().await?;
+    session.begin().await?;
+    let outcome = async {
+        let Some(before) = close(&mut session, tenant_id, grant_id, GrantStatus::Voided).await?
+        else {
+            return match find(&mut session, tenant_id, grant_id).await? {
+                None => Err(AppError::NotFound("credit grant")),
+                Some(g) => Err(AppError::bad_input(format!(
+                    "the grant is {}: only an ACTIVE grant can be voided",
+                    g.status.to_value()
+                ))),
+            };
+        };
+        let mut voided = before.clone();
+        voided.status = GrantStatus::Voided;
+        voided.remaining = 0;
+        let mut moved = voided.clone();
+        moved.reason = reason.or(before.reason);
+        moved.actor_type = actor.kind();
+        moved.actor_id = actor.id();
+        movement(&mut session, &moved, Movement::Void, before.remaining, now).await?;
+        Ok(voided)
+    }
+    .await;
+    finish(&mut session, outcome).await
+}
+
+/// Marks up to `limit` grants whose expiry has passed `EXPIRED`, each with one `EXPIRY`
+/// movement of what it still held, decided under the grant's row lock: safe on any number
+/// of replicas (each grant expires once). Returns how many it expired.
+pub async fn sweep(db: &Database, now: DateTime<Utc>, limit: u64) -> Result<u64, AppError> {
+    static DUE: PerBackend = PerBackend::new(|_| {
+        "SELECT tenant_id, id FROM credit_grant WHERE status = 'ACTIVE' \
+         AND expires_at IS NOT NULL AND expires_at <= :now ORDER BY expires_at LIMIT :limit"
+            .to_owned()
+    });
+    static SHAPE: LazyLock<Shape> = LazyLock::new(|| {
+        Shape::default()
+            .with("tenant_id", ColumnType::Uuid)
+            .with("id", ColumnType::Uuid)
+    });
+    let statement = DUE.get(db.backend()).bind(|name| match name {
+        "now" => Some(now.into()),
+        "limit" => Some(i64::try_from(limit).unwrap_or(i64::MAX).into()),
+        _ => None,
+    })?;
+    let due = db.query(&statement, &SHAPE).await?;
+    if due.is_empty() {
+        return Ok(0);
+    }
+    let mut session = db.session().await?;
+    let mut expired = 0;
+    for row in due {
+        let (tenant_id, grant_id): (Uuid, Uuid) = (row.get("tenant_id")?, row.get("id")?);
+        session.begin().await?;
+        let outcome = async {
+            let Some(before) =
+                close(&mut session, tenant_id, grant_id, GrantStatus::Expired).await?
+            else {
+                // Expired, voided or spent by someone else meanwhile.
+                return Ok(false);
+            };
+            let mut moved = before.clone();
+            moved.actor_type = ActorType::System;
+            moved.actor_id = None;
+            moved.reason = Some("expired".to_owned());
+            movement(
+                &mut session,
+                &moved,
+                Movement::Expiry,
+                before.remaining,
+                now,
+            )
+            .await?;
+            Ok(true)
+        }
+        .await;
+        if finish(&mut session, outcome).await? {
+            expired += 1;
+        }
+    }
+    Ok(expired)
+}
+
+/// Sweeps due grants every `interval`, for as long as the process runs.
+pub fn spawn_sweeper(db: Database, clock: crate::clock::Clock, interval: std::time::Duration) {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        loop {
+            ticker.tick().await;
+            match sweep(&db, clock.now(), 500).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(grants = n, "expired credit grants"),
+                Err(e) => tracing::warn!(error.cause = %e, "could not sweep expired grants"),
+            }
+        }
+    });
+}
+
+/// A tenant's grants, newest first (at most 500), for a member (or a key with
+/// `CREDITS_READ`).
+pub async fn list(
+    db: &Database,
+    viewer: &Viewer,
+    tenant_id: Uuid,
+) -> Result<Vec<credit_grant::Model>, AppError> {
+    static SQL: auth::PerViewer = auth::PerViewer::new(|_, standing| {
+        format!(
+            "SELECT tu.role AS viewer_role, g.* FROM {standing} \
+             LEFT JOIN credit_grant g ON g.tenant_id = tu.tenant_id \
+             WHERE u.id = :user ORDER BY g.id DESC LIMIT 501"
+        )
+    });
+    let user_id = viewer.standing_id(&[ApiScope::CreditsRead])?;
+    let statement = SQL.get(db.backend(), viewer).bind(|name| match name {
+        "tenant" => Some(tenant_id.into()),
+        "user" => Some(user_id.into()),
+        _ => None,
+    })?;
+    static SHAPE: LazyLock<Shape> = LazyLock::new(Shape::of::<credit_grant::Entity>);
+    let rows = db.query(&statement, &SHAPE).await?;
+    auth::standing_of(viewer, rows.first())?;
+    let mut grants = Vec::with_capacity(rows.len());
+    for row in rows.into_iter().take(500) {
+        if row.get::<Option<Uuid>>("id")?.is_some() {
+            grants.push(row.model::<credit_grant::Entity>()?);
+        }
+    }
+    Ok(grants)
+}
+
+/// Takes an `ACTIVE` grant out of use as `status` (its row locked by the update) and returns
+/// it as it was; `None` when it is not `ACTIVE` (or an expiry is swept before it is due).
+async fn close(
+    session: &mut Session,
+    tenant_id: Uuid,
+    grant_id: Uuid,
+    status: GrantStatus,
+) -> Result<Option<credit_grant::Model>, AppError> {
+    static CLOSE: PerBackend = PerBackend::new(|_| {
+        "UPDATE credit_grant SET status = :status WHERE tenant_id = :tenant AND id = :grant \
+         AND status = 'ACTIVE'"
+            .to_owned()
+    });
+    static EMPTY: PerBackend = PerBackend::new(|_| {
+        "UPDATE credit_grant SET remaining = 0 WHERE tenant_id = :tenant AND id = :grant".to_owned()
+    });
+    let value = |name: &str| -> Option<sea_orm::Value> {
+        Some(match name {
+            "status" => status.to_value().into(),
+            "tenant" => tenant_id.into(),
+            "grant" => grant_id.into(),
+            _ => return None,
+        })
+    };
+    let backend = session.backend();
+    if session.execute(&CLOSE.get(backend).bind(value)?).await? != 1 {
+        return Ok(None);
+    }
+    // Read under the lock the update took: what it held is what is taken back.
+    let mut before = find(session, tenant_id, grant_id)
+        .await?
+        .ok_or_else(|| AppError::Internal(anyhow::anyhow!("a locked grant is gone")))?;
+    session.execute(&EMPTY.get(backend).bind(value)?).await?;
+    before.status = GrantStatus::Active;
+    Ok(Some(before))
+}
+
+async fn find(
+    session: &mut Session,
+    tenant_id: Uuid,
+    grant_id: Uuid,
+) -> Result<Option<credit_grant::Model>, AppError> {
+    static SQL: PerBackend = PerBackend::new(|_| {
+        "SELECT * FROM credit_grant WHERE tenant_id = :tenant AND id = :grant".to_owned()
+    });
+    static SHAPE: LazyLock<Shape> = LazyLock::new(Shape::of::<credit_grant::Entity>);
+    let statement = SQL.get(session.backend()).bind(|name| match name {
+        "tenant" => Some(tenant_id.into()),
+        "grant" => Some(grant_id.into()),
+        _ => None,
+    })?;
+    match session.query(&statement, &SHAPE).await?.into_iter().next() {
+        Some(row) => Ok(Some(row.model::<credit_grant::Entity>()?)),
+        None => Ok(None),
+    }
+}
+
+async fn insert(session: &mut Session, g: &credit_grant::Model) -> Result<(), AppError> {
+    static SQL: PerBackend = PerBackend::new(|_| {
+        "INSERT INTO credit_grant (tenant_id, id, feature, category, source, source_ref, amount, \
+         remaining, priority, effective_at, expires_at, status, reason, actor_type, actor_id, \
+         created_at) VALUES (:tenant, :id, :feature, :category, :source, :source_ref, :amount, \
+         :amount, :priority, :effective_at, :expires_at, 'ACTIVE', :reason, :actor_type, \
+         :actor_id, :now)"
+            .to_owned()
+    });
+    let statement = SQL.get(session.backend()).bind(|name| {
+        Some(match name {
+            "tenant" => g.tenant_id.into(),
+            "id" => g.id.into(),
+            "feature" => g.feature.as_str().into(),
+            "category" => g.category.to_value().into(),
+            "source" => g.source.as_str().into(),
+            "source_ref" => g.source_ref.as_str().into(),
+            "amount" => g.amount.into(),
+            "priority" => g.priority.into(),
+            "effective_at" => g.effective_at.into(),
+            "expires_at" => g.expires_at.into(),
+            "reason" => g.reason.as_deref().into(),
+            "actor_type" => g.actor_type.to_value().into(),
+            "actor_id" => g.actor_id.into(),
+            "now" => g.created_at.into(),
+            _ => return None,
+        })
+    })?;
+    match session.execute(&statement).await {
+        Ok(_) => Ok(()),
+        Err(e) if crate::db::is_unique_violation(&e) => Err(AppError::bad_input(
+            "a grant with this source reference exists already",
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A ledger row recording a grant's movement of `amount` credits (creation, expiry, void),
+/// by the grant's actor. Its period is the movement's own time: it counts against no
+/// allowance.
+async fn movement(
+    session: &mut Session,
+    g: &credit_grant::Model,
+    kind: Movement,
+    amount: i64,
+    now: DateTime<Utc>,
+) -> Result<(), AppError> {
+    static SQL: PerBackend = PerBackend::new(|_| {
+        "INSERT INTO credit (id, tenant_id, user_id, type, amount, object_id, feature, \
+         period_start, created_at, subject, actor_type, actor_id, kind, grant_id) \
+         VALUES (:id, :tenant, :user, :type, :amount, :object, :feature, :now, :now, :reason, \
+         :actor_type, :actor_id, :kind, :grant)"
+            .to_owned()
+    });
+    let user = match g.actor_type {
+        ActorType::User => g.actor_id,
+        _ => None,
+    };
+    let statement = SQL.get(session.backend()).bind(|name| {
+        Some(match name {
+            "id" => Uuid::now_v7().into(),
+            "tenant" => g.tenant_id.into(),
+            "user" => user.into(),
+            "type" => GRANT_CREDIT_TYPE.into(),
+            "amount" => amount.into(),
+            "object" => g.id.to_string().into(),
+            "feature" => g.feature.as_str().into(),
+            "now" => now.into(),
+            "reason" => g.reason.as_deref().into(),
+            "actor_type" => g.actor_type.to_value().into(),
+            "actor_id" => g.actor_id.into(),
+            "kind" => kind.to_value().into(),
+            "grant" => g.id.into(),
+            _ => return None,
+        })
+    })?;
+    session.execute(&statement).await?;
+    Ok(())
+}
+
+/// The credit type a grant's movements are recorded under.
+pub const GRANT_CREDIT_TYPE: &str = "grant";
+
+/// Commits an `Ok` outcome, rolls back an `Err` one.
+async fn finish<T>(session: &mut Session, outcome: Result<T, AppError>) -> Result<T, AppError> {
+    match outcome {
+        Ok(value) => {
+            session.commit().await?;
+            Ok(value)
+        }
+        Err(e) => {
+            let _ = session.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn funds(allowance: i64, grants: &[i64]) -> Funds {
+        Funds {
+            used: 0,
+            allowance,
+            grants: grants
+                .iter()
+                .map(|r| (Uuid::now_v7(), *r))
+                .collect::<Vec<_>>(),
+        }
+    }
+
+    #[test]
+    fn the_allowance_pays_first_then_grants_in_order() {
+        let f = funds(2, &[3, 10]);
+        let a = f.allocate(7).expect("fits");
+        assert_eq!(a.allowance, 2);
+        assert_eq!(a.grants, vec![(f.grants[0].0, 3), (f.grants[1].0, 2)]);
+        let a = f.allocate(1).expect("fits");
+        assert_eq!((a.allowance, a.grants.len()), (1, 0));
+    }
+
+    #[test]
+    fn a_cost_is_paid_whole_or_not_at_all() {
+        let f = funds(2, &[3, 10]);
+        assert!(f.allocate(15).is_some());
+        assert!(f.allocate(16).is_none());
+        assert!(funds(0, &[]).allocate(1).is_none());
+    }
+
+    #[test]
+    fn the_burn_order_is_priority_expiry_category_age() {
+        let order = BURN_ORDER_SQL;
+        let position = |s: &str| order.find(s).unwrap();
+        assert!(position("g.priority") < position("g.expires_at"));
+        assert!(position("g.expires_at,") < position("'PROMOTIONAL'"));
+        assert!(position("'PROMOTIONAL'") < position("g.created_at"));
+    }
+}
