@@ -226,6 +226,8 @@ fn ledger_row(tenant: Uuid) -> credit::ActiveModel {
         actor_id: Set(None),
         movement: Set(credit::Movement::Spend),
         grant_id: Set(None),
+        refund_of: Set(None),
+        reason: Set(None),
     }
 }
 

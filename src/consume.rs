@@ -201,6 +201,8 @@ pub async fn consume(
                 actor_id: actor.id(),
                 movement: Movement::Spend,
                 grant_id: None,
+                refund_of: None,
+                reason: None,
             },
             replayed: false,
         }),

@@ -25,6 +25,7 @@ mod audit;
 pub mod grants;
 mod guard;
 mod limit;
+pub mod refunds;
 mod usage;
 mod writer;
 

@@ -36,6 +36,10 @@ pub struct Model {
     pub movement: Movement,
     /// The grant a `GRANT`, `EXPIRY` or `VOID` movement is of.
     pub grant_id: Option<Uuid>,
+    /// The spend a `REFUND` gives back (part of).
+    pub refund_of: Option<Uuid>,
+    /// Why credits were granted, taken back or refunded.
+    pub reason: Option<String>,
 }
 
 /// What a ledger row records.
@@ -54,6 +58,9 @@ pub enum Movement {
     /// A grant voided: `amount` credits taken back.
     #[sea_orm(string_value = "VOID")]
     Void,
+    /// A spend given back (`refund_of`): `amount` credits returned to the buckets that paid.
+    #[sea_orm(string_value = "REFUND")]
+    Refund,
 }
 
 /// Who made a spend, stored as `USER`, `API_KEY` or `SYSTEM`.

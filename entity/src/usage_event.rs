@@ -25,7 +25,7 @@ pub struct Model {
     /// Stripe's deduplication key, derived from `id` (`tollgate-<id>`).
     #[sea_orm(unique)]
     pub identifier: String,
-    /// `PENDING`, `DELIVERED` or `FAILED`.
+    /// `PENDING`, `DELIVERED`, `FAILED` or `CANCELLED`.
     pub status: UsageStatus,
     pub attempts: i32,
     pub last_error: Option<String>,
@@ -49,6 +49,9 @@ pub enum UsageStatus {
     /// Can never be delivered: see `last_error`.
     #[sea_orm(string_value = "FAILED")]
     Failed,
+    /// Refunded before it was sent: nothing to report.
+    #[sea_orm(string_value = "CANCELLED")]
+    Cancelled,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

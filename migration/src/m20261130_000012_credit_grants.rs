@@ -1,6 +1,7 @@
-//! Credits beyond the plan: grants (promotional, paid, rolled over), what each spend took from
-//! which grant (`credit_allocation`), and the ledger's movement kind (`SPEND` by default;
-//! `GRANT`, `EXPIRY`, `VOID` name a grant in `grant_id`).
+//! Credits beyond the plan: grants (promotional, paid, rolled over), what each spend (and each
+//! refund) took from or gave back to which grant (`credit_allocation`), and the ledger's
+//! movement kind (`SPEND` by default; `GRANT`, `EXPIRY`, `VOID` name a grant in `grant_id`;
+//! `REFUND` names the spend in `refund_of`), with a `reason`.
 
 use sea_orm_migration::{prelude::*, schema::*};
 
@@ -110,18 +111,52 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
+        for column in [Credit::GrantId, Credit::RefundOf] {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(Credit::Table)
+                        .add_column(uuid_null(column))
+                        .to_owned(),
+                )
+                .await?;
+        }
         manager
             .alter_table(
                 Table::alter()
                     .table(Credit::Table)
-                    .add_column(uuid_null(Credit::GrantId))
+                    .add_column(string_null(Credit::Reason))
+                    .to_owned(),
+            )
+            .await?;
+        // A spend's refunds, found under the lock of its counter row.
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_credit_refund_of")
+                    .table(Credit::Table)
+                    .col(Credit::TenantId)
+                    .col(Credit::RefundOf)
                     .to_owned(),
             )
             .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        for column in [Credit::GrantId, Credit::Kind] {
+        manager
+            .drop_index(
+                Index::drop()
+                    .name("idx_credit_refund_of")
+                    .table(Credit::Table)
+                    .to_owned(),
+            )
+            .await?;
+        for column in [
+            Credit::Reason,
+            Credit::RefundOf,
+            Credit::GrantId,
+            Credit::Kind,
+        ] {
             manager
                 .alter_table(
                     Table::alter()
@@ -175,8 +210,11 @@ enum Allocation {
 #[derive(DeriveIden)]
 enum Credit {
     Table,
+    TenantId,
     Kind,
     GrantId,
+    RefundOf,
+    Reason,
 }
 
 #[derive(DeriveIden)]

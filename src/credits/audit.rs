@@ -99,7 +99,8 @@ async fn check_grants(db: &impl ConnectionTrait, report: &mut Report) -> Result<
         .query_all_raw(Statement::from_string(
             backend,
             "SELECT * FROM (SELECT g.id, g.status, g.amount, g.remaining, \
-             CAST(COALESCE((SELECT SUM(a.amount) FROM credit_allocation a \
+             CAST(COALESCE((SELECT SUM(CASE WHEN s.kind = 'REFUND' THEN -a.amount ELSE a.amount END) \
+             FROM credit_allocation a JOIN credit s ON s.tenant_id = a.tenant_id AND s.id = a.credit_id \
              WHERE a.tenant_id = g.tenant_id AND a.grant_id = g.id), 0) AS BIGINT) AS spent, \
              CAST(COALESCE((SELECT SUM(c.amount) FROM credit c WHERE c.tenant_id = g.tenant_id \
              AND c.grant_id = g.id AND c.kind IN ('EXPIRY', 'VOID')), 0) AS BIGINT) AS closed, \
@@ -131,7 +132,7 @@ async fn check_grants(db: &impl ConnectionTrait, report: &mut Report) -> Result<
         db,
         &format!(
             "SELECT CAST(COUNT(*) AS BIGINT) FROM credit c WHERE {FROM_GRANTS_SQL} > c.amount \
-             OR (c.kind <> 'SPEND' AND {FROM_GRANTS_SQL} <> 0)"
+             OR (c.kind NOT IN ('SPEND', 'REFUND') AND {FROM_GRANTS_SQL} <> 0)"
         ),
     )
     .await?;
@@ -145,8 +146,8 @@ async fn check_grants(db: &impl ConnectionTrait, report: &mut Report) -> Result<
         "SELECT CAST(COUNT(*) AS BIGINT) FROM credit_allocation a \
          JOIN credit c ON c.tenant_id = a.tenant_id AND c.id = a.credit_id \
          JOIN credit_grant g ON g.tenant_id = a.tenant_id AND g.id = a.grant_id \
-         WHERE a.amount <= 0 OR c.created_at < g.effective_at \
-         OR (g.expires_at IS NOT NULL AND c.created_at >= g.expires_at)",
+         WHERE a.amount <= 0 OR (c.kind = 'SPEND' AND (c.created_at < g.effective_at \
+         OR (g.expires_at IS NOT NULL AND c.created_at >= g.expires_at)))",
     )
     .await?;
     if untimely > 0 {
@@ -164,7 +165,11 @@ async fn check_outbox(db: &impl ConnectionTrait, report: &mut Report) -> Result<
         &format!(
             "SELECT CAST(COUNT(*) AS BIGINT) FROM usage_event u LEFT JOIN credit c \
          ON c.tenant_id = u.tenant_id AND c.id = u.credit_id \
-         WHERE c.id IS NULL OR c.amount - {FROM_GRANTS_SQL} <> u.quantity"
+         WHERE c.id IS NULL OR u.quantity > c.amount - {FROM_GRANTS_SQL} \
+         OR u.quantity < c.amount - {FROM_GRANTS_SQL} - COALESCE((SELECT SUM(r.amount - \
+         COALESCE((SELECT SUM(a.amount) FROM credit_allocation a WHERE a.tenant_id = r.tenant_id \
+         AND a.credit_id = r.id), 0)) FROM credit r WHERE r.tenant_id = c.tenant_id \
+         AND r.refund_of = c.id), 0)"
         ),
     )
     .await?;
@@ -195,13 +200,14 @@ async fn check_counters(db: &impl ConnectionTrait, report: &mut Report) -> Resul
         .column(credit::Column::PeriodStart)
         .column_as(
             Expr::cust(
-                "CAST(SUM(credit.amount - COALESCE((SELECT SUM(a.amount) FROM credit_allocation a \
-                 WHERE a.tenant_id = credit.tenant_id AND a.credit_id = credit.id), 0)) AS BIGINT)",
+                "CAST(SUM(CASE WHEN credit.kind = 'REFUND' THEN -1 ELSE 1 END * (credit.amount - \
+                 COALESCE((SELECT SUM(a.amount) FROM credit_allocation a \
+                 WHERE a.tenant_id = credit.tenant_id AND a.credit_id = credit.id), 0))) AS BIGINT)",
             ),
             "total",
         )
         .column_as(Expr::cust("CAST(COUNT(*) AS BIGINT)"), "rows")
-        .filter(credit::Column::Movement.eq(Movement::Spend))
+        .filter(credit::Column::Movement.is_in([Movement::Spend, Movement::Refund]))
         .group_by(credit::Column::TenantId)
         .group_by(credit::Column::Feature)
         .group_by(credit::Column::PeriodStart)
@@ -259,7 +265,9 @@ async fn check_resources(
     let resources = scalar(db, &format!("SELECT CAST(COUNT(*) AS BIGINT) FROM {table}")).await?;
     let ledger_rows = scalar(
         db,
-        &format!("SELECT CAST(COUNT(*) AS BIGINT) FROM credit WHERE type = '{value}'"),
+        &format!(
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM credit WHERE type = '{value}' AND kind = 'SPEND'"
+        ),
     )
     .await?;
     let matched = scalar(
@@ -269,7 +277,7 @@ async fn check_resources(
             // looking each ledger row up by (tenant, object), never the other way round.
             "SELECT CAST(COUNT(c.id) AS BIGINT) FROM {table} r \
              LEFT JOIN credit c ON c.tenant_id = r.tenant_id AND c.object_id = {id_text} \
-             AND c.type = '{value}'"
+             AND c.type = '{value}' AND c.kind = 'SPEND'"
         ),
     )
     .await?;
@@ -279,7 +287,7 @@ async fn check_resources(
             format!(
                 "SELECT {id_text} AS id, CAST(COUNT(c.id) AS BIGINT) AS n FROM {table} r \
                  LEFT JOIN credit c ON c.tenant_id = r.tenant_id AND c.object_id = {id_text} \
-                 AND c.type = '{value}' \
+                 AND c.type = '{value}' AND c.kind = 'SPEND' \
                  GROUP BY r.tenant_id, r.{id} HAVING COUNT(c.id) <> 1"
             ),
         ))

@@ -31,7 +31,7 @@ pub(super) const SPENDABLE_SQL: &str = "g.status = 'ACTIVE' AND g.remaining > 0 
 AND g.effective_at <= :now AND (g.expires_at IS NULL OR g.expires_at > :now)";
 
 /// The burn order, in SQL, for grant rows `g`.
-const BURN_ORDER_SQL: &str = "g.priority, CASE WHEN g.expires_at IS NULL THEN 1 ELSE 0 END, \
+pub(super) const BURN_ORDER_SQL: &str = "g.priority, CASE WHEN g.expires_at IS NULL THEN 1 ELSE 0 END, \
 g.expires_at, CASE g.category WHEN 'PROMOTIONAL' THEN 0 WHEN 'ROLLOVER' THEN 1 ELSE 2 END, \
 g.created_at, g.id";
 
@@ -630,7 +630,7 @@ async fn insert(session: &mut Session, g: &credit_grant::Model) -> Result<(), Ap
 /// A ledger row recording a grant's movement of `amount` credits (creation, expiry, void),
 /// by the grant's actor. Its period is the movement's own time: it counts against no
 /// allowance.
-async fn movement(
+pub(super) async fn movement(
     session: &mut Session,
     g: &credit_grant::Model,
     kind: Movement,
@@ -639,7 +639,7 @@ async fn movement(
 ) -> Result<(), AppError> {
     static SQL: PerBackend = PerBackend::new(|_| {
         "INSERT INTO credit (id, tenant_id, user_id, type, amount, object_id, feature, \
-         period_start, created_at, subject, actor_type, actor_id, kind, grant_id) \
+         period_start, created_at, reason, actor_type, actor_id, kind, grant_id) \
          VALUES (:id, :tenant, :user, :type, :amount, :object, :feature, :now, :now, :reason, \
          :actor_type, :actor_id, :kind, :grant)"
             .to_owned()
@@ -674,7 +674,10 @@ async fn movement(
 pub const GRANT_CREDIT_TYPE: &str = "grant";
 
 /// Commits an `Ok` outcome, rolls back an `Err` one.
-async fn finish<T>(session: &mut Session, outcome: Result<T, AppError>) -> Result<T, AppError> {
+pub(super) async fn finish<T>(
+    session: &mut Session,
+    outcome: Result<T, AppError>,
+) -> Result<T, AppError> {
     match outcome {
         Ok(value) => {
             session.commit().await?;

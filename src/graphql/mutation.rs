@@ -10,16 +10,19 @@ use crate::{
     },
     billing::{self, Checkout},
     consume,
-    credits::grants::{self, NewGrant},
+    credits::{
+        grants::{self, NewGrant},
+        refunds,
+    },
     error::AppError,
     graphql::{
         ClientAddress, IdempotencyHeader, state,
         types::{
             ApiKey, ApiKeyCreated, ApiScopeGql, AuthPayload, BillingPortalSession, CheckoutSession,
             ConsumeCreditsInput, CreateProjectInput, CreateTaskInput, CreateTenantInput,
-            CreditGrant, CreditGrantCreated, CreditSpend, GrantCreditsInput, Invitation,
-            InvitationCreated, Member, Membership, Project, Role, SignUpInput, Task, Tenant,
-            parse_id,
+            CreditGrant, CreditGrantCreated, CreditRefund, CreditSpend, GrantCreditsInput,
+            Invitation, InvitationCreated, Member, Membership, Project, RefundCreditInput, Role,
+            SignUpInput, Task, Tenant, parse_id,
         },
         viewer,
     },
@@ -342,6 +345,49 @@ impl Mutation {
         Ok(CreditGrantCreated {
             grant: grant.into(),
             replayed,
+        })
+    }
+
+    /// Gives back a spend, or part of it, to exactly the buckets that paid it, newest first
+    /// (the grants in reverse burn order, then the allowance); never more than was spent. A
+    /// bucket that no longer exists is restored for the record only (`lapsed`). The tenant's
+    /// OWNER or ADMIN, or an API key with `CREDITS_GRANT`.
+    async fn refund_credit(
+        &self,
+        ctx: &Context<'_>,
+        input: RefundCreditInput,
+    ) -> async_graphql::Result<CreditRefund> {
+        let state = state(ctx)?;
+        let tenant_id = super::types::tenant_ref(
+            &state.db,
+            input.tenant_id.as_ref(),
+            input.tenant_external_id.as_deref(),
+        )
+        .await
+        .extend()?;
+        let actor = refunds::authorize(&state.db, viewer(ctx), tenant_id)
+            .await
+            .extend()?;
+        let request = refunds::Refund {
+            tenant_id,
+            credit_id: parse_id(&input.credit_id, "creditId").extend()?,
+            amount: input.amount.map(i64::from),
+            reason: input.reason,
+            idempotency_key: input.idempotency_key,
+        };
+        let refunded = refunds::refund(
+            &state.db,
+            actor,
+            request,
+            crate::idempotency::retention(&state.config),
+            state.clock.now(),
+        )
+        .await
+        .extend()?;
+        Ok(CreditRefund {
+            credit: refunded.credit.into(),
+            buckets: refunded.returned.into_iter().map(Into::into).collect(),
+            replayed: refunded.replayed,
         })
     }
 

@@ -1,6 +1,6 @@
 //! Credits beyond the plan: grants, their burn order after the allowance, a cost that fits only
 //! allowance and grants together, expiry at the exact instant (with and without the sweeper),
-//! voids, who may grant, and many spenders on three replicas.
+//! voids, who may grant, many spenders on three replicas, and refunds with provenance.
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use entity::plan_feature::FeatureLimitType;
@@ -429,7 +429,7 @@ async fn a_void_takes_back_only_what_is_left_and_the_history_shows_every_movemen
     let history = app
         .gql(
             Some(&owner),
-            "query($t: ID!) { creditHistory(tenantId: $t) { nodes { kind type amount grantId subject actor { type } allocations { bucket amount } } } }",
+            "query($t: ID!) { creditHistory(tenantId: $t) { nodes { kind type amount grantId reason actor { type } allocations { bucket amount } } } }",
             json!({ "t": tenant }),
         )
         .await;
@@ -437,7 +437,7 @@ async fn a_void_takes_back_only_what_is_left_and_the_history_shows_every_movemen
     assert_eq!(nodes.as_array().map(Vec::len), Some(3), "{history}");
     assert_eq!(nodes[0]["kind"], "VOID");
     assert_eq!(
-        (nodes[0]["amount"].as_i64(), nodes[0]["subject"].as_str()),
+        (nodes[0]["amount"].as_i64(), nodes[0]["reason"].as_str()),
         (Some(3), Some("abuse"))
     );
     assert_eq!(nodes[1]["kind"], "SPEND");
@@ -570,5 +570,252 @@ async fn many_spenders_on_three_replicas_never_take_more_than_allowance_and_gran
     let u = usage(&app, &owner, &tenant).await;
     assert_eq!(u["used"], 50);
     assert_eq!(u["grantsRemaining"].as_i64(), Some(150 - spent));
+    assert_sound(&app);
+}
+
+const REFUND: &str = "mutation($input: RefundCreditInput!) { refundCredit(input: $input) { \
+    replayed credit { id kind amount refundOf reason } buckets { bucket grantId amount lapsed } } }";
+
+async fn refund(
+    app: &TestApp,
+    token: &str,
+    tenant: &str,
+    credit: &str,
+    key: &str,
+    amount: Option<i64>,
+) -> Value {
+    let input = json!({ "tenantId": tenant, "creditId": credit, "amount": amount, "idempotencyKey": key, "reason": "sorry" });
+    app.gql(Some(token), REFUND, json!({ "input": input }))
+        .await
+}
+
+fn spend_id(body: &Value) -> String {
+    assert!(body["errors"].is_null(), "{body}");
+    body["data"]["consumeCredits"]["credit"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_refund_gives_back_exactly_the_buckets_that_paid_newest_first() {
+    let (app, owner, tenant, admin) = setup(3, Clock::default(), 60).await;
+    let a = granted(
+        &app,
+        &admin,
+        &tenant,
+        "a",
+        json!({ "amount": 2, "priority": 10 }),
+    )
+    .await;
+    let b = granted(&app, &admin, &tenant, "b", json!({ "amount": 5 })).await;
+    // 3 from the allowance, 2 from a, 1 from b.
+    let spent = spend_id(&spend(&app, &owner, &tenant, 6, "s").await);
+
+    let body = refund(&app, &owner, &tenant, &spent, "r1", Some(2)).await;
+    assert!(body["errors"].is_null(), "{body}");
+    let made = &body["data"]["refundCredit"];
+    assert_eq!(made["credit"]["kind"], "REFUND");
+    assert_eq!(made["credit"]["refundOf"], spent);
+    assert_eq!(made["credit"]["reason"], "sorry");
+    assert_eq!(
+        made["buckets"],
+        json!([
+            { "bucket": "GRANT", "grantId": b, "amount": 1, "lapsed": false },
+            { "bucket": "GRANT", "grantId": a, "amount": 1, "lapsed": false },
+        ])
+    );
+    let grants = remaining(&app, &owner, &tenant).await;
+    assert_eq!(
+        of(&grants, &a),
+        (1, "ACTIVE".into()),
+        "an exhausted grant is active again"
+    );
+    assert_eq!(of(&grants, &b).0, 5);
+
+    // The rest by default: 1 to a, then 3 to the allowance.
+    let body = refund(&app, &owner, &tenant, &spent, "r2", None).await;
+    assert_eq!(
+        body["data"]["refundCredit"]["credit"]["amount"], 4,
+        "{body}"
+    );
+    assert_eq!(
+        body["data"]["refundCredit"]["buckets"][1],
+        json!({ "bucket": "ALLOWANCE", "grantId": null, "amount": 3, "lapsed": false })
+    );
+    let u = usage(&app, &owner, &tenant).await;
+    assert_eq!(
+        (u["used"].as_i64(), u["grantsRemaining"].as_i64()),
+        (Some(0), Some(7))
+    );
+
+    // Nothing left: refused, nothing written. A replay still answers the first refund.
+    let more = refund(&app, &owner, &tenant, &spent, "r3", Some(1)).await;
+    assert_eq!(error_code(&more), Some("BAD_USER_INPUT"), "{more}");
+    let replay = refund(&app, &owner, &tenant, &spent, "r1", Some(2)).await;
+    assert_eq!(replay["data"]["refundCredit"]["replayed"], true, "{replay}");
+    assert_eq!(
+        replay["data"]["refundCredit"]["buckets"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+    let reused = refund(&app, &owner, &tenant, &spent, "r1", Some(1)).await;
+    assert_eq!(
+        error_code(&reused),
+        Some("IDEMPOTENCY_KEY_REUSED"),
+        "{reused}"
+    );
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM credit WHERE kind = 'REFUND'")
+            .await,
+        2
+    );
+    assert_sound(&app);
+}
+
+#[tokio::test]
+async fn concurrent_refunds_never_give_back_more_than_was_spent() {
+    let (app, owner, tenant, _admin) = setup(10, Clock::default(), 60).await;
+    let spent = spend_id(&spend(&app, &owner, &tenant, 5, "s").await);
+    let answers = join_all((0..12).map(|i| {
+        let (app, owner, tenant, spent) = (&app, &owner, &tenant, &spent);
+        async move { refund(app, owner, tenant, spent, &format!("r{i}"), Some(1)).await }
+    }))
+    .await;
+    let ok = answers.iter().filter(|a| a["errors"].is_null()).count();
+    let refused = answers
+        .iter()
+        .filter(|a| error_code(a) == Some("BAD_USER_INPUT"))
+        .count();
+    assert_eq!((ok, refused), (5, 7), "{answers:?}");
+    assert_eq!(usage(&app, &owner, &tenant).await["used"], 0);
+    assert_sound(&app);
+}
+
+#[tokio::test]
+async fn who_may_refund_and_what_is_not_a_spend() {
+    let (app, owner, tenant, admin) = setup(10, Clock::default(), 60).await;
+    let spent = spend_id(&spend(&app, &owner, &tenant, 2, "s").await);
+    let (member, member_id) = app.sign_up("member@example.com").await;
+    app.add_member(&tenant, &member_id, "MEMBER").await;
+    let by_member = refund(&app, &member, &tenant, &spent, "m", Some(1)).await;
+    assert_eq!(error_code(&by_member), Some("FORBIDDEN"), "{by_member}");
+    let (stranger, _) = app.owner_with_tenant("elsewhere").await;
+    let by_stranger = refund(&app, &stranger, &tenant, &spent, "x", Some(1)).await;
+    assert_eq!(error_code(&by_stranger), Some("FORBIDDEN"), "{by_stranger}");
+    // A grant's movement is no spend.
+    granted(&app, &admin, &tenant, "g", json!({ "amount": 1 })).await;
+    let history = app
+        .gql(Some(&owner), "query($t: ID!) { creditHistory(tenantId: $t, filter: { kind: GRANT }) { nodes { id } } }", json!({ "t": tenant }))
+        .await;
+    let grant_row = history["data"]["creditHistory"]["nodes"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let not_spend = refund(&app, &owner, &tenant, &grant_row, "not-a-spend", Some(1)).await;
+    assert_eq!(error_code(&not_spend), Some("NOT_FOUND"), "{not_spend}");
+}
+
+#[tokio::test]
+async fn refunds_to_expired_voided_and_closed_buckets_are_lapsed_never_spendable() {
+    let clock = Clock::manual(at(0, 0));
+    let (app, owner, tenant, admin) = setup(2, clock.clone(), 3600).await;
+    let expiring = granted(
+        &app,
+        &admin,
+        &tenant,
+        "e",
+        json!({ "amount": 3, "priority": 1, "expiresAt": at(30, 0).to_rfc3339() }),
+    )
+    .await;
+    let voided = granted(
+        &app,
+        &admin,
+        &tenant,
+        "v",
+        json!({ "amount": 3, "priority": 2 }),
+    )
+    .await;
+    // 2 from the allowance, 3 from the expiring grant, 1 from the one to be voided.
+    let spent = spend_id(&spend(&app, &owner, &tenant, 6, "s").await);
+    let void = "mutation($t: ID!, $id: ID!) { voidCreditGrant(tenantId: $t, id: $id) { status } }";
+    let body = app
+        .gql(Some(&admin), void, json!({ "t": tenant, "id": voided }))
+        .await;
+    assert_eq!(
+        body["data"]["voidCreditGrant"]["status"], "VOIDED",
+        "{body}"
+    );
+    // The next month: the allowance's period has closed, the grant has expired (unswept).
+    clock.set(Utc.with_ymd_and_hms(2026, 12, 2, 0, 0, 0).unwrap());
+    let body = refund(&app, &owner, &tenant, &spent, "r", None).await;
+    assert!(body["errors"].is_null(), "{body}");
+    assert_eq!(
+        body["data"]["refundCredit"]["buckets"],
+        json!([
+            { "bucket": "GRANT", "grantId": voided, "amount": 1, "lapsed": true },
+            { "bucket": "GRANT", "grantId": expiring, "amount": 3, "lapsed": true },
+            { "bucket": "ALLOWANCE", "grantId": null, "amount": 2, "lapsed": true },
+        ])
+    );
+    // Nothing of it can be spent: not this month's allowance, nor the dead grants.
+    let u = usage(&app, &owner, &tenant).await;
+    assert_eq!(
+        (
+            u["used"].as_i64(),
+            u["grantsRemaining"].as_i64(),
+            u["available"].as_i64()
+        ),
+        (Some(0), Some(0), Some(2))
+    );
+    let grants = remaining(&app, &owner, &tenant).await;
+    assert_eq!(of(&grants, &voided), (0, "VOIDED".into()));
+    assert_sound(&app);
+}
+
+#[tokio::test]
+async fn a_refund_of_metered_usage_not_yet_sent_reduces_or_cancels_it_in_the_outbox() {
+    let fake = crate::fake_stripe::FakeStripe::start().await;
+    // The reporter never comes round during the test: the usage stays unsent.
+    let app = crate::stripe::stripe_app(&fake, |c| c.stripe.worker_interval_ms = 3_600_000).await;
+    let (owner, tenant) = app.owner_with_tenant("metered").await;
+    crate::stripe::link_customer(&app, &tenant, "cus_refund").await;
+    let project = app.project_id(&owner, &tenant).await;
+    assert!(app.create_task(&owner, &project, "t").await["errors"].is_null());
+    let history = app
+        .gql(
+            Some(&owner),
+            "query($t: ID!) { creditHistory(tenantId: $t) { nodes { id type } } }",
+            json!({ "t": tenant }),
+        )
+        .await;
+    let id_of = |kind: &str| {
+        history["data"]["creditHistory"]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["type"] == kind)
+            .map(|n| n["id"].as_str().unwrap().to_owned())
+            .unwrap_or_else(|| panic!("{kind} in {history}"))
+    };
+    let (task_spend, project_spend) = (
+        id_of("credit-task-creation"),
+        id_of("credit-project-creation"),
+    );
+    assert!(refund(&app, &owner, &tenant, &task_spend, "t", None).await["errors"].is_null());
+    assert!(refund(&app, &owner, &tenant, &project_spend, "p", Some(1)).await["errors"].is_null());
+    let mut reports = crate::stripe::reports(&app, &owner, &tenant).await;
+    reports.sort_by_key(|r| r["quantity"].as_i64());
+    let seen: Vec<(i64, &str)> = reports
+        .iter()
+        .map(|r| {
+            (
+                r["quantity"].as_i64().unwrap(),
+                r["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(seen, vec![(0, "CANCELLED"), (1, "PENDING")], "{reports:?}");
     assert_sound(&app);
 }

@@ -47,6 +47,8 @@ pub enum UsageReportStatus {
     Delivered,
     /// Can never be delivered; `lastError` says why.
     Failed,
+    /// Refunded before it was sent: nothing to report.
+    Cancelled,
 }
 
 impl From<UsageStatus> for UsageReportStatus {
@@ -55,6 +57,7 @@ impl From<UsageStatus> for UsageReportStatus {
             UsageStatus::Pending => UsageReportStatus::Pending,
             UsageStatus::Delivered => UsageReportStatus::Delivered,
             UsageStatus::Failed => UsageReportStatus::Failed,
+            UsageStatus::Cancelled => UsageReportStatus::Cancelled,
         }
     }
 }

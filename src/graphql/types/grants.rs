@@ -134,6 +134,8 @@ pub enum CreditMovementKind {
     Expiry,
     /// A grant voided: `amount` credits taken back.
     Void,
+    /// A spend given back (`refundOf`): `amount` credits returned to the buckets that paid.
+    Refund,
 }
 
 /// Where credits of a spend came from.
@@ -183,4 +185,61 @@ pub struct CreditExpiry {
     pub amount: i32,
     /// When they stop being spendable.
     pub at: DateTime<Utc>,
+}
+
+/// A spend (or part of it) to give back.
+#[derive(InputObject, Debug)]
+pub struct RefundCreditInput {
+    /// The tenant (or give `tenantExternalId`).
+    pub tenant_id: Option<ID>,
+    /// The tenant, by your own id for it.
+    pub tenant_external_id: Option<String>,
+    /// The spend: a `SPEND` row of `creditHistory`.
+    pub credit_id: ID,
+    /// Credits to give back (default: all that is left of the spend to refund).
+    pub amount: Option<i32>,
+    /// Why (at most 500 characters); shown in the history.
+    pub reason: Option<String>,
+    /// Required: a retry with the same key and input returns the first refund and gives
+    /// nothing more back.
+    pub idempotency_key: String,
+}
+
+/// Where a refund put credits back.
+#[derive(SimpleObject, Clone, Debug)]
+pub struct RefundedBucket {
+    /// The allowance or a grant.
+    pub bucket: CreditBucket,
+    /// The grant, for a `GRANT` bucket.
+    pub grant_id: Option<ID>,
+    /// Credits given back to it.
+    pub amount: i32,
+    /// Restored for the record only: the spend's period has closed, or the grant has expired
+    /// or was voided. Lapsed credits cannot be spent.
+    pub lapsed: bool,
+}
+
+impl From<crate::credits::refunds::Returned> for RefundedBucket {
+    fn from(r: crate::credits::refunds::Returned) -> Self {
+        RefundedBucket {
+            bucket: match r.grant_id {
+                Some(_) => CreditBucket::Grant,
+                None => CreditBucket::Allowance,
+            },
+            grant_id: r.grant_id.map(|id| ID(id.to_string())),
+            amount: int(r.amount),
+            lapsed: r.lapsed,
+        }
+    }
+}
+
+/// A refund made by `refundCredit`, or found again by its idempotency key.
+#[derive(SimpleObject, Debug)]
+pub struct CreditRefund {
+    /// The `REFUND` ledger row.
+    pub credit: super::Credit,
+    /// Where the credits went back, newest bucket first.
+    pub buckets: Vec<RefundedBucket>,
+    /// True when the key had been used for this same refund: nothing more was given back.
+    pub replayed: bool,
 }

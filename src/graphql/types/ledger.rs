@@ -113,6 +113,10 @@ pub struct Credit {
     pub amount: i32,
     /// The grant a `GRANT`, `EXPIRY` or `VOID` row is of.
     pub grant_id: Option<ID>,
+    /// The spend a `REFUND` row gives back (part of).
+    pub refund_of: Option<ID>,
+    /// Why credits were granted, taken back or refunded.
+    pub reason: Option<String>,
     /// The id of what the credits paid for: the new Project's or Task's id, or the caller's
     /// own object id (`consumeCredits`).
     pub object_id: Option<String>,
@@ -140,6 +144,8 @@ impl From<credit::Model> for Credit {
             amount_spent: c.amount,
             movement: c.movement.into(),
             grant_id: c.grant_id.map(|id| ID(id.to_string())),
+            refund_of: c.refund_of.map(|id| ID(id.to_string())),
+            reason: c.reason,
             created_at: c.created_at,
             kind: c.kind,
             amount: int(c.amount),
@@ -168,10 +174,13 @@ impl Credit {
         Ok(user.map(User::from))
     }
 
-    /// Which buckets paid a spend: the allowance's part, then each grant's (batched: one
-    /// query for a whole page). Empty for a grant's movements.
+    /// Which buckets paid a spend (or got a refund back): the allowance's part, then each
+    /// grant's (batched: one query for a whole page). Empty for a grant's movements.
     async fn allocations(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<CreditAllocation>> {
-        if self.movement != CreditMovementKind::Spend {
+        if !matches!(
+            self.movement,
+            CreditMovementKind::Spend | CreditMovementKind::Refund
+        ) {
             return Ok(Vec::new());
         }
         let loader = ctx.data::<Loaders>()?.allocations();
