@@ -48,7 +48,7 @@ pub struct Config {
     pub auth: AuthSettings,
     /// Tenants: how many one user may belong to.
     pub tenants: TenantSettings,
-    /// Credit grants: how often expired ones are swept.
+    /// Credit grants and reservations: how often expired ones are swept.
     pub grants: GrantSettings,
     /// `GET /metrics`: where it is served and who may read it.
     pub metrics: MetricsSettings,
@@ -147,8 +147,9 @@ pub struct AuthSettings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrantSettings {
-    /// How often grants past their expiry are marked `EXPIRED` (with their expiry movement).
-    /// An expired grant is never spent meanwhile: the guard checks the time itself.
+    /// How often grants past their expiry are marked `EXPIRED` (with their expiry movement),
+    /// and reservations past theirs are released. An expired grant is never spent meanwhile
+    /// (the guard checks the time itself); an expired reservation can no longer be confirmed.
     pub sweep_interval_seconds: u64,
 }
 

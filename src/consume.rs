@@ -88,38 +88,8 @@ pub async fn consume(
     viewer: &Viewer,
     request: Consume,
 ) -> Result<Consumed, AppError> {
-    // A user spends as themselves; a key (scope CREDITS_CONSUME) for any member it names, or
-    // for none, within the tenants it may touch.
-    let (user_id, actor) = match viewer.key() {
-        Some(key) => {
-            viewer.standing_id(&[ApiScope::CreditsConsume])?;
-            if key.tenant_id.is_some_and(|t| t != request.tenant_id) {
-                return Err(AppError::Forbidden);
-            }
-            (request.user_id, Actor::ApiKey(key.id))
-        }
-        None => {
-            let user_id = viewer.require()?;
-            if request.user_id.is_some_and(|id| id != user_id) {
-                return Err(AppError::bad_input(
-                    "a signed-in user spends as themselves: leave userId out, or set it to your own id",
-                ));
-            }
-            (Some(user_id), Actor::User(user_id))
-        }
-    };
-    let credit_type = credit_type(state, &request.cost)?;
-    // Those pay for Tollgate's own rows: spent without one, the books would not balance.
-    if projects::PAID
-        .iter()
-        .any(|p| p.credit_type == credit_type.value)
-    {
-        return Err(AppError::bad_input(format!(
-            "creditType {:?} pays for Tollgate's own projects and tasks: spend it with \
-             createProject or createTask, or define a credit type of your own",
-            credit_type.value
-        )));
-    }
+    let (user_id, actor) = spender(viewer, request.tenant_id, request.user_id)?;
+    let credit_type = spendable_type(state, &request.cost)?;
     let object_id = reference("objectId", request.object_id)?;
     let subject = reference("subject", request.subject)?;
     let metadata_text = match &request.metadata {
@@ -224,6 +194,50 @@ pub async fn consume(
     }
 }
 
+/// Who spends: a user as themselves; a key (scope `CREDITS_CONSUME`) for the member it names,
+/// or for none, within the tenants it may touch. The user's id and the actor.
+pub fn spender(
+    viewer: &Viewer,
+    tenant_id: Uuid,
+    user_id: Option<Uuid>,
+) -> Result<(Option<Uuid>, Actor), AppError> {
+    match viewer.key() {
+        Some(key) => {
+            viewer.standing_id(&[ApiScope::CreditsConsume])?;
+            if key.tenant_id.is_some_and(|t| t != tenant_id) {
+                return Err(AppError::Forbidden);
+            }
+            Ok((user_id, Actor::ApiKey(key.id)))
+        }
+        None => {
+            let me = viewer.require()?;
+            if user_id.is_some_and(|id| id != me) {
+                return Err(AppError::bad_input(
+                    "a signed-in user spends as themselves: leave userId out, or set it to your own id",
+                ));
+            }
+            Ok((Some(me), Actor::User(me)))
+        }
+    }
+}
+
+/// The credit type `cost` spends, when the caller may spend it: not one that pays for
+/// Tollgate's own rows (spent without one, the books would not balance).
+pub fn spendable_type(state: &AppState, cost: &Cost) -> Result<CreditTypeConfig, AppError> {
+    let credit_type = credit_type(state, cost)?;
+    if projects::PAID
+        .iter()
+        .any(|p| p.credit_type == credit_type.value)
+    {
+        return Err(AppError::bad_input(format!(
+            "creditType {:?} pays for Tollgate's own projects and tasks: spend it with \
+             createProject or createTask, or define a credit type of your own",
+            credit_type.value
+        )));
+    }
+    Ok(credit_type)
+}
+
 /// Why a check or a spend would be refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
@@ -325,7 +339,7 @@ fn credit_type(state: &AppState, cost: &Cost) -> Result<CreditTypeConfig, AppErr
 }
 
 /// An optional reference of the caller's: 1 to 255 characters when given.
-fn reference(field: &str, value: Option<String>) -> Result<Option<String>, AppError> {
+pub fn reference(field: &str, value: Option<String>) -> Result<Option<String>, AppError> {
     match value {
         Some(v) if v.is_empty() || v.chars().count() > MAX_REFERENCE => Err(AppError::bad_input(
             format!("{field} must be 1 to {MAX_REFERENCE} characters"),

@@ -53,6 +53,8 @@ pub enum AppError {
     IdempotencyKeyReused,
     #[error("too many requests: try again in {retry_after} s")]
     RateLimited { retry_after: u64 },
+    #[error("this reservation is no longer pending: it was confirmed, released or has expired")]
+    ReservationNotPending,
     #[error("no such invitation (or it was used or revoked)")]
     InvitationNotFound,
     #[error("this invitation has expired: ask for a new one")]
@@ -79,6 +81,7 @@ impl AppError {
             AppError::FeatureNotIncluded { .. } => "FEATURE_NOT_INCLUDED",
             AppError::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             AppError::RateLimited { .. } => "RATE_LIMITED",
+            AppError::ReservationNotPending => "RESERVATION_NOT_PENDING",
             AppError::InvitationNotFound => "INVITATION_NOT_FOUND",
             AppError::InvitationExpired => "INVITATION_EXPIRED",
             AppError::InvitationEmailMismatch => "INVITATION_EMAIL_MISMATCH",

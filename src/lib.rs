@@ -42,6 +42,9 @@ pub mod plans;
 pub mod projects;
 /// Per-client rate limits (governor), per process.
 pub mod rate_limit;
+/// Reservations: credits held for work whose cost is known afterwards, then confirmed,
+/// released or expired.
+pub mod reservations;
 /// Connect, migrate, serve.
 pub mod startup;
 /// `AppState`: what every request can reach.

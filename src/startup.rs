@@ -66,11 +66,9 @@ impl Application {
             ),
             std::time::Duration::from_secs(config.idempotency.purge_interval_seconds),
         );
-        crate::credits::grants::spawn_sweeper(
-            db.clone(),
-            clock.clone(),
-            std::time::Duration::from_secs(config.grants.sweep_interval_seconds.max(1)),
-        );
+        let sweep = std::time::Duration::from_secs(config.grants.sweep_interval_seconds.max(1));
+        crate::credits::grants::spawn_sweeper(db.clone(), clock.clone(), sweep);
+        crate::reservations::spawn_expirer(db.clone(), clock.clone(), sweep);
         let metrics = Metrics::new()?;
         let (stop, stopped) = watch::channel(false);
         let (stripe, reporter) = match &config.stripe.secret_key {
@@ -108,7 +106,14 @@ impl Application {
         let state = AppState {
             writer: Writer::spawn(
                 db.clone(),
-                Statements::build(db.backend(), &projects::PAID),
+                Statements::build(
+                    db.backend(),
+                    &[
+                        projects::PAID[0],
+                        projects::PAID[1],
+                        &crate::reservations::RESERVATION,
+                    ],
+                ),
                 config.database.max_batch,
                 metrics.clone(),
             )

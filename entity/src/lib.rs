@@ -5,6 +5,7 @@ pub mod api_key;
 pub mod credit;
 pub mod credit_allocation;
 pub mod credit_grant;
+pub mod credit_reservation;
 pub mod credit_usage;
 pub mod idempotency_key;
 pub mod plan;

@@ -1,7 +1,8 @@
 //! Credits beyond the plan: grants (promotional, paid, rolled over), what each spend (and each
 //! refund) took from or gave back to which grant (`credit_allocation`), and the ledger's
 //! movement kind (`SPEND` by default; `GRANT`, `EXPIRY`, `VOID` name a grant in `grant_id`;
-//! `REFUND` names the spend in `refund_of`), with a `reason`.
+//! `REFUND` names the spend in `refund_of`), with a `reason`; and reservations, credits held
+//! like a spend until confirmed, released or expired.
 
 use sea_orm_migration::{prelude::*, schema::*};
 
@@ -129,6 +130,47 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(Reservation::Table)
+                    .col(uuid(Reservation::Id))
+                    .col(uuid(Reservation::TenantId))
+                    .col(string(Reservation::Feature))
+                    .col(string(Reservation::CreditType))
+                    .col(big_integer(Reservation::Amount))
+                    .col(big_integer_null(Reservation::ConfirmedAmount))
+                    .col(string_null(Reservation::ObjectId))
+                    .col(string(Reservation::Status))
+                    .col(timestamp_with_time_zone(Reservation::ExpiresAt))
+                    .col(timestamp_with_time_zone(Reservation::CreatedAt))
+                    .col(timestamp_with_time_zone_null(Reservation::SettledAt))
+                    .col(string(Reservation::ActorType))
+                    .col(uuid_null(Reservation::ActorId))
+                    .primary_key(
+                        Index::create()
+                            .col(Reservation::TenantId)
+                            .col(Reservation::Id),
+                    )
+                    .foreign_key(
+                        ForeignKey::create()
+                            .from(Reservation::Table, Reservation::TenantId)
+                            .to(Tenant::Table, Tenant::Id),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        // The sweeper's due holds.
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_credit_reservation_expiry")
+                    .table(Reservation::Table)
+                    .col(Reservation::Status)
+                    .col(Reservation::ExpiresAt)
+                    .to_owned(),
+            )
+            .await?;
         // A spend's refunds, found under the lock of its counter row.
         manager
             .create_index(
@@ -166,6 +208,9 @@ impl MigrationTrait for Migration {
                 )
                 .await?;
         }
+        manager
+            .drop_table(Table::drop().table(Reservation::Table).to_owned())
+            .await?;
         manager
             .drop_table(Table::drop().table(Allocation::Table).to_owned())
             .await?;
@@ -205,6 +250,25 @@ enum Allocation {
     CreditId,
     GrantId,
     Amount,
+}
+
+#[derive(DeriveIden)]
+enum Reservation {
+    #[sea_orm(iden = "credit_reservation")]
+    Table,
+    Id,
+    TenantId,
+    Feature,
+    CreditType,
+    Amount,
+    ConfirmedAmount,
+    ObjectId,
+    Status,
+    ExpiresAt,
+    CreatedAt,
+    SettledAt,
+    ActorType,
+    ActorId,
 }
 
 #[derive(DeriveIden)]

@@ -85,7 +85,60 @@ pub async fn verify(db: &impl ConnectionTrait, paid: &[&PaidTable]) -> Result<Re
     }
     check_outbox(db, &mut report).await?;
     check_grants(db, &mut report).await?;
+    check_reservations(db, &mut report).await?;
     Ok(report)
+}
+
+/// A row id as the ledger's `object_id` spells it, for row `r` (ids are blobs on SQLite).
+fn id_text(backend: DatabaseBackend, column: &str) -> String {
+    match backend {
+        DatabaseBackend::Postgres => format!("CAST(r.{column} AS TEXT)"),
+        _ => format!(
+            "lower(substr(hex(r.{column}),1,8)||'-'||substr(hex(r.{column}),9,4)||'-'||substr(hex(r.{column}),13,4)||'-'||substr(hex(r.{column}),17,4)||'-'||substr(hex(r.{column}),21))"
+        ),
+    }
+}
+
+/// Invariant 8: every reservation holds exactly one spend, and has given back nothing while
+/// pending, the rest once confirmed, all once released or expired.
+async fn check_reservations(db: &impl ConnectionTrait, report: &mut Report) -> Result<(), DbErr> {
+    let backend = db.get_database_backend();
+    let id = id_text(backend, "id");
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            backend,
+            format!(
+                "SELECT r.id, r.status, r.amount, r.confirmed_amount, \
+                 CAST((SELECT COUNT(*) FROM credit c WHERE c.tenant_id = r.tenant_id \
+                 AND c.object_id = {id} AND c.kind = 'SPEND' AND c.amount = r.amount) AS BIGINT) AS holds, \
+                 CAST(COALESCE((SELECT SUM(f.amount) FROM credit c JOIN credit f \
+                 ON f.tenant_id = c.tenant_id AND f.refund_of = c.id WHERE c.tenant_id = r.tenant_id \
+                 AND c.object_id = {id} AND c.kind = 'SPEND'), 0) AS BIGINT) AS back \
+                 FROM credit_reservation r"
+            ),
+        ))
+        .await?;
+    let mut problems = Vec::new();
+    for row in rows {
+        let id: Uuid = row.try_get("", "id")?;
+        let status: String = row.try_get("", "status")?;
+        let amount: i64 = row.try_get("", "amount")?;
+        let confirmed: Option<i64> = row.try_get("", "confirmed_amount")?;
+        let (holds, back): (i64, i64) = (row.try_get("", "holds")?, row.try_get("", "back")?);
+        let owed = match status.as_str() {
+            "PENDING" => 0,
+            "CONFIRMED" => amount - confirmed.unwrap_or(0),
+            _ => amount,
+        };
+        if holds != 1 || back != owed {
+            problems.push(format!(
+                "reservation {id} ({status}, {amount} held): {holds} holds, {back} given back, \
+                 not 1 and {owed}"
+            ));
+        }
+    }
+    push_limited(report, problems);
+    Ok(())
 }
 
 /// What grants paid of ledger row `c`, in SQL.
@@ -254,13 +307,7 @@ async fn check_resources(
 ) -> Result<(), DbErr> {
     let backend = db.get_database_backend();
     let (table, id) = (paid.table, paid.columns.first().copied().unwrap_or("id"));
-    // The resource id as the ledger's `object_id` spells it (ids are blobs on SQLite).
-    let id_text = match backend {
-        DatabaseBackend::Postgres => format!("CAST(r.{id} AS TEXT)"),
-        _ => format!(
-            "lower(substr(hex(r.{id}),1,8)||'-'||substr(hex(r.{id}),9,4)||'-'||substr(hex(r.{id}),13,4)||'-'||substr(hex(r.{id}),17,4)||'-'||substr(hex(r.{id}),21))"
-        ),
-    };
+    let id_text = id_text(backend, id);
     let value = paid.credit_type;
     let resources = scalar(db, &format!("SELECT CAST(COUNT(*) AS BIGINT) FROM {table}")).await?;
     let ledger_rows = scalar(

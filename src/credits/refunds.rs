@@ -137,6 +137,27 @@ pub async fn refund(
     grants::finish(&mut session, outcome).await
 }
 
+/// Gives back `amount` (default: all that is left) of spend `credit_id` inside the session's
+/// open transaction, as `refund` does but with no key of its own: a reservation's release.
+pub async fn give_back_within(
+    session: &mut Session,
+    actor: Actor,
+    tenant_id: Uuid,
+    credit_id: Uuid,
+    amount: Option<i64>,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<Refunded, AppError> {
+    let request = Refund {
+        tenant_id,
+        credit_id,
+        amount,
+        reason: Some(reason.to_owned()),
+        idempotency_key: String::new(),
+    };
+    give_back(session, actor, &request, Uuid::now_v7(), now).await
+}
+
 /// One bucket of a spend: what it paid and what was refunded to it so far.
 struct Bucket {
     grant: Option<credit_grant::Model>,
@@ -242,7 +263,7 @@ async fn give_back(
         kind: spend.kind.clone(),
         amount,
         object_id: spend.object_id.clone(),
-        idempotency_key: Some(request.idempotency_key.clone()),
+        idempotency_key: Some(request.idempotency_key.clone()).filter(|k| !k.is_empty()),
         feature: spend.feature.clone(),
         period_start: spend.period_start,
         created_at: now,

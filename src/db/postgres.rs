@@ -62,33 +62,63 @@ impl Readers {
         &self.options
     }
 
-    /// Runs one statement: one round trip.
+    /// Runs one statement: one round trip. A kept connection the server has dropped since
+    /// (a restart, an administrator) fails with it: the other kept ones are dropped too (they
+    /// were most likely cut with it) and the read runs once more on a new connection.
     pub async fn query(&self, statement: &Statement) -> Result<Vec<Row>, DbErr> {
         let _permit = self
             .permits
             .acquire()
             .await
             .map_err(|_| DbErr::Custom("the reader connections are closed".to_owned()))?;
-        let idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
-        let mut conn = match idle {
+        let kept = self.idle().pop();
+        let reused = kept.is_some();
+        let rows = self.run(kept, statement).await;
+        match rows {
+            Err(e) if reused && is_connection_lost(&e) => {
+                self.idle().clear();
+                self.run(None, statement).await.map_err(error)
+            }
+            rows => rows.map_err(error),
+        }
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<PgConnection>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `statement` on `conn` (or a new connection); the connection is kept for the next read
+    /// unless it was lost.
+    async fn run(
+        &self,
+        conn: Option<PgConnection>,
+        statement: &Statement,
+    ) -> Result<Vec<Row>, sqlx::Error> {
+        let mut conn = match conn {
             Some(conn) => conn,
-            None => PgConnection::connect_with(&self.options)
-                .await
-                .map_err(error)?,
+            None => PgConnection::connect_with(&self.options).await?,
         };
         let rows = bound(statement).fetch_all(&mut conn).await;
-        // The statement's own error leaves the connection usable; anything else (I/O, the
-        // protocol) and it is dropped, to be replaced on a later read.
-        if matches!(rows, Ok(_) | Err(sqlx::Error::Database(_))) {
-            self.idle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(conn);
+        match &rows {
+            Err(e) if is_connection_lost(e) => {}
+            _ => self.idle().push(conn),
         }
-        rows.map(rows_of).map_err(error)
+        rows.map(rows_of)
+    }
+}
+
+/// Whether `e` leaves the connection unusable: I/O or the protocol, or the server ending the
+/// session (SQLSTATE class 08, connection exception; 57, operator intervention). A
+/// statement's own error (a constraint, a type) leaves it usable.
+fn is_connection_lost(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57")),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        _ => false,
     }
 }

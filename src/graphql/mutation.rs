@@ -20,19 +20,36 @@ use crate::{
         types::{
             ApiKey, ApiKeyCreated, ApiScopeGql, AuthPayload, BillingPortalSession, CheckoutSession,
             ConsumeCreditsInput, CreateProjectInput, CreateTaskInput, CreateTenantInput,
-            CreditGrant, CreditGrantCreated, CreditRefund, CreditSpend, GrantCreditsInput,
-            Invitation, InvitationCreated, Member, Membership, Project, RefundCreditInput, Role,
-            SignUpInput, Task, Tenant, parse_id,
+            CreditGrant, CreditGrantCreated, CreditRefund, CreditReservation, CreditSpend,
+            GrantCreditsInput, Invitation, InvitationCreated, Member, Membership, Project,
+            RefundCreditInput, ReserveCreditsInput, Role, SignUpInput, Task, Tenant, parse_id,
         },
         viewer,
     },
     members,
     projects::{self, NewProject, NewTask},
+    reservations,
     tenants::{self, NewTenant},
 };
 
 /// What can be changed.
 pub struct Mutation;
+
+/// Confirms or releases a reservation.
+async fn settle(
+    ctx: &Context<'_>,
+    tenant_id: ID,
+    id: ID,
+    how: reservations::Settle,
+) -> async_graphql::Result<CreditReservation> {
+    let state = state(ctx)?;
+    let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
+    let id = parse_id(&id, "id").extend()?;
+    let settled = reservations::settle(&state.db, viewer(ctx), &state.clock, tenant_id, id, how)
+        .await
+        .extend()?;
+    Ok(CreditReservation::new(settled, false))
+}
 
 /// One sign-in or sign-up attempt from the request's address: `RATE_LIMITED` past
 /// `rate_limit.auth_per_minute`.
@@ -389,6 +406,74 @@ impl Mutation {
             buckets: refunded.returned.into_iter().map(Into::into).collect(),
             replayed: refunded.replayed,
         })
+    }
+
+    /// Holds credits for work whose cost is known only afterwards: like a spend (the whole
+    /// amount or nothing, counted against the limit, paid by the allowance and then grants),
+    /// until `confirmReservation`, `releaseReservation` or its expiry. Members, or a key with
+    /// `CREDITS_CONSUME`.
+    async fn reserve_credits(
+        &self,
+        ctx: &Context<'_>,
+        input: ReserveCreditsInput,
+    ) -> async_graphql::Result<CreditReservation> {
+        let state = state(ctx)?;
+        let tenant_id = super::types::tenant_ref(
+            &state.db,
+            input.tenant_id.as_ref(),
+            input.tenant_external_id.as_deref(),
+        )
+        .await
+        .extend()?;
+        let request = reservations::Reserve {
+            tenant_id,
+            cost: consume::Cost::from_input(
+                input.credit_type,
+                input.amount.map(i64::from),
+                input.feature,
+                state,
+            )
+            .extend()?,
+            object_id: input.object_id,
+            ttl_seconds: input.ttl_seconds.map(i64::from),
+            idempotency_key: input.idempotency_key,
+        };
+        let reserved = reservations::reserve(state, viewer(ctx), request)
+            .await
+            .extend()?;
+        Ok(CreditReservation::new(
+            reserved.reservation,
+            reserved.replayed,
+        ))
+    }
+
+    /// Turns a pending reservation into a spend of `amount` (at most what is held) and gives
+    /// the rest back. `RESERVATION_NOT_PENDING` once it was confirmed, released or expired.
+    async fn confirm_reservation(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: ID,
+        id: ID,
+        amount: i32,
+    ) -> async_graphql::Result<CreditReservation> {
+        settle(
+            ctx,
+            tenant_id,
+            id,
+            reservations::Settle::Confirm(amount.into()),
+        )
+        .await
+    }
+
+    /// Gives a pending reservation back in full. `RESERVATION_NOT_PENDING` once it was
+    /// confirmed, released or expired.
+    async fn release_reservation(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: ID,
+        id: ID,
+    ) -> async_graphql::Result<CreditReservation> {
+        settle(ctx, tenant_id, id, reservations::Settle::Release).await
     }
 
     /// Voids what is left of an `ACTIVE` grant: no longer spendable; the history records the

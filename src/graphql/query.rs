@@ -11,10 +11,10 @@ use crate::{
     graphql::{
         state,
         types::{
-            ApiKey, Credit, CreditCheck, CreditConnection, CreditHistoryFilter, CreditType,
-            Invitation, Member, Plan, PlanFeatureUsage, Project, Task, Tenant, UsageBasedUnit,
-            UsageReport, UsageReportConnection, User, encode_cursor, page, page_complexity,
-            parse_id, tenant_ref,
+            ApiKey, Credit, CreditCheck, CreditConnection, CreditHistoryFilter, CreditReservation,
+            CreditType, Invitation, Member, Plan, PlanFeatureUsage, Project, Task, Tenant,
+            UsageBasedUnit, UsageReport, UsageReportConnection, User, encode_cursor, page,
+            page_complexity, parse_id, tenant_ref,
         },
         viewer,
     },
@@ -92,6 +92,20 @@ impl Query {
         let id = parse_id(&id, "id").extend()?;
         let task = projects::visible_task(&state(ctx)?.db, viewer(ctx), id).await;
         Ok(task.extend()?.map(Task::from))
+    }
+
+    /// A reservation of a tenant (members, or a key with `CREDITS_READ` or
+    /// `CREDITS_CONSUME`); null when the tenant has none with this id.
+    async fn reservation(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: ID,
+        id: ID,
+    ) -> async_graphql::Result<Option<CreditReservation>> {
+        let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
+        let id = parse_id(&id, "id").extend()?;
+        let found = crate::reservations::get(&state(ctx)?.db, viewer(ctx), tenant_id, id).await;
+        Ok(found.extend()?.map(|r| CreditReservation::new(r, false)))
     }
 
     /// A tenant's members, the OWNER first (members only).

@@ -22,6 +22,7 @@ mod layout;
 mod operability;
 mod plans;
 mod reporter;
+mod reservations;
 mod resilience;
 mod resources;
 mod round_trips;

@@ -243,3 +243,86 @@ pub struct CreditRefund {
     /// True when the key had been used for this same refund: nothing more was given back.
     pub replayed: bool,
 }
+
+/// Where a reservation stands.
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+#[graphql(remote = "entity::credit_reservation::ReservationStatus")]
+pub enum ReservationStatus {
+    /// Held: counts against the limit like a spend.
+    Pending,
+    /// Turned into a spend of `confirmedAmount`; the rest was given back.
+    Confirmed,
+    /// Given back in full.
+    Released,
+    /// Not settled in time: given back in full.
+    Expired,
+}
+
+/// Credits held for work whose cost is known only afterwards.
+#[derive(SimpleObject, Clone, Debug)]
+pub struct CreditReservation {
+    /// The reservation's id.
+    pub id: ID,
+    /// The plan feature held, e.g. `credits`.
+    pub feature: String,
+    /// The credit type held (`explicit` for an explicit amount).
+    pub credit_type: String,
+    /// Credits held.
+    pub amount: i32,
+    /// What was finally spent, once confirmed.
+    pub confirmed_amount: Option<i32>,
+    /// Your id of what the credits are held for.
+    pub object_id: Option<String>,
+    /// Pending, confirmed, released or expired.
+    pub status: ReservationStatus,
+    /// Released from this instant on unless confirmed or released before.
+    pub expires_at: DateTime<Utc>,
+    /// When it was made.
+    pub created_at: DateTime<Utc>,
+    /// When it was confirmed, released or expired.
+    pub settled_at: Option<DateTime<Utc>>,
+    /// Who made it.
+    pub actor: Actor,
+    /// True when the idempotency key had made this same reservation: nothing more was held.
+    pub replayed: bool,
+}
+
+impl CreditReservation {
+    pub fn new(r: entity::credit_reservation::Model, replayed: bool) -> Self {
+        CreditReservation {
+            id: ID(r.id.to_string()),
+            feature: r.feature,
+            credit_type: r.credit_type,
+            amount: int(r.amount),
+            confirmed_amount: r.confirmed_amount.map(int),
+            object_id: r.object_id,
+            status: r.status.into(),
+            expires_at: r.expires_at,
+            created_at: r.created_at,
+            settled_at: r.settled_at,
+            actor: Actor::new(r.actor_type, r.actor_id),
+            replayed,
+        }
+    }
+}
+
+/// Credits to hold.
+#[derive(InputObject, Debug)]
+pub struct ReserveCreditsInput {
+    /// The tenant (or give `tenantExternalId`).
+    pub tenant_id: Option<ID>,
+    /// The tenant, by your own id for it.
+    pub tenant_external_id: Option<String>,
+    /// A credit type of the catalogue; give this or `amount`.
+    pub credit_type: Option<String>,
+    /// An explicit amount to hold (1 to 1,000,000,000); give this or `creditType`.
+    pub amount: Option<i32>,
+    /// The plan feature an explicit `amount` holds (default `credits`).
+    pub feature: Option<String>,
+    /// Your id of what the credits are held for (at most 255 characters).
+    pub object_id: Option<String>,
+    /// How long the hold lasts unless confirmed or released (default 3600, at most 86400).
+    pub ttl_seconds: Option<i32>,
+    /// Required: a retry with the same key and input returns the first reservation.
+    pub idempotency_key: String,
+}
