@@ -53,6 +53,7 @@ const CONNECTIONS: usize = 32;
 const SECRET: &str = "bench-secret-bench-secret-bench-secret-0123";
 const CONFIG: &str = r#"
 default_plan = "unlimited"
+platform_admins = ["bench@example.com"]
 [tenants]
 max_per_user = 2000
 [[plans]]
@@ -70,6 +71,14 @@ name = "credits"
 title = "Credits"
 type = "MONTHLY"
 value = 1000
+[[plans]]
+slug = "granted"
+title = "Granted"
+[[plans.features]]
+name = "credits"
+title = "Credits"
+type = "MONTHLY"
+value = 0
 "#;
 
 /// Tenants of the multi-tenant workload, each with a project.
@@ -314,6 +323,37 @@ async fn run_database(
         .to_owned();
     let limited = tenant_with_project(&client, &base, &token, "limited").await;
     move_to_plan(url, &limited.0, "limited").await;
+    // A tenant whose plan gives nothing: every spend is paid from a grant (the guard's slow
+    // path: counter and grant locked, the grant drawn down, an allocation recorded).
+    let granted = tenant_with_project(&client, &base, &token, "granted").await;
+    move_to_plan(url, &granted.0, "granted").await;
+    let grant = gql(
+        &client,
+        &base,
+        Some(&token),
+        &format!(
+            "mutation {{ grantCredits(input: {{tenantId: \"{}\", amount: 1000000000, idempotencyKey: \"bench\"}}) {{ grant {{ id }} }} }}",
+            granted.0
+        ),
+        json!({}),
+    )
+    .await;
+    assert!(grant["errors"].is_null(), "grantCredits: {grant}");
+    let granted_key = gql(
+        &client,
+        &base,
+        Some(&token),
+        &format!(
+            "mutation {{ createApiKey(tenantId: \"{}\", name: \"bench\", scopes: [CREDITS_CONSUME]) {{ secret }} }}",
+            granted.0
+        ),
+        json!({}),
+    )
+    .await;
+    let granted_key = granted_key["data"]["createApiKey"]["secret"]
+        .as_str()
+        .expect("API key")
+        .to_owned();
     // The multi-tenant workload's tenants (on the default, UNLIMITED plan), made 32 at a time.
     let slugs: Vec<String> = (0..TENANTS).map(|i| format!("t{i}")).collect();
     let mut many = Vec::with_capacity(TENANTS);
@@ -350,7 +390,12 @@ async fn run_database(
     });
     let one = |body: String| vec![body];
     let user = Some(token.as_str());
-    let workloads: [(&str, Vec<String>, Option<&str>, Floor); 7] = [
+    let consume = |tenant: &str| {
+        format!(
+            r#"{{"query":"mutation($i: ConsumeCreditsInput!) {{ consumeCredits(input: $i) {{ credit {{ id }} }} }}","variables":{{"i":{{"tenantId":"{tenant}","amount":1,"objectId":"job","idempotencyKey":"%KEY%"}}}}}}"#
+        )
+    };
+    let workloads: [(&str, Vec<String>, Option<&str>, Floor); 8] = [
         (
             "`createTask`, UNLIMITED plan",
             one(create_task(&unlimited.1)),
@@ -361,11 +406,14 @@ async fn run_database(
             "`consumeCredits` with an API key (a new idempotency key each), UNLIMITED plan",
             // As a backend sends it: one document, the input in variables; `%KEY%` becomes a
             // fresh idempotency key per request (wrk's `request`, below).
-            one(format!(
-                r#"{{"query":"mutation($i: ConsumeCreditsInput!) {{ consumeCredits(input: $i) {{ credit {{ id }} }} }}","variables":{{"i":{{"tenantId":"{}","amount":1,"objectId":"job","idempotencyKey":"%KEY%"}}}}}}"#,
-                unlimited.0
-            )),
+            one(consume(&unlimited.0)),
             Some(key.as_str()),
+            Some(("healthz", health.rps)),
+        ),
+        (
+            "`consumeCredits` with an API key, paid from a grant (plan allowance 0)",
+            one(consume(&granted.0)),
+            Some(granted_key.as_str()),
             Some(("healthz", health.rps)),
         ),
         (
