@@ -3,7 +3,7 @@
 //! the key is added later).
 //!
 //! - Usage goes out through an outbox: the credits guard writes a `usage_event` row in its own
-//!   transaction (with `outbox::spend_event_sql`); the reporter sends each row to a Billing
+//!   transaction (with `credits::usage_events::spend_event_sql`); the reporter sends each row to a Billing
 //!   Meter exactly once (`reporter`, `outbox`).
 //! - Plans and periods come in as signed webhooks (`webhooks`).
 //! - Checkout and the billing portal are Stripe-hosted pages (`sessions`).
@@ -14,15 +14,12 @@ mod reporter;
 mod sessions;
 pub mod webhooks;
 
-use uuid::Uuid;
-
 pub use client::{StripeFailure, StripeHttp};
 pub use outbox::UsageStatus;
 pub use reporter::spawn_reporter;
-pub use sessions::{Billing, Checkout, TENANT_METADATA_KEY, checkout, portal};
+pub use sessions::{
+    Billing, Checkout, PACK_METADATA_KEY, QUANTITY_METADATA_KEY, TENANT_METADATA_KEY, checkout,
+    portal, purchase,
+};
 
-/// The meter-event `identifier` of a usage event: derived from its id alone, so every send of
-/// the row — after a crash, by another replica — carries the same one, and Stripe keeps one.
-pub fn identifier(usage_event_id: Uuid) -> String {
-    format!("tollgate-{usage_event_id}")
-}
+pub use crate::credits::usage_events::identifier;

@@ -61,6 +61,35 @@ pub struct Config {
     pub credit_types: Vec<CreditTypeConfig>,
     pub usage_based_units: Vec<UsageBasedUnitConfig>,
     pub plans: Vec<PlanConfig>,
+    /// Credit packs sold through Stripe Checkout: each paid purchase becomes a `PAID` grant.
+    #[serde(default)]
+    pub credit_packs: Vec<CreditPackConfig>,
+}
+
+/// A pack of credits for sale (`createCreditPurchase`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreditPackConfig {
+    /// Its id, e.g. `credits-100`.
+    pub value: String,
+    pub name: String,
+    /// Credits granted per pack bought (at least 1).
+    pub credits: i64,
+    /// The plan feature the credits add to (default `credits`).
+    #[serde(default = "credits_feature")]
+    pub feature: String,
+    /// The Stripe one-time price Checkout charges.
+    pub stripe_price_id: String,
+    /// Days until the granted credits expire; none: they never do.
+    #[serde(default)]
+    pub expires_in_days: Option<u32>,
+}
+
+impl Config {
+    /// The credit pack `value`.
+    pub fn find_credit_pack(&self, value: &str) -> Option<&CreditPackConfig> {
+        self.credit_packs.iter().find(|p| p.value == value)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -445,6 +474,34 @@ impl Config {
                         f.name
                     );
                 }
+            }
+        }
+        for (i, pack) in self.credit_packs.iter().enumerate() {
+            let key = format!("credit_packs[{i}]");
+            if pack.value.trim().is_empty() || pack.name.trim().is_empty() {
+                bail!("invalid configuration: {key}.value and .name must not be empty");
+            }
+            if self.credit_packs[..i].iter().any(|p| p.value == pack.value) {
+                bail!(
+                    "invalid configuration: {key}.value = {:?} is defined twice",
+                    pack.value
+                );
+            }
+            if !(1..=1_000_000_000).contains(&pack.credits) {
+                bail!("invalid configuration: {key}.credits must be between 1 and 1000000000");
+            }
+            if pack.stripe_price_id.trim().is_empty() {
+                bail!("invalid configuration: {key}.stripe_price_id must not be empty");
+            }
+            if !self
+                .plans
+                .iter()
+                .any(|p| p.features.iter().any(|f| f.name == pack.feature))
+            {
+                bail!(
+                    "invalid configuration: {key}.feature = {:?} is not a feature of any plan",
+                    pack.feature
+                );
             }
         }
         if !self.plans.iter().any(|p| p.slug == self.default_plan) {

@@ -27,6 +27,7 @@ mod guard;
 mod limit;
 pub mod refunds;
 mod usage;
+pub mod usage_events;
 mod writer;
 
 pub use audit::{Report, verify};

@@ -29,6 +29,8 @@ pub struct Model {
     pub expires_at: Option<DateTimeUtc>,
     pub status: GrantStatus,
     pub reason: Option<String>,
+    /// The Stripe PaymentIntent that paid for it (a purchased pack).
+    pub payment_ref: Option<String>,
     pub actor_type: ActorType,
     pub actor_id: Option<Uuid>,
     pub created_at: DateTimeUtc,

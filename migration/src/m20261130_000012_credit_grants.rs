@@ -29,6 +29,7 @@ impl MigrationTrait for Migration {
                     .col(timestamp_with_time_zone_null(Grant::ExpiresAt))
                     .col(string(Grant::Status))
                     .col(string_null(Grant::Reason))
+                    .col(string_null(Grant::PaymentRef))
                     .col(string(Grant::ActorType))
                     .col(uuid_null(Grant::ActorId))
                     .col(timestamp_with_time_zone(Grant::CreatedAt))
@@ -51,6 +52,16 @@ impl MigrationTrait for Migration {
                     .col(Grant::Source)
                     .col(Grant::SourceRef)
                     .unique()
+                    .to_owned(),
+            )
+            .await?;
+        // A purchased grant by its Stripe payment (refunds and disputes claw it back).
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_credit_grant_payment")
+                    .table(Grant::Table)
+                    .col(Grant::PaymentRef)
                     .to_owned(),
             )
             .await?;
@@ -237,6 +248,7 @@ enum Grant {
     ExpiresAt,
     Status,
     Reason,
+    PaymentRef,
     ActorType,
     ActorId,
     CreatedAt,

@@ -1,6 +1,6 @@
-//! The usage-event outbox, and all of `usage_event`'s SQL: the row a spend of a metered credit
-//! type adds inside the guard's own statement (`spend_event_sql`), claimed by a reporter for a
-//! while, and marked with what Stripe said. A claim is a time (`claimed_until`)
+//! The usage-event outbox, and `usage_event`'s SQL but the row a spend of a metered credit
+//! type adds inside the guard's own statement (`credits::usage_events`): claimed by a reporter
+//! for a while, and marked with what Stripe said. A claim is a time (`claimed_until`)
 //! written in the claiming transaction, so any number of reporters in any number of processes
 //! share the rows: on Postgres the claim skips rows another reporter is claiming
 //! (`FOR UPDATE SKIP LOCKED`); on SQLite write transactions are serialized anyway.
@@ -11,37 +11,11 @@ use sea_orm::{ConnectionTrait, DatabaseBackend, DbErr, EntityTrait, QueryFilter,
 
 use crate::{
     auth::{self, Viewer},
-    config::Meter,
     db::{self, Database, PerBackend},
     error::AppError,
 };
 
 pub use entity::usage_event::UsageStatus;
-
-/// The usage event of one spend, for the guard's statement: inserted only for a tenant with a
-/// Stripe customer, and only when `condition` (SQL) holds. The spend's own parameters are
-/// `:tenant`, `:ledger_id`, `:cost` and `:now`; the event's are `spend_event_value`'s.
-pub fn spend_event_sql(condition: &str) -> String {
-    format!(
-        "INSERT INTO usage_event (id, tenant_id, credit_id, unit, event_name, stripe_customer_id, \
-         quantity, identifier, status, attempts, next_attempt_at, created_at) \
-         SELECT :usage_id, :tenant, :ledger_id, :unit, :event_name, t.stripe_customer_id, :cost, \
-         :identifier, 'PENDING', 0, :now, :now FROM tenant t \
-         WHERE t.id = :tenant AND t.stripe_customer_id IS NOT NULL AND {condition}"
-    )
-}
-
-/// The value of the usage event's own parameter `name` in `spend_event_sql`, for event `id`
-/// of `meter`; `None` for any other name.
-pub fn spend_event_value(name: &str, id: Uuid, meter: &Meter) -> Option<sea_orm::Value> {
-    Some(match name {
-        "usage_id" => id.into(),
-        "unit" => meter.unit.as_str().into(),
-        "event_name" => meter.event_name.as_str().into(),
-        "identifier" => super::identifier(id).into(),
-        _ => return None,
-    })
-}
 
 /// A usage event a reporter has claimed, with what it needs to send it.
 #[derive(Clone, Debug)]

@@ -123,6 +123,57 @@ pub async fn checkout(
     })
 }
 
+/// The metadata keys a pack purchase's Checkout Session carries: which pack, how many.
+pub const PACK_METADATA_KEY: &str = "tollgate_pack";
+pub const QUANTITY_METADATA_KEY: &str = "tollgate_quantity";
+
+/// The most packs one purchase may hold.
+pub const MAX_PACKS: u64 = 100;
+
+/// A Checkout page (`mode=payment`) where `tenant_id` buys `quantity` of credit pack `pack`.
+/// The credits are granted when Stripe says the payment succeeded (a webhook), not before.
+pub async fn purchase(
+    billing: &Billing<'_>,
+    viewer: &Viewer,
+    tenant_id: Uuid,
+    pack: &str,
+    quantity: u64,
+) -> Result<String, AppError> {
+    let (client, tenant, email) = access(billing, viewer, tenant_id).await?;
+    let config = billing.config;
+    let pack = config
+        .find_credit_pack(pack)
+        .ok_or_else(|| AppError::bad_input(format!("there is no credit pack {pack:?}")))?;
+    if !(1..=MAX_PACKS).contains(&quantity) {
+        return Err(AppError::bad_input(format!(
+            "quantity must be between 1 and {MAX_PACKS}"
+        )));
+    }
+    let metadata = HashMap::from([
+        (TENANT_METADATA_KEY.to_owned(), tenant_id.to_string()),
+        (PACK_METADATA_KEY.to_owned(), pack.value.clone()),
+        (QUANTITY_METADATA_KEY.to_owned(), quantity.to_string()),
+    ]);
+    let mut request = CreateCheckoutSession::new()
+        .mode(CheckoutSessionMode::Payment)
+        .line_items(vec![line_item(&pack.stripe_price_id, Some(quantity))])
+        .client_reference_id(tenant_id.to_string())
+        .metadata(metadata)
+        .success_url(config.stripe.checkout_success_url.as_str())
+        .cancel_url(config.stripe.checkout_cancel_url.as_str());
+    request = match tenant.stripe_customer_id.as_deref() {
+        Some(customer) => request.customer(customer),
+        None => request.customer_email(email.as_str()),
+    };
+    let session = request
+        .send(client)
+        .await
+        .map_err(|e| AppError::Internal(anyhow::anyhow!("creating a Checkout session: {e}")))?;
+    session.url.ok_or_else(|| {
+        AppError::Internal(anyhow::anyhow!("Stripe returned a session without a url"))
+    })
+}
+
 fn line_item(price: &str, quantity: Option<u64>) -> CreateCheckoutSessionLineItems {
     let mut item = CreateCheckoutSessionLineItems::new();
     item.price = Some(price.to_owned());

@@ -6,13 +6,20 @@
 //! Stripe's retries and reordering never put a tenant back on an older state.
 
 use chrono::{DateTime, Utc};
+use entity::{
+    credit::ActorType,
+    credit_grant::{GrantCategory, GrantStatus},
+};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, prelude::*};
-use stripe_shared::{CheckoutSession, Subscription};
+use stripe_shared::{
+    CheckoutSession, CheckoutSessionMode, CheckoutSessionPaymentStatus, Subscription,
+};
 use stripe_webhook::{EventObject, Webhook, WebhookError};
 
-use super::sessions::TENANT_METADATA_KEY;
+use super::sessions::{MAX_PACKS, PACK_METADATA_KEY, QUANTITY_METADATA_KEY, TENANT_METADATA_KEY};
 use crate::{
     config::Config,
+    credits,
     db::{Database, PerBackend},
     plans::{self, StripeSubscriptionChange},
 };
@@ -115,7 +122,11 @@ async fn process(
         EventObject::CustomerSubscriptionDeleted(s) => {
             subscription_changed(&txn, config, &s, true, event.created).await?
         }
+        EventObject::CheckoutSessionCompleted(s) if s.mode == CheckoutSessionMode::Payment => {
+            pack_paid(&txn, config, &s).await?
+        }
         EventObject::CheckoutSessionCompleted(s) => checkout_completed(&txn, &s).await?,
+        EventObject::CheckoutSessionAsyncPaymentSucceeded(s) => pack_paid(&txn, config, &s).await?,
         _ => "event type ignored",
     };
     txn.commit().await?;
@@ -140,6 +151,71 @@ async fn checkout_completed(
         "customer linked to tenant"
     } else {
         "checkout for an unknown tenant ignored"
+    })
+}
+
+/// A credit pack's Checkout Session, paid (`checkout.session.completed` with
+/// `payment_status=paid`, or `checkout.session.async_payment_succeeded`): a `PAID` grant of
+/// the pack's credits × quantity, once per session however often or in whatever order the
+/// events come (the grant's unique source reference is the session's id).
+async fn pack_paid(
+    txn: &DatabaseTransaction,
+    config: &Config,
+    session: &CheckoutSession,
+) -> Result<&'static str, DbErr> {
+    if matches!(session.payment_status, CheckoutSessionPaymentStatus::Unpaid) {
+        return Ok("pack checkout completed, payment not yet received: nothing granted");
+    }
+    let metadata = session.metadata.as_ref();
+    let value = |key: &str| metadata.and_then(|m| m.get(key)).map(String::as_str);
+    let tenant = value(TENANT_METADATA_KEY).and_then(|t| Uuid::parse_str(t).ok());
+    let pack = value(PACK_METADATA_KEY).and_then(|p| config.find_credit_pack(p));
+    let quantity = value(QUANTITY_METADATA_KEY)
+        .and_then(|q| q.parse::<i64>().ok())
+        .filter(|q| (1..=i64::try_from(MAX_PACKS).unwrap_or(i64::MAX)).contains(q));
+    let (Some(tenant), Some(pack), Some(quantity)) = (tenant, pack, quantity) else {
+        return Ok("payment checkout without a tenant, a known pack and a quantity ignored");
+    };
+    // Also whether the tenant exists: an unknown one is acknowledged, not retried forever.
+    let exists = match &session.customer {
+        Some(customer) => link_customer(txn, tenant, customer.id().as_str(), false).await?,
+        None => {
+            static EXISTS: PerBackend =
+                PerBackend::new(|_| "SELECT id FROM tenant WHERE id = :tenant".to_owned());
+            let statement = EXISTS
+                .get(txn.get_database_backend())
+                .bind(|name| (name == "tenant").then(|| tenant.into()))?;
+            txn.query_one_raw(statement).await?.is_some()
+        }
+    };
+    if !exists {
+        return Ok("pack checkout for an unknown tenant ignored");
+    }
+    let now = Utc::now();
+    let grant = entity::credit_grant::Model {
+        tenant_id: tenant,
+        id: Uuid::now_v7(),
+        feature: pack.feature.clone(),
+        category: GrantCategory::Paid,
+        source: "STRIPE_CHECKOUT".to_owned(),
+        source_ref: session.id.to_string(),
+        amount: pack.credits.saturating_mul(quantity),
+        remaining: pack.credits.saturating_mul(quantity),
+        priority: credits::grants::DEFAULT_PRIORITY,
+        effective_at: now,
+        expires_at: pack
+            .expires_in_days
+            .map(|days| now + chrono::Duration::days(i64::from(days))),
+        status: GrantStatus::Active,
+        reason: Some(format!("bought {quantity} × {}", pack.name)),
+        payment_ref: session.payment_intent.as_ref().map(|p| p.id().to_string()),
+        actor_type: ActorType::System,
+        actor_id: None,
+        created_at: now,
+    };
+    Ok(match credits::grants::grant_once(txn, &grant).await? {
+        true => "credit pack granted",
+        false => "credit pack already granted for this session",
     })
 }
 

@@ -15,7 +15,7 @@ use entity::{
     credit::{ActorType, Movement},
     credit_grant::{self, GrantCategory, GrantStatus},
 };
-use sea_orm::{ColumnType, DatabaseBackend, prelude::*};
+use sea_orm::{ColumnType, ConnectionTrait, DatabaseBackend, Statement, prelude::*};
 use std::sync::LazyLock;
 
 use super::{Actor, limit::plan_sql};
@@ -353,6 +353,7 @@ pub async fn grant(
         expires_at: grant.expires_at,
         status: GrantStatus::Active,
         reason: grant.reason,
+        payment_ref: None,
         actor_type: actor.kind(),
         actor_id: actor.id(),
         created_at: now,
@@ -590,16 +591,18 @@ async fn find(
     }
 }
 
-async fn insert(session: &mut Session, g: &credit_grant::Model) -> Result<(), AppError> {
-    static SQL: PerBackend = PerBackend::new(|_| {
-        "INSERT INTO credit_grant (tenant_id, id, feature, category, source, source_ref, amount, \
-         remaining, priority, effective_at, expires_at, status, reason, actor_type, actor_id, \
-         created_at) VALUES (:tenant, :id, :feature, :category, :source, :source_ref, :amount, \
-         :amount, :priority, :effective_at, :expires_at, 'ACTIVE', :reason, :actor_type, \
-         :actor_id, :now)"
-            .to_owned()
+/// The grant's insert; `once`: doing nothing when its source reference is there already.
+fn insert_statement(
+    backend: DatabaseBackend,
+    g: &credit_grant::Model,
+    once: bool,
+) -> Result<Statement, DbErr> {
+    static SQL: PerBackend = PerBackend::new(|_| INSERT_SQL.to_owned());
+    static ONCE: PerBackend = PerBackend::new(|_| {
+        format!("{INSERT_SQL} ON CONFLICT (tenant_id, source, source_ref) DO NOTHING")
     });
-    let statement = SQL.get(session.backend()).bind(|name| {
+    let sql = if once { &ONCE } else { &SQL };
+    sql.get(backend).bind(|name| {
         Some(match name {
             "tenant" => g.tenant_id.into(),
             "id" => g.id.into(),
@@ -612,12 +615,23 @@ async fn insert(session: &mut Session, g: &credit_grant::Model) -> Result<(), Ap
             "effective_at" => g.effective_at.into(),
             "expires_at" => g.expires_at.into(),
             "reason" => g.reason.as_deref().into(),
+            "payment_ref" => g.payment_ref.as_deref().into(),
             "actor_type" => g.actor_type.to_value().into(),
             "actor_id" => g.actor_id.into(),
             "now" => g.created_at.into(),
             _ => return None,
         })
-    })?;
+    })
+}
+
+const INSERT_SQL: &str = "INSERT INTO credit_grant (tenant_id, id, feature, category, source, \
+source_ref, amount, remaining, priority, effective_at, expires_at, status, reason, payment_ref, \
+actor_type, actor_id, created_at) VALUES (:tenant, :id, :feature, :category, :source, \
+:source_ref, :amount, :amount, :priority, :effective_at, :expires_at, 'ACTIVE', :reason, \
+:payment_ref, :actor_type, :actor_id, :now)";
+
+async fn insert(session: &mut Session, g: &credit_grant::Model) -> Result<(), AppError> {
+    let statement = insert_statement(session.backend(), g, false)?;
     match session.execute(&statement).await {
         Ok(_) => Ok(()),
         Err(e) if crate::db::is_unique_violation(&e) => Err(AppError::bad_input(
@@ -625,6 +639,27 @@ async fn insert(session: &mut Session, g: &credit_grant::Model) -> Result<(), Ap
         )),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Creates `g` with its `GRANT` movement in `txn` (a Stripe webhook's), once per source
+/// reference: `false` when a grant of that reference exists already (the event raced or
+/// repeated).
+pub async fn grant_once(
+    txn: &impl ConnectionTrait,
+    g: &credit_grant::Model,
+) -> Result<bool, DbErr> {
+    let backend = txn.get_database_backend();
+    if txn
+        .execute_raw(insert_statement(backend, g, true)?)
+        .await?
+        .rows_affected()
+        != 1
+    {
+        return Ok(false);
+    }
+    let movement = movement_statement(backend, g, Movement::Grant, g.amount, g.created_at)?;
+    txn.execute_raw(movement).await?;
+    Ok(true)
 }
 
 /// A ledger row recording a grant's movement of `amount` credits (creation, expiry, void),
@@ -637,6 +672,18 @@ pub(super) async fn movement(
     amount: i64,
     now: DateTime<Utc>,
 ) -> Result<(), AppError> {
+    let statement = movement_statement(session.backend(), g, kind, amount, now)?;
+    session.execute(&statement).await?;
+    Ok(())
+}
+
+fn movement_statement(
+    backend: DatabaseBackend,
+    g: &credit_grant::Model,
+    kind: Movement,
+    amount: i64,
+    now: DateTime<Utc>,
+) -> Result<Statement, DbErr> {
     static SQL: PerBackend = PerBackend::new(|_| {
         "INSERT INTO credit (id, tenant_id, user_id, type, amount, object_id, feature, \
          period_start, created_at, reason, actor_type, actor_id, kind, grant_id) \
@@ -648,7 +695,7 @@ pub(super) async fn movement(
         ActorType::User => g.actor_id,
         _ => None,
     };
-    let statement = SQL.get(session.backend()).bind(|name| {
+    SQL.get(backend).bind(|name| {
         Some(match name {
             "id" => Uuid::now_v7().into(),
             "tenant" => g.tenant_id.into(),
@@ -665,9 +712,7 @@ pub(super) async fn movement(
             "grant" => g.id.into(),
             _ => return None,
         })
-    })?;
-    session.execute(&statement).await?;
-    Ok(())
+    })
 }
 
 /// The credit type a grant's movements are recorded under.

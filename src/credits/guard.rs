@@ -15,10 +15,10 @@ use super::{
     FeatureLimitType, Period, grants,
     limit::{self, plan_sql},
     usage::{PlanFeatureRow, subscribed_feature},
+    usage_events,
 };
 use crate::{
     auth,
-    billing::outbox,
     config::CreditTypeConfig,
     db::{self, Session, Shape, Sql},
     error::{AppError, Shortfall},
@@ -280,7 +280,7 @@ fn build(backend: DatabaseBackend, paid: Option<&PaidTable>, metered: bool) -> G
             let outbox = match metered {
                 true => format!(
                     ", outbox AS ({})",
-                    outbox::spend_event_sql(&format!("EXISTS (SELECT 1 FROM {last})"))
+                    usage_events::spend_event_sql(&format!("EXISTS (SELECT 1 FROM {last})"))
                 ),
                 false => String::new(),
             };
@@ -318,7 +318,7 @@ fn build(backend: DatabaseBackend, paid: Option<&PaidTable>, metered: bool) -> G
             ledger: Sql::new(backend, &ledger_sql(":period")),
             paid: insert
                 .map(|(into, values)| Sql::new(backend, &format!("{into} VALUES ({values})"))),
-            outbox: Sql::new(backend, &outbox::spend_event_sql("1 = 1")),
+            outbox: Sql::new(backend, &usage_events::spend_event_sql("1 = 1")),
         },
     }
 }
@@ -345,7 +345,7 @@ fn slow(backend: DatabaseBackend, paid: Option<&PaidTable>) -> Slow {
             )
         }),
         ledger: Sql::new(backend, &ledger_sql(&period)),
-        outbox: Sql::new(backend, &outbox::spend_event_sql("1 = 1")),
+        outbox: Sql::new(backend, &usage_events::spend_event_sql("1 = 1")),
     }
 }
 
@@ -486,7 +486,7 @@ impl Binding<'_> {
                     Paid::Row { values, .. } => values.get(i.parse::<usize>().ok()?)?.clone(),
                     Paid::Action { .. } => return None,
                 },
-                None => outbox::spend_event_value(
+                None => usage_events::spend_event_value(
                     name,
                     self.usage_id,
                     spend.credit_type.meter.as_ref()?,
@@ -577,7 +577,7 @@ async fn beyond_allowance(
 ) -> Result<Spent, AppError> {
     let spend = binding.spend;
     let now = binding.now;
-    let (period, feature) = precheck(session, spend, now).await?;
+    let (period, feature, grants_remaining) = precheck(session, spend, now).await?;
     let cost = spend.credit_type.amount;
     if limit::ceiling(feature.kind, feature.value) == Some(i64::MAX) {
         // Unlimited never refuses.
@@ -585,19 +585,27 @@ async fn beyond_allowance(
             "an unlimited spend of {cost} was refused"
         )));
     }
+    let shortfall = |used: i64, grants_remaining: i64| {
+        AppError::InsufficientCredits(Box::new(Shortfall {
+            feature: spend.credit_type.feature.clone(),
+            credit_type: spend.credit_type.value.clone(),
+            required: cost,
+            used,
+            limit: feature.value,
+            resets_at: Period::current(feature.kind, period, now).end,
+            grants_remaining,
+        }))
+    };
+    // A tenant without spendable grants is refused as it stands, with nothing locked: its
+    // refusals cost what they did before grants existed.
+    if grants_remaining == 0 {
+        return Err(shortfall(feature.used, 0));
+    }
     let value = |name: &str| binding.value(name);
     let funds = grants::funds(session, &value).await?;
     let Some(allocation) = funds.allocate(cost) else {
         // The figures as they stand under the lock.
-        return Err(AppError::InsufficientCredits(Box::new(Shortfall {
-            feature: spend.credit_type.feature.clone(),
-            credit_type: spend.credit_type.value.clone(),
-            required: cost,
-            used: funds.used,
-            limit: feature.value,
-            resets_at: Period::current(feature.kind, period, now).end,
-            grants_remaining: funds.grants_remaining(),
-        })));
+        return Err(shortfall(funds.used, funds.grants_remaining()));
     };
     if let (Some(paid), Paid::Row { table, .. }) = (&slow.paid, &spend.paid)
         && session.execute(&paid.bind(value)?).await? != 1
@@ -652,6 +660,7 @@ async fn precheck(
     (
         (Option<DateTime<Utc>>, Option<DateTime<Utc>>),
         super::usage::Feature,
+        i64,
     ),
     AppError,
 > {
@@ -686,6 +695,7 @@ async fn precheck(
     let PlanFeatureRow {
         period,
         feature: Some(feature),
+        grants_remaining,
     } = row
     else {
         return Err(AppError::FeatureNotIncluded {
@@ -698,7 +708,7 @@ async fn precheck(
             feature: spend.credit_type.feature.clone(),
         });
     }
-    Ok((period, feature))
+    Ok((period, feature, grants_remaining))
 }
 
 #[cfg(test)]

@@ -98,6 +98,7 @@ pub async fn usage(
     let Some(PlanFeatureRow {
         period: subscription_period,
         feature: Some(own),
+        ..
     }) = plan_feature_row(&row)?
     else {
         // The tenant's plan lacks it: not included, if any plan has it.
@@ -293,12 +294,6 @@ fn feature_sql(backend: DatabaseBackend, columns: &str, from: &str, filter: &str
 /// `usage`'s query: the viewer's standing, the feature, and — only when the tenant's plan
 /// lacks it — the title some plan gives it.
 static FEATURE_SQL: PerViewer = PerViewer::new(|backend, standing| {
-    let grants = |select: &str, more: &str| {
-        format!(
-            "(SELECT {select} FROM credit_grant g WHERE g.tenant_id = :tenant \
-             AND g.feature = :feature AND {SPENDABLE_SQL}{more})"
-        )
-    };
     let soonest = grants("MIN(g.expires_at)", "");
     feature_sql(
         backend,
@@ -334,11 +329,22 @@ static FEATURE_SHAPE: LazyLock<Shape> = LazyLock::new(|| {
 static SUBSCRIBED_SQL: db::PerBackend = db::PerBackend::new(|backend| {
     feature_sql(
         backend,
-        "",
+        &format!(
+            "{} AS grants_remaining, ",
+            grants("CAST(SUM(g.remaining) AS BIGINT)", "")
+        ),
         "tenant_subscription ts",
         "ts.tenant_id = :tenant",
     )
 });
+
+/// A scalar over the tenant's spendable grants of `:feature` at `:now`, in SQL.
+fn grants(select: &str, more: &str) -> String {
+    format!(
+        "(SELECT {select} FROM credit_grant g WHERE g.tenant_id = :tenant \
+         AND g.feature = :feature AND {SPENDABLE_SQL}{more})"
+    )
+}
 
 /// The value of the feature queries' parameter `name`.
 fn feature_value(
@@ -395,12 +401,23 @@ fn plan_feature_row(row: &Row) -> Result<Option<PlanFeatureRow>, AppError> {
         }),
         None => None,
     };
-    Ok(Some(PlanFeatureRow { period, feature }))
+    let grants_remaining = match row.get::<Option<i64>>("grants_remaining") {
+        Ok(remaining) => remaining.unwrap_or(0),
+        // `usage`'s query reads it under the same name; a query without it has none.
+        Err(_) => 0,
+    };
+    Ok(Some(PlanFeatureRow {
+        period,
+        feature,
+        grants_remaining,
+    }))
 }
 /// A tenant's subscription period and its plan's feature, as `subscribed_feature` reads them.
 pub(super) struct PlanFeatureRow {
     pub(super) period: (Option<DateTime<Utc>>, Option<DateTime<Utc>>),
     pub(super) feature: Option<Feature>,
+    /// What the tenant's spendable grants of the feature hold.
+    pub(super) grants_remaining: i64,
 }
 
 pub(super) struct Feature {

@@ -566,6 +566,29 @@ impl Mutation {
         Ok(CheckoutSession { url: url.extend()? })
     }
 
+    /// A Stripe Checkout page (a one-time payment) where the tenant buys `quantity` (1–100) of
+    /// credit pack `pack` (see `creditPacks`). OWNER and ADMIN only. The credits are granted
+    /// (a `PAID` grant) when Stripe says the payment succeeded, once per session.
+    async fn create_credit_purchase(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: ID,
+        pack: String,
+        #[graphql(default = 1)] quantity: i32,
+    ) -> async_graphql::Result<CheckoutSession> {
+        let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
+        let quantity = u64::try_from(quantity).unwrap_or(0);
+        let url = billing::purchase(
+            &state(ctx)?.billing(),
+            viewer(ctx),
+            tenant_id,
+            &pack,
+            quantity,
+        )
+        .await;
+        Ok(CheckoutSession { url: url.extend()? })
+    }
+
     /// A Stripe billing portal page where the tenant's subscription, payment methods and
     /// invoices are managed. OWNER and ADMIN only; the tenant must have subscribed first.
     async fn create_billing_portal_session(

@@ -11,10 +11,10 @@ use crate::{
     graphql::{
         state,
         types::{
-            ApiKey, Credit, CreditCheck, CreditConnection, CreditHistoryFilter, CreditReservation,
-            CreditType, Invitation, Member, Plan, PlanFeatureUsage, Project, Task, Tenant,
-            UsageBasedUnit, UsageReport, UsageReportConnection, User, encode_cursor, page,
-            page_complexity, parse_id, tenant_ref,
+            ApiKey, Credit, CreditCheck, CreditConnection, CreditHistoryFilter, CreditPack,
+            CreditReservation, CreditType, Invitation, Member, Plan, PlanFeatureUsage, Project,
+            Task, Tenant, UsageBasedUnit, UsageReport, UsageReportConnection, User, encode_cursor,
+            page, page_complexity, parse_id, tenant_ref,
         },
         viewer,
     },
@@ -92,6 +92,12 @@ impl Query {
         let id = parse_id(&id, "id").extend()?;
         let task = projects::visible_task(&state(ctx)?.db, viewer(ctx), id).await;
         Ok(task.extend()?.map(Task::from))
+    }
+
+    /// The credit packs for sale (`createCreditPurchase`).
+    async fn credit_packs(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<CreditPack>> {
+        let config = &state(ctx)?.config;
+        Ok(config.credit_packs.iter().map(CreditPack::from).collect())
     }
 
     /// A reservation of a tenant (members, or a key with `CREDITS_READ` or

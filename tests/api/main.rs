@@ -20,6 +20,7 @@ mod hostile;
 mod idempotency;
 mod layout;
 mod operability;
+mod packs;
 mod plans;
 mod reporter;
 mod reservations;

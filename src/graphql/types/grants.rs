@@ -326,3 +326,32 @@ pub struct ReserveCreditsInput {
     /// Required: a retry with the same key and input returns the first reservation.
     pub idempotency_key: String,
 }
+
+/// A pack of credits for sale through Stripe Checkout (`createCreditPurchase`).
+#[derive(SimpleObject, Clone, Debug)]
+pub struct CreditPack {
+    /// Its id, e.g. `credits-100`.
+    pub value: String,
+    /// Display name.
+    pub name: String,
+    /// Credits granted per pack (as a `PAID` grant).
+    pub credits: i32,
+    /// The plan feature the credits add to.
+    pub feature: String,
+    /// Days until the granted credits expire; null: they never do.
+    pub expires_in_days: Option<i32>,
+}
+
+impl From<&crate::config::CreditPackConfig> for CreditPack {
+    fn from(p: &crate::config::CreditPackConfig) -> Self {
+        CreditPack {
+            value: p.value.clone(),
+            name: p.name.clone(),
+            credits: int(p.credits),
+            feature: p.feature.clone(),
+            expires_in_days: p
+                .expires_in_days
+                .map(|d| i32::try_from(d).unwrap_or(i32::MAX)),
+        }
+    }
+}

@@ -14,9 +14,9 @@ pub enum ApiScopeGql {
     CreditsConsume,
     /// `checkCredits`, `planFeatureUsage`, `creditHistory`.
     CreditsRead,
-    /// Granting credits (coming with grants).
+    /// `grantCredits`, `voidCreditGrant`, `refundCredit` (made only by a platform admin).
     CreditsGrant,
-    /// Creating tenants (platform keys; coming with tenants by external id).
+    /// `createTenant` (platform keys).
     TenantsWrite,
 }
 
