@@ -395,10 +395,21 @@ async fn run_database(
             r#"{{"query":"mutation($i: ConsumeCreditsInput!) {{ consumeCredits(input: $i) {{ credit {{ id }} }} }}","variables":{{"i":{{"tenantId":"{tenant}","amount":1,"objectId":"job","idempotencyKey":"%KEY%"}}}}}}"#
         )
     };
-    let workloads: [(&str, Vec<String>, Option<&str>, Floor); 8] = [
+    let keyed_task = |project: &str| {
+        format!(
+            r#"{{"query":"mutation($p: ID!, $k: String) {{ createTask(projectId: $p, input: {{title: \"bench\"}}, idempotencyKey: $k) {{ id }} }}","variables":{{"p":"{project}","k":"%KEY%"}}}}"#
+        )
+    };
+    let workloads: [(&str, Vec<String>, Option<&str>, Floor); 9] = [
         (
             "`createTask`, UNLIMITED plan",
             one(create_task(&unlimited.1)),
+            user,
+            Some(("healthz", health.rps)),
+        ),
+        (
+            "`createTask` with an idempotency key (a new one each, in variables), UNLIMITED plan",
+            one(keyed_task(&unlimited.1)),
             user,
             Some(("healthz", health.rps)),
         ),

@@ -131,10 +131,51 @@ pub async fn refund(
                 replayed: true,
             });
         }
+        held_by_pending_reservation(&mut session, &request).await?;
         give_back(&mut session, actor, &request, refund_id, now).await
     }
     .await;
     grants::finish(&mut session, outcome).await
+}
+
+/// `BAD_USER_INPUT` when the spend is the hold of a reservation still pending: it is settled
+/// by confirming or releasing it (a refund beside would give back twice).
+async fn held_by_pending_reservation(
+    session: &mut Session,
+    request: &Refund,
+) -> Result<(), AppError> {
+    static SQL: PerBackend = PerBackend::new(|_| {
+        "SELECT r.id FROM credit c JOIN credit_reservation r ON r.tenant_id = c.tenant_id \
+         AND r.status = 'PENDING' WHERE c.tenant_id = :tenant AND c.id = :spend \
+         AND c.object_id = :reservation"
+            .to_owned()
+    });
+    let spend = row(session, request.tenant_id, request.credit_id).await?;
+    let Some(reservation) = spend
+        .and_then(|c| c.object_id)
+        .and_then(|o| Uuid::parse_str(&o).ok())
+    else {
+        return Ok(());
+    };
+    let statement = SQL.get(session.backend()).bind(|name| {
+        Some(match name {
+            "tenant" => request.tenant_id.into(),
+            "spend" => request.credit_id.into(),
+            "reservation" => reservation.to_string().into(),
+            _ => return None,
+        })
+    })?;
+    let held = session
+        .query(&statement, &Shape::default().with("id", ColumnType::Uuid))
+        .await?
+        .into_iter()
+        .any(|r| r.get::<Uuid>("id").is_ok_and(|id| id == reservation));
+    match held {
+        true => Err(AppError::bad_input(
+            "this spend holds a pending reservation: confirm or release the reservation instead",
+        )),
+        false => Ok(()),
+    }
 }
 
 /// Gives back `amount` (default: all that is left) of spend `credit_id` inside the session's

@@ -126,6 +126,59 @@ async fn a_hold_counts_like_a_spend_until_confirmed_and_the_rest_comes_back() {
     assert_sound(&app);
 }
 
+/// The ledger row of a reservation's hold.
+async fn hold_of(app: &TestApp, token: &str, tenant: &str, reservation: &str) -> String {
+    let history = app
+        .gql(
+            Some(token),
+            "query($t: ID!, $o: String) { creditHistory(tenantId: $t, filter: { kind: SPEND, objectId: $o }) { nodes { id } } }",
+            json!({ "t": tenant, "o": reservation }),
+        )
+        .await;
+    history["data"]["creditHistory"]["nodes"][0]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{history}"))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_pending_hold_is_not_refunded_beside_but_a_confirmed_spend_may_be() {
+    let (app, owner, tenant) = setup(10, Clock::default(), 60).await;
+    let r = id(&reserve(&app, &owner, &tenant, 6, "r", None).await);
+    let hold = hold_of(&app, &owner, &tenant, &r).await;
+    let refund = "mutation($t: ID!, $c: ID!, $k: String!) { refundCredit(input: { tenantId: $t, creditId: $c, idempotencyKey: $k }) { credit { amount } } }";
+    let pending = app
+        .gql(
+            Some(&owner),
+            refund,
+            json!({ "t": tenant, "c": hold, "k": "p" }),
+        )
+        .await;
+    assert_eq!(error_code(&pending), Some("BAD_USER_INPUT"), "{pending}");
+    let confirmed = app
+        .gql(
+            Some(&owner),
+            CONFIRM,
+            json!({ "t": tenant, "id": r, "amount": 4 }),
+        )
+        .await;
+    assert!(confirmed["errors"].is_null(), "{confirmed}");
+    // The 4 spent may be refunded like any spend (the 2 released are not there to refund).
+    let body = app
+        .gql(
+            Some(&owner),
+            refund,
+            json!({ "t": tenant, "c": hold, "k": "c" }),
+        )
+        .await;
+    assert_eq!(
+        body["data"]["refundCredit"]["credit"]["amount"], 4,
+        "{body}"
+    );
+    assert_eq!(used(&app, &owner, &tenant).await, 0);
+    assert_sound(&app);
+}
+
 #[tokio::test]
 async fn a_release_gives_all_back_to_the_buckets_that_held_it() {
     let (app, owner, tenant) = setup(2, Clock::default(), 60).await;
