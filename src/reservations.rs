@@ -369,19 +369,9 @@ async fn find(
     tenant_id: Uuid,
     id: Uuid,
 ) -> Result<Option<credit_reservation::Model>, AppError> {
-    static SQL: PerBackend = PerBackend::new(|_| {
-        "SELECT * FROM credit_reservation WHERE tenant_id = :tenant AND id = :id".to_owned()
-    });
-    static SHAPE: LazyLock<Shape> = LazyLock::new(Shape::of::<credit_reservation::Entity>);
-    let statement = SQL.get(session.backend()).bind(|name| match name {
-        "tenant" => Some(tenant_id.into()),
-        "id" => Some(id.into()),
-        _ => None,
-    })?;
-    match session.query(&statement, &SHAPE).await?.into_iter().next() {
-        Some(row) => Ok(Some(row.model::<credit_reservation::Entity>()?)),
-        None => Ok(None),
-    }
+    Ok(session
+        .find_owned::<credit_reservation::Entity>(tenant_id, id)
+        .await?)
 }
 
 /// A tenant's reservations by id, for a member (or a key with `CREDITS_READ` or

@@ -576,19 +576,9 @@ async fn find(
     tenant_id: Uuid,
     grant_id: Uuid,
 ) -> Result<Option<credit_grant::Model>, AppError> {
-    static SQL: PerBackend = PerBackend::new(|_| {
-        "SELECT * FROM credit_grant WHERE tenant_id = :tenant AND id = :grant".to_owned()
-    });
-    static SHAPE: LazyLock<Shape> = LazyLock::new(Shape::of::<credit_grant::Entity>);
-    let statement = SQL.get(session.backend()).bind(|name| match name {
-        "tenant" => Some(tenant_id.into()),
-        "grant" => Some(grant_id.into()),
-        _ => None,
-    })?;
-    match session.query(&statement, &SHAPE).await?.into_iter().next() {
-        Some(row) => Ok(Some(row.model::<credit_grant::Entity>()?)),
-        None => Ok(None),
-    }
+    Ok(session
+        .find_owned::<credit_grant::Entity>(tenant_id, grant_id)
+        .await?)
 }
 
 /// The grant's insert; `once`: doing nothing when its source reference is there already.

@@ -541,19 +541,7 @@ async fn row(
     tenant_id: Uuid,
     id: Uuid,
 ) -> Result<Option<credit::Model>, AppError> {
-    static SQL: PerBackend = PerBackend::new(|_| {
-        "SELECT * FROM credit WHERE tenant_id = :tenant AND id = :id".to_owned()
-    });
-    static SHAPE: LazyLock<Shape> = LazyLock::new(Shape::of::<credit::Entity>);
-    let statement = SQL.get(session.backend()).bind(|name| match name {
-        "tenant" => Some(tenant_id.into()),
-        "id" => Some(id.into()),
-        _ => None,
-    })?;
-    match session.query(&statement, &SHAPE).await?.into_iter().next() {
-        Some(row) => Ok(Some(row.model::<credit::Entity>()?)),
-        None => Ok(None),
-    }
+    Ok(session.find_owned::<credit::Entity>(tenant_id, id).await?)
 }
 
 async fn insert_row(session: &mut Session, c: &credit::Model) -> Result<(), AppError> {

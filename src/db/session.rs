@@ -111,6 +111,42 @@ impl Session {
         }
     }
 
+    /// The row of a tenant's table `E` with this `id` (read in the open transaction, under
+    /// whatever it has locked), as its model. For tables keyed by `(tenant_id, id)`; not for a
+    /// hot path (the statement is built on each call).
+    pub async fn find_owned<E>(
+        &mut self,
+        tenant_id: uuid::Uuid,
+        id: uuid::Uuid,
+    ) -> Result<Option<E::Model>, DbErr>
+    where
+        E: sea_orm::EntityTrait + Default,
+        E::Model: sea_orm::FromQueryResult,
+        E::ActiveModel: sea_orm::ActiveModelTrait<Entity = E> + sea_orm::TryIntoModel<E::Model>,
+    {
+        let sql = super::Sql::new(
+            self.backend(),
+            &format!(
+                "SELECT * FROM {} WHERE tenant_id = :tenant AND id = :id",
+                E::default().table_name()
+            ),
+        );
+        let statement = sql.bind(|name| match name {
+            "tenant" => Some(tenant_id.into()),
+            "id" => Some(id.into()),
+            _ => None,
+        })?;
+        match self
+            .query(&statement, &Shape::of::<E>())
+            .await?
+            .into_iter()
+            .next()
+        {
+            Some(row) => Ok(Some(row.model::<E>()?)),
+            None => Ok(None),
+        }
+    }
+
     /// A statement without parameters (transaction control).
     async fn batch(&mut self, sql: &str) -> Result<(), DbErr> {
         self.count(0);

@@ -517,15 +517,7 @@ async fn many_spenders_on_three_replicas_never_take_more_than_allowance_and_gran
         json!({ "amount": 40, "priority": 20, "category": "PAID" }),
     )
     .await;
-    let config = app.write_config(
-        "default_plan = \"test\"\n[[plans]]\nslug = \"test\"\ntitle = \"Test\"\n\
-         [[plans.features]]\nname = \"credits\"\ntitle = \"Credits\"\ntype = \"MONTHLY\"\nvalue = 50\n",
-    );
-    let env = [
-        ("TOLLGATE_CONFIG", config.as_str()),
-        ("TOLLGATE_DATABASE__ACQUIRE_TIMEOUT_MS", "60000"),
-        ("TOLLGATE_DATABASE__SQLITE_BUSY_TIMEOUT_MS", "60000"),
-    ];
+    let env = app.replica_env(50);
     let replicas = [
         app.start_server(&env).await,
         app.start_server(&env).await,

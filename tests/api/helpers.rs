@@ -294,6 +294,24 @@ impl TestApp {
         path.to_string_lossy().into_owned()
     }
 
+    /// A config file for more servers of this app whose default plan `test` gives `limit`
+    /// credits a month (as `spawn_app_with_plan(Monthly, limit)` does), and the environment
+    /// a replica needs beside it: long lock waits, as many replicas share one database.
+    pub fn replica_env(&self, limit: i64) -> Vec<(&'static str, String)> {
+        let config = self.write_config(&format!(
+            "default_plan = \"test\"\n[[plans]]\nslug = \"test\"\ntitle = \"Test\"\n\
+             [[plans.features]]\nname = \"credits\"\ntitle = \"Credits\"\ntype = \"MONTHLY\"\nvalue = {limit}\n"
+        ));
+        vec![
+            ("TOLLGATE_CONFIG", config),
+            ("TOLLGATE_DATABASE__ACQUIRE_TIMEOUT_MS", "60000".to_owned()),
+            (
+                "TOLLGATE_DATABASE__SQLITE_BUSY_TIMEOUT_MS",
+                "60000".to_owned(),
+            ),
+        ]
+    }
+
     /// Runs the `tollgate` binary against this app's database, to completion.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         self.command(args).output().expect("tollgate runs")
@@ -457,7 +475,11 @@ pub struct ServerProcess {
 
 impl TestApp {
     /// Starts `tollgate serve` on this app's database, with `env` set, and waits until ready.
-    pub async fn start_server(&self, env: &[(&str, &str)]) -> ServerProcess {
+    pub async fn start_server<K, V>(&self, env: &[(K, V)]) -> ServerProcess
+    where
+        K: AsRef<std::ffi::OsStr>,
+        V: AsRef<std::ffi::OsStr>,
+    {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
@@ -466,7 +488,7 @@ impl TestApp {
         let log = self.dir.path().join(format!("server-{port}.log"));
         let file = std::fs::File::create(&log).expect("log file");
         command
-            .envs(env.iter().copied())
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(file.try_clone().expect("log file"))
             .stderr(file);
         let child = command.spawn().expect("tollgate serve starts");

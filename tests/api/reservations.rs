@@ -282,15 +282,8 @@ async fn an_expired_hold_cannot_be_confirmed_and_the_sweeper_gives_it_back() {
 #[tokio::test]
 async fn confirm_release_and_expiry_raced_on_three_replicas_settle_each_hold_once() {
     let (app, owner, tenant) = setup(1000, Clock::default(), 1).await;
-    let env = [
-        ("TOLLGATE_GRANTS__SWEEP_INTERVAL_SECONDS", "1"),
-        ("TOLLGATE_DATABASE__SQLITE_BUSY_TIMEOUT_MS", "60000"),
-    ];
-    let config = app.write_config(
-        "default_plan = \"test\"\n[[plans]]\nslug = \"test\"\ntitle = \"Test\"\n\
-         [[plans.features]]\nname = \"credits\"\ntitle = \"Credits\"\ntype = \"MONTHLY\"\nvalue = 1000\n",
-    );
-    let env = [env[0], env[1], ("TOLLGATE_CONFIG", config.as_str())];
+    let mut env = app.replica_env(1000);
+    env.push(("TOLLGATE_GRANTS__SWEEP_INTERVAL_SECONDS", "1".to_owned()));
     let replicas = [app.start_server(&env).await, app.start_server(&env).await];
     let holds: Vec<String> = join_all((0..24).map(|i| {
         let (app, owner, tenant) = (&app, &owner, &tenant);

@@ -95,7 +95,7 @@ async fn a_server_killed_under_write_load_restarts_with_sound_books() {
     let app = spawn_app_with_plan(FeatureLimitType::Unlimited, 0).await;
     let (token, tenant) = app.owner_with_tenant("acme").await;
     let project = app.project_id(&token, &tenant).await;
-    let mut server = app.start_server(&[]).await;
+    let mut server = app.start_server::<&str, &str>(&[]).await;
     let url = server.url.clone();
 
     // Eight writers hammer the server until it is killed mid-flight.
@@ -127,7 +127,7 @@ async fn a_server_killed_under_write_load_restarts_with_sound_books() {
     let (acknowledged, ()) = futures::join!(writers, killer);
     let acknowledged: Vec<String> = acknowledged.into_iter().flatten().collect();
 
-    let restarted = app.start_server(&[]).await;
+    let restarted = app.start_server::<&str, &str>(&[]).await;
     let after = app
         .gql_at(&restarted.url, &token, CREATE_TASK, json!({ "p": project }))
         .await
@@ -164,15 +164,7 @@ async fn three_replicas_on_one_database_never_overspend() {
     let (token, tenant) = app.owner_with_tenant("acme").await;
     let project = app.project_id(&token, &tenant).await; // 98 credits left
     // The replicas need the same plans as the in-process app that made the tenant.
-    let config = app.write_config(
-        "default_plan = \"test\"\n[[plans]]\nslug = \"test\"\ntitle = \"Test\"\n\
-         [[plans.features]]\nname = \"credits\"\ntitle = \"Credits\"\ntype = \"MONTHLY\"\nvalue = 100\n",
-    );
-    let env = [
-        ("TOLLGATE_CONFIG", config.as_str()),
-        ("TOLLGATE_DATABASE__ACQUIRE_TIMEOUT_MS", "60000"),
-        ("TOLLGATE_DATABASE__SQLITE_BUSY_TIMEOUT_MS", "60000"),
-    ];
+    let env = app.replica_env(100);
     let replicas = [
         app.start_server(&env).await,
         app.start_server(&env).await,
