@@ -266,6 +266,35 @@ pub fn is_transient(err: &DbErr) -> bool {
     )
 }
 
+/// The `(tenant_id, id)` of up to `limit` rows of `sql` (parameters `:now` and `:limit`):
+/// what a sweeper has to do at `now`.
+pub async fn due(
+    db: &Database,
+    sql: &PerBackend,
+    now: chrono::DateTime<chrono::Utc>,
+    limit: u64,
+) -> Result<Vec<(uuid::Uuid, uuid::Uuid)>, DbErr> {
+    static SHAPE: std::sync::LazyLock<Shape> = std::sync::LazyLock::new(|| {
+        Shape::default()
+            .with("tenant_id", sea_orm::ColumnType::Uuid)
+            .with("id", sea_orm::ColumnType::Uuid)
+    });
+    let statement = sql.get(db.backend()).bind(|name| match name {
+        "now" => Some(now.into()),
+        "limit" => Some(
+            <i64 as TryFrom<u64>>::try_from(limit)
+                .unwrap_or(i64::MAX)
+                .into(),
+        ),
+        _ => None,
+    })?;
+    db.query(&statement, &SHAPE)
+        .await?
+        .iter()
+        .map(|row| Ok((row.get("tenant_id")?, row.get("id")?)))
+        .collect()
+}
+
 /// Whether `err` is a unique constraint's refusal, from either driver (rusqlite's errors
 /// arrive as text).
 pub fn is_unique_violation(err: &DbErr) -> bool {

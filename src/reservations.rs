@@ -227,24 +227,13 @@ pub async fn expire(db: &Database, now: DateTime<Utc>, limit: u64) -> Result<u64
          AND expires_at <= :now ORDER BY expires_at LIMIT :limit"
             .to_owned()
     });
-    static SHAPE: LazyLock<Shape> = LazyLock::new(|| {
-        Shape::default()
-            .with("tenant_id", ColumnType::Uuid)
-            .with("id", ColumnType::Uuid)
-    });
-    let statement = DUE.get(db.backend()).bind(|name| match name {
-        "now" => Some(now.into()),
-        "limit" => Some(i64::try_from(limit).unwrap_or(i64::MAX).into()),
-        _ => None,
-    })?;
-    let due = db.query(&statement, &SHAPE).await?;
+    let due = crate::db::due(db, &DUE, now, limit).await?;
     if due.is_empty() {
         return Ok(0);
     }
     let mut session = db.session().await?;
     let mut expired = 0;
-    for row in due {
-        let (tenant_id, id): (Uuid, Uuid) = (row.get("tenant_id")?, row.get("id")?);
+    for (tenant_id, id) in due {
         session.begin().await?;
         let outcome = async {
             let status = ReservationStatus::Expired;
