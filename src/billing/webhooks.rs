@@ -127,6 +127,31 @@ async fn process(
         }
         EventObject::CheckoutSessionCompleted(s) => checkout_completed(&txn, &s).await?,
         EventObject::CheckoutSessionAsyncPaymentSucceeded(s) => pack_paid(&txn, config, &s).await?,
+        EventObject::ChargeRefunded(charge) => match charge.payment_intent.as_ref() {
+            // The share of the credits the refunded share of the charge bought.
+            Some(payment) => {
+                let (paid, refunded) = (charge.amount.max(1), charge.amount_refunded.max(0));
+                let share = |g: &entity::credit_grant::Model| {
+                    let credits = i128::from(g.amount) * i128::from(refunded);
+                    i64::try_from((credits + i128::from(paid) - 1) / i128::from(paid))
+                        .unwrap_or(i64::MAX)
+                };
+                claw_back(&txn, payment.id().as_str(), share, "payment refunded").await?
+            }
+            None => "refund of no payment ignored",
+        },
+        EventObject::ChargeDisputeCreated(dispute) => match dispute.payment_intent.as_ref() {
+            Some(payment) => {
+                claw_back(
+                    &txn,
+                    payment.id().as_str(),
+                    |g| g.amount,
+                    "payment disputed",
+                )
+                .await?
+            }
+            None => "dispute of no payment ignored",
+        },
         _ => "event type ignored",
     };
     txn.commit().await?;
@@ -216,6 +241,22 @@ async fn pack_paid(
     Ok(match credits::grants::grant_once(txn, &grant).await? {
         true => "credit pack granted",
         false => "credit pack already granted for this session",
+    })
+}
+
+/// A refund or dispute of a pack's payment: takes back what is left of its grant, up to the
+/// share refunded (all of it for a dispute), never twice.
+async fn claw_back(
+    txn: &DatabaseTransaction,
+    payment: &str,
+    target: impl Fn(&entity::credit_grant::Model) -> i64,
+    reason: &str,
+) -> Result<&'static str, DbErr> {
+    let taken = credits::grants::claw_back(txn, payment, target, reason, Utc::now()).await?;
+    Ok(match taken {
+        None => "payment of no credit pack ignored",
+        Some(0) => "nothing more to take back",
+        Some(_) => "credits taken back",
     })
 }
 

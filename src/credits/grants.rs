@@ -15,7 +15,9 @@ use entity::{
     credit::{ActorType, Movement},
     credit_grant::{self, GrantCategory, GrantStatus},
 };
-use sea_orm::{ColumnType, ConnectionTrait, DatabaseBackend, Statement, prelude::*};
+use sea_orm::{
+    ColumnType, ConnectionTrait, DatabaseBackend, FromQueryResult, Statement, prelude::*,
+};
 use std::sync::LazyLock;
 
 use super::{Actor, limit::plan_sql};
@@ -639,6 +641,72 @@ pub async fn grant_once(
     let movement = movement_statement(backend, g, Movement::Grant, g.amount, g.created_at)?;
     txn.execute_raw(movement).await?;
     Ok(true)
+}
+
+/// Takes back from the grant a payment bought (`payment_ref`) up to `target` credits in all
+/// (what was taken back before counts: a dispute after a refund never claws back twice), at
+/// most what it still holds, in `txn`; `VOIDED` once the target is all of it. Returns what it
+/// took back now (`None`: no such grant).
+pub async fn claw_back(
+    txn: &impl ConnectionTrait,
+    payment_ref: &str,
+    target: impl Fn(&credit_grant::Model) -> i64,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<i64>, DbErr> {
+    static LOCK: PerBackend = PerBackend::new(|_| {
+        "UPDATE credit_grant SET remaining = remaining WHERE payment_ref = :payment".to_owned()
+    });
+    static FIND: PerBackend = PerBackend::new(|_| {
+        "SELECT g.*, CAST(COALESCE((SELECT SUM(c.amount) FROM credit c \
+         WHERE c.tenant_id = g.tenant_id AND c.grant_id = g.id AND c.kind = 'VOID'), 0) AS BIGINT) \
+         AS taken FROM credit_grant g WHERE g.payment_ref = :payment"
+            .to_owned()
+    });
+    static TAKE: PerBackend = PerBackend::new(|_| {
+        "UPDATE credit_grant SET remaining = remaining - :take, status = CASE \
+         WHEN :all = 1 THEN 'VOIDED' WHEN remaining = :take AND status = 'ACTIVE' THEN 'EXHAUSTED' \
+         ELSE status END WHERE tenant_id = :tenant AND id = :grant"
+            .to_owned()
+    });
+    let backend = txn.get_database_backend();
+    let payment = |name: &str| (name == "payment").then(|| payment_ref.into());
+    // The grant's row locked first: refunds and disputes of one payment take turns.
+    txn.execute_raw(LOCK.get(backend).bind(payment)?).await?;
+    let Some(row) = txn.query_one_raw(FIND.get(backend).bind(payment)?).await? else {
+        return Ok(None);
+    };
+    let grant = credit_grant::Model::from_query_result(&row, "")?;
+    let taken: i64 = row.try_get("", "taken")?;
+    let goal = target(&grant).clamp(0, grant.amount);
+    let take = (goal - taken).clamp(0, grant.remaining);
+    let all = goal >= grant.amount;
+    if take == 0 && !(all && grant.status == GrantStatus::Active) {
+        return Ok(Some(0));
+    }
+    let statement = TAKE.get(backend).bind(|name| {
+        Some(match name {
+            "take" => take.into(),
+            "all" => i32::from(all).into(),
+            "tenant" => grant.tenant_id.into(),
+            "grant" => grant.id.into(),
+            _ => return None,
+        })
+    })?;
+    txn.execute_raw(statement).await?;
+    let mut moved = grant.clone();
+    moved.actor_type = ActorType::System;
+    moved.actor_id = None;
+    moved.reason = Some(reason.to_owned());
+    txn.execute_raw(movement_statement(
+        backend,
+        &moved,
+        Movement::Void,
+        take,
+        now,
+    )?)
+    .await?;
+    Ok(Some(take))
 }
 
 /// A ledger row recording a grant's movement of `amount` credits (creation, expiry, void),

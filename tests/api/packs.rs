@@ -1,5 +1,6 @@
 //! Credit packs bought through Stripe Checkout: the grant follows the payment (paid at once,
-//! or later by an async payment), once per session however the events race or repeat.
+//! or later by an async payment), once per session however the events race or repeat; a
+//! refund or a dispute takes back what is left, never twice.
 
 use serde_json::{Value, json};
 use tollgate::config::CreditPackConfig;
@@ -165,6 +166,77 @@ async fn a_pack_bought_through_checkout_is_granted_once_when_the_payment_succeed
         (Some("STRIPE_CHECKOUT"), Some("cs_pack_1"))
     );
     assert!(held[0]["expiresAt"].is_string());
+    let (sound, report) = verify(&app);
+    assert!(sound, "{report}");
+}
+
+#[tokio::test]
+async fn a_refund_then_a_dispute_take_back_what_is_left_never_twice() {
+    let fake = FakeStripe::start().await;
+    let app = pack_app(&fake).await;
+    let (owner, tenant) = app.owner_with_tenant("refunded").await;
+    let paid = session("cs_pack_2", &tenant, 2, "paid", "pi_pack_2");
+    assert_eq!(
+        deliver(&app, "evt_a", "checkout.session.completed", paid).await,
+        "credit pack granted"
+    );
+    // The free plan's 10 credits, then 50 of the pack.
+    let spend = app
+        .gql(
+            Some(&owner),
+            "mutation($input: ConsumeCreditsInput!) { consumeCredits(input: $input) { credit { id } } }",
+            json!({ "input": { "tenantId": tenant, "amount": 60, "idempotencyKey": "s" } }),
+        )
+        .await;
+    assert!(spend["errors"].is_null(), "{spend}");
+
+    // Half the charge refunded: half the credits (100) taken back of the 150 left.
+    let mut charge = fixture("charge");
+    charge["payment_intent"] = json!("pi_pack_2");
+    charge["amount"] = json!(2000);
+    charge["amount_refunded"] = json!(1000);
+    assert_eq!(
+        deliver(&app, "evt_b", "charge.refunded", charge.clone()).await,
+        "credits taken back"
+    );
+    let held = grants(&app, &owner, &tenant).await;
+    assert_eq!(
+        (held[0]["remaining"].as_i64(), held[0]["status"].as_str()),
+        (Some(50), Some("ACTIVE"))
+    );
+    // A dispute of the whole charge: the other 100, of which 50 are left; voided.
+    let mut dispute = fixture("dispute");
+    dispute["payment_intent"] = json!("pi_pack_2");
+    assert_eq!(
+        deliver(&app, "evt_c", "charge.dispute.created", dispute).await,
+        "credits taken back"
+    );
+    let held = grants(&app, &owner, &tenant).await;
+    assert_eq!(
+        (held[0]["remaining"].as_i64(), held[0]["status"].as_str()),
+        (Some(0), Some("VOIDED"))
+    );
+    // The rest of the charge refunded after the dispute: nothing more.
+    charge["amount_refunded"] = json!(2000);
+    assert_eq!(
+        deliver(&app, "evt_d", "charge.refunded", charge).await,
+        "nothing more to take back"
+    );
+    // A refund of a payment that bought no pack changes nothing.
+    let mut other = fixture("charge");
+    other["payment_intent"] = json!("pi_subscription");
+    assert_eq!(
+        deliver(&app, "evt_e", "charge.refunded", other).await,
+        "payment of no credit pack ignored"
+    );
+    let history = app
+        .gql(Some(&owner), "query($t: ID!) { creditHistory(tenantId: $t, filter: { kind: VOID }) { nodes { amount reason } } }", json!({ "t": tenant }))
+        .await;
+    assert_eq!(
+        history["data"]["creditHistory"]["nodes"],
+        json!([{ "amount": 50, "reason": "payment disputed" }, { "amount": 100, "reason": "payment refunded" }]),
+        "{history}"
+    );
     let (sound, report) = verify(&app);
     assert!(sound, "{report}");
 }
