@@ -34,6 +34,9 @@ pub struct Model {
     pub claimed_until: Option<DateTimeUtc>,
     pub reported_at: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,
+    /// Of `quantity`, what was refunded after the event had gone to Stripe (or was on its
+    /// way): it stays on the invoice.
+    pub refunded_quantity: i64,
 }
 
 /// Where a usage event stands.

@@ -182,6 +182,15 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
+        // Usage refunded after it was sent to Stripe: left on the invoice, shown in reports.
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(UsageEvent::Table)
+                    .add_column(big_integer(UsageEvent::RefundedQuantity).default(0))
+                    .to_owned(),
+            )
+            .await?;
         // A spend's refunds, found under the lock of its counter row.
         manager
             .create_index(
@@ -196,6 +205,14 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(UsageEvent::Table)
+                    .drop_column(UsageEvent::RefundedQuantity)
+                    .to_owned(),
+            )
+            .await?;
         manager
             .drop_index(
                 Index::drop()
@@ -291,6 +308,12 @@ enum Credit {
     GrantId,
     RefundOf,
     Reason,
+}
+
+#[derive(DeriveIden)]
+enum UsageEvent {
+    Table,
+    RefundedQuantity,
 }
 
 #[derive(DeriveIden)]

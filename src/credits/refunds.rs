@@ -509,6 +509,8 @@ async fn given_back(
 }
 
 /// Metered usage of `spend` not yet sent (nor being sent): less `amount`, cancelled at zero.
+/// Usage already sent, or on its way, stays on the invoice: `amount` is added to its
+/// `refunded_quantity` for the reports.
 async fn reduce_usage_event(
     session: &mut Session,
     tenant_id: Uuid,
@@ -532,7 +534,22 @@ async fn reduce_usage_event(
             _ => return None,
         })
     })?;
-    session.execute(&statement).await?;
+    if session.execute(&statement).await? == 0 {
+        static SENT: PerBackend = PerBackend::new(|_| {
+            "UPDATE usage_event SET refunded_quantity = refunded_quantity + :amount \
+             WHERE tenant_id = :tenant AND credit_id = :spend AND status <> 'CANCELLED'"
+                .to_owned()
+        });
+        let statement = SENT.get(session.backend()).bind(|name| {
+            Some(match name {
+                "amount" => amount.into(),
+                "tenant" => tenant_id.into(),
+                "spend" => spend_id.into(),
+                _ => return None,
+            })
+        })?;
+        session.execute(&statement).await?;
+    }
     Ok(())
 }
 

@@ -811,3 +811,42 @@ async fn a_refund_of_metered_usage_not_yet_sent_reduces_or_cancels_it_in_the_out
     assert_eq!(seen, vec![(0, "CANCELLED"), (1, "PENDING")], "{reports:?}");
     assert_sound(&app);
 }
+
+#[tokio::test]
+async fn a_refund_of_usage_already_sent_stays_on_the_invoice_and_is_marked_in_the_reports() {
+    let fake = crate::fake_stripe::FakeStripe::start().await;
+    let app = crate::stripe::stripe_app(&fake, |_| {}).await;
+    let (owner, tenant) = app.owner_with_tenant("sent").await;
+    crate::stripe::link_customer(&app, &tenant, "cus_sent").await;
+    app.project_id(&owner, &tenant).await;
+    crate::stripe::eventually("the project's usage was delivered", || async {
+        let reports = crate::stripe::reports(&app, &owner, &tenant).await;
+        reports.len() == 1 && reports[0]["status"] == "DELIVERED"
+    })
+    .await;
+    let history = app
+        .gql(
+            Some(&owner),
+            "query($t: ID!) { creditHistory(tenantId: $t) { nodes { id } } }",
+            json!({ "t": tenant }),
+        )
+        .await;
+    let spend = history["data"]["creditHistory"]["nodes"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(refund(&app, &owner, &tenant, &spend, "r", Some(1)).await["errors"].is_null());
+    let reports = app
+        .gql(
+            Some(&owner),
+            "query($t: ID!) { usageReports(tenantId: $t) { nodes { quantity status refundedQuantity } } }",
+            json!({ "t": tenant }),
+        )
+        .await;
+    assert_eq!(
+        reports["data"]["usageReports"]["nodes"],
+        json!([{ "quantity": 2, "status": "DELIVERED", "refundedQuantity": 1 }]),
+        "{reports}"
+    );
+    assert_sound(&app);
+}

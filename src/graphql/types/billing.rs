@@ -82,6 +82,9 @@ pub struct UsageReport {
     pub reported_at: Option<DateTime<Utc>>,
     /// When the usage happened (the meter event's timestamp).
     pub created_at: DateTime<Utc>,
+    /// Of `quantity`, credits refunded after the report had gone to Stripe: they stay on the
+    /// invoice (credit the customer there). Refunds before it was sent reduce `quantity`.
+    pub refunded_quantity: i32,
 }
 
 impl From<usage_event::Model> for UsageReport {
@@ -95,6 +98,7 @@ impl From<usage_event::Model> for UsageReport {
             last_error: e.last_error,
             reported_at: e.reported_at,
             created_at: e.created_at,
+            refunded_quantity: int(e.refunded_quantity),
         }
     }
 }
