@@ -207,16 +207,7 @@ pub async fn settle(
             .ok_or_else(|| AppError::Internal(anyhow::anyhow!("a settled reservation is gone")))
     }
     .await;
-    match outcome {
-        Ok(settled) => {
-            session.commit().await?;
-            Ok(settled)
-        }
-        Err(e) => {
-            let _ = session.rollback().await;
-            Err(e)
-        }
-    }
+    session.finish(outcome).await
 }
 
 /// Gives back every reservation whose time is up (at most `limit`), each in a transaction
@@ -246,16 +237,7 @@ pub async fn expire(db: &Database, now: DateTime<Utc>, limit: u64) -> Result<u64
             Ok::<_, AppError>(true)
         }
         .await;
-        match outcome {
-            Ok(done) => {
-                session.commit().await?;
-                expired += u64::from(done);
-            }
-            Err(e) => {
-                let _ = session.rollback().await;
-                return Err(e);
-            }
-        }
+        expired += u64::from(session.finish(outcome).await?);
     }
     Ok(expired)
 }

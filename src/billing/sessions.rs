@@ -102,7 +102,7 @@ pub async fn checkout(
     let metadata = HashMap::from([(TENANT_METADATA_KEY.to_owned(), tenant_id.to_string())]);
     let mut subscription = CreateCheckoutSessionSubscriptionData::new();
     subscription.metadata = Some(metadata.clone());
-    let mut request = CreateCheckoutSession::new()
+    let request = CreateCheckoutSession::new()
         .mode(CheckoutSessionMode::Subscription)
         .line_items(line_items)
         .client_reference_id(tenant_id.to_string())
@@ -110,17 +110,7 @@ pub async fn checkout(
         .subscription_data(subscription)
         .success_url(config.stripe.checkout_success_url.as_str())
         .cancel_url(config.stripe.checkout_cancel_url.as_str());
-    request = match customer {
-        Some(customer) => request.customer(customer),
-        None => request.customer_email(email.as_str()),
-    };
-    let session = request
-        .send(client)
-        .await
-        .map_err(|e| AppError::Internal(anyhow::anyhow!("creating a Checkout session: {e}")))?;
-    session.url.ok_or_else(|| {
-        AppError::Internal(anyhow::anyhow!("Stripe returned a session without a url"))
-    })
+    open(client, request, customer, &email).await
 }
 
 /// The metadata keys a pack purchase's Checkout Session carries: which pack, how many.
@@ -154,16 +144,33 @@ pub async fn purchase(
         (PACK_METADATA_KEY.to_owned(), pack.value.clone()),
         (QUANTITY_METADATA_KEY.to_owned(), quantity.to_string()),
     ]);
-    let mut request = CreateCheckoutSession::new()
+    let request = CreateCheckoutSession::new()
         .mode(CheckoutSessionMode::Payment)
         .line_items(vec![line_item(&pack.stripe_price_id, Some(quantity))])
         .client_reference_id(tenant_id.to_string())
         .metadata(metadata)
         .success_url(config.stripe.checkout_success_url.as_str())
         .cancel_url(config.stripe.checkout_cancel_url.as_str());
-    request = match tenant.stripe_customer_id.as_deref() {
+    open(
+        client,
+        request,
+        tenant.stripe_customer_id.as_deref(),
+        &email,
+    )
+    .await
+}
+
+/// Creates the Checkout Session `request` for the tenant's Stripe `customer` (when it has
+/// one; else Checkout creates one for `email`) and answers its page's URL.
+async fn open(
+    client: &Client,
+    request: CreateCheckoutSession,
+    customer: Option<&str>,
+    email: &str,
+) -> Result<String, AppError> {
+    let request = match customer {
         Some(customer) => request.customer(customer),
-        None => request.customer_email(email.as_str()),
+        None => request.customer_email(email),
     };
     let session = request
         .send(client)

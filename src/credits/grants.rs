@@ -384,7 +384,7 @@ pub async fn grant(
         Ok((model.clone(), false))
     }
     .await;
-    finish(&mut session, outcome).await
+    session.finish(outcome).await
 }
 
 /// Voids what is left of a grant: it is no longer spendable, and a `VOID` movement records
@@ -429,7 +429,7 @@ pub async fn void(
         Ok(voided)
     }
     .await;
-    finish(&mut session, outcome).await
+    session.finish(outcome).await
 }
 
 /// Marks up to `limit` grants whose expiry has passed `EXPIRED`, each with one `EXPIRY`
@@ -468,10 +468,10 @@ pub async fn sweep(db: &Database, now: DateTime<Utc>, limit: u64) -> Result<u64,
                 now,
             )
             .await?;
-            Ok(true)
+            Ok::<_, AppError>(true)
         }
         .await;
-        if finish(&mut session, outcome).await? {
+        if session.finish(outcome).await? {
             expired += 1;
         }
     }
@@ -764,23 +764,6 @@ fn movement_statement(
 
 /// The credit type a grant's movements are recorded under.
 pub const GRANT_CREDIT_TYPE: &str = "grant";
-
-/// Commits an `Ok` outcome, rolls back an `Err` one.
-pub(super) async fn finish<T>(
-    session: &mut Session,
-    outcome: Result<T, AppError>,
-) -> Result<T, AppError> {
-    match outcome {
-        Ok(value) => {
-            session.commit().await?;
-            Ok(value)
-        }
-        Err(e) => {
-            let _ = session.rollback().await;
-            Err(e)
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {

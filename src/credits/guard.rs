@@ -39,6 +39,14 @@ pub struct PaidTable {
 }
 
 impl PaidTable {
+    /// The parameters of its row's values, in `columns`' order: `:paid_0, :paid_1, …`.
+    fn values(&self) -> String {
+        (0..self.columns.len())
+            .map(|i| format!(":paid_{i}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// `model`'s row, its values in `columns`' order: what a `Spend` inserts.
     pub fn row<M: ModelTrait>(&'static self, model: &M) -> Result<Paid, AppError> {
         let values = self
@@ -256,13 +264,9 @@ fn ledger_sql(period: &str) -> String {
 fn build(backend: DatabaseBackend, paid: Option<&PaidTable>, metered: bool) -> GuardSql {
     // `INSERT INTO table (columns) … values` for a paid row.
     let insert = paid.map(|paid| {
-        let values = (0..paid.columns.len())
-            .map(|i| format!(":paid_{i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
         (
             format!("INSERT INTO {} ({})", paid.table, paid.columns.join(", ")),
-            values,
+            paid.values(),
         )
     });
     let paid_requires = paid.and_then(|p| p.requires).map(|(sql, _)| sql);
@@ -327,10 +331,7 @@ fn slow(backend: DatabaseBackend, paid: Option<&PaidTable>) -> Slow {
     let period = format!("(SELECT p.period_start FROM ({}) p)", plan_sql(backend));
     Slow {
         paid: paid.map(|paid| {
-            let values = (0..paid.columns.len())
-                .map(|i| format!(":paid_{i}"))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let values = paid.values();
             let requires = paid
                 .requires
                 .map(|(sql, _)| format!(" WHERE {sql}"))

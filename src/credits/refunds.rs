@@ -135,7 +135,7 @@ pub async fn refund(
         give_back(&mut session, actor, &request, refund_id, now).await
     }
     .await;
-    grants::finish(&mut session, outcome).await
+    session.finish(outcome).await
 }
 
 /// `BAD_USER_INPUT` when the spend is the hold of a reservation still pending: it is settled

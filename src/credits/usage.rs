@@ -87,7 +87,8 @@ pub async fn usage(
     let Some(row) = row else {
         return Err(viewer.user_gone());
     };
-    let grants_remaining = row.get::<Option<i64>>("grants_remaining")?.unwrap_or(0);
+    let plan_row = plan_feature_row(&row)?;
+    let grants_remaining = plan_row.as_ref().map_or(0, |r| r.grants_remaining);
     let next_expiry = match (
         row.get::<Option<i64>>("next_expiry_amount")?,
         row.get::<Option<DateTime<Utc>>>("next_expiry_at")?,
@@ -99,7 +100,7 @@ pub async fn usage(
         period: subscription_period,
         feature: Some(own),
         ..
-    }) = plan_feature_row(&row)?
+    }) = plan_row
     else {
         // The tenant's plan lacks it: not included, if any plan has it.
         let Some(title) = row.get::<Option<String>>("any_title")? else {
@@ -401,11 +402,7 @@ fn plan_feature_row(row: &Row) -> Result<Option<PlanFeatureRow>, AppError> {
         }),
         None => None,
     };
-    let grants_remaining = match row.get::<Option<i64>>("grants_remaining") {
-        Ok(remaining) => remaining.unwrap_or(0),
-        // `usage`'s query reads it under the same name; a query without it has none.
-        Err(_) => 0,
-    };
+    let grants_remaining = row.get::<Option<i64>>("grants_remaining")?.unwrap_or(0);
     Ok(Some(PlanFeatureRow {
         period,
         feature,

@@ -111,6 +111,21 @@ impl Session {
         }
     }
 
+    /// Ends the open transaction by `outcome`: commits an `Ok` one (a failed commit is its
+    /// error), rolls back an `Err` one.
+    pub async fn finish<T, E: From<DbErr>>(&mut self, outcome: Result<T, E>) -> Result<T, E> {
+        match outcome {
+            Ok(value) => {
+                self.commit().await?;
+                Ok(value)
+            }
+            Err(e) => {
+                let _ = self.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
     /// The row of a tenant's table `E` with this `id` (read in the open transaction, under
     /// whatever it has locked), as its model. For tables keyed by `(tenant_id, id)`; not for a
     /// hot path (the statement is built on each call).
