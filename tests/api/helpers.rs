@@ -296,7 +296,10 @@ impl TestApp {
 
     /// A config file for more servers of this app whose default plan `test` gives `limit`
     /// credits a month (as `spawn_app_with_plan(Monthly, limit)` does), and the environment
-    /// a replica needs beside it: long lock waits, as many replicas share one database.
+    /// a replica needs beside it: long lock waits, as many replicas share one database, and
+    /// few connections each — the multi-replica tests run side by side against one
+    /// PostgreSQL server (100 connections by default), whose "too many clients" would fail
+    /// requests that have nothing to do with what is tested.
     pub fn replica_env(&self, limit: i64) -> Vec<(&'static str, String)> {
         let config = self.write_config(&format!(
             "default_plan = \"test\"\n[[plans]]\nslug = \"test\"\ntitle = \"Test\"\n\
