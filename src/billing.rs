@@ -15,7 +15,7 @@ mod sessions;
 pub mod webhooks;
 
 pub use client::{StripeFailure, StripeHttp};
-pub use outbox::UsageStatus;
+pub use outbox::{UsageKind, UsageStatus};
 pub use reporter::spawn_reporter;
 pub use sessions::{
     Billing, Checkout, PACK_METADATA_KEY, QUANTITY_METADATA_KEY, TENANT_METADATA_KEY, checkout,

@@ -25,7 +25,7 @@ pub struct Model {
     /// Stripe's deduplication key, derived from `id` (`tollgate-<id>`).
     #[sea_orm(unique)]
     pub identifier: String,
-    /// `PENDING`, `DELIVERED`, `FAILED` or `CANCELLED`.
+    /// `PENDING`, `WAITING`, `DELIVERED`, `FAILED` or `CANCELLED`.
     pub status: UsageStatus,
     pub attempts: i32,
     pub last_error: Option<String>,
@@ -37,6 +37,26 @@ pub struct Model {
     /// Of `quantity`, what was refunded after the event had gone to Stripe (or was on its
     /// way): it stays on the invoice.
     pub refunded_quantity: i64,
+    /// `METER_EVENT` (reports `quantity`) or `CANCEL` (cancels the event `adjusts` names, by
+    /// a meter event adjustment).
+    pub kind: UsageKind,
+    /// A `CANCEL`'s event to cancel; a re-reported event's original (the event it replaces).
+    pub adjusts: Option<Uuid>,
+    /// A `CANCEL` is not sent after this (Stripe cancels events within 24 hours of receiving
+    /// them): it fails instead, and the usage stays on the invoice.
+    pub send_by: Option<DateTimeUtc>,
+}
+
+/// What a row of the outbox asks of Stripe.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
+pub enum UsageKind {
+    /// A meter event of `quantity`.
+    #[sea_orm(string_value = "METER_EVENT")]
+    MeterEvent,
+    /// A meter event adjustment cancelling the event `adjusts` names.
+    #[sea_orm(string_value = "CANCEL")]
+    Cancel,
 }
 
 /// Where a usage event stands.
@@ -52,9 +72,13 @@ pub enum UsageStatus {
     /// Can never be delivered: see `last_error`.
     #[sea_orm(string_value = "FAILED")]
     Failed,
-    /// Refunded before it was sent: nothing to report.
+    /// Not billed: refunded before it was sent, cancelled at Stripe by a meter event
+    /// adjustment after it was sent (`reported_at` set), or a re-report whose cancel failed.
     #[sea_orm(string_value = "CANCELLED")]
     Cancelled,
+    /// A re-report held back until the cancel of the event it replaces has gone through.
+    #[sea_orm(string_value = "WAITING")]
+    Waiting,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

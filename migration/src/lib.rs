@@ -15,6 +15,7 @@ mod m20261130_000009_tenant_external_id;
 mod m20261130_000010_deleted_resources;
 mod m20261130_000011_invitations;
 mod m20261130_000012_credit_grants;
+mod m20261130_000013_usage_adjustments;
 
 pub struct Migrator;
 
@@ -34,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000010_deleted_resources::Migration),
             Box::new(m20261130_000011_invitations::Migration),
             Box::new(m20261130_000012_credit_grants::Migration),
+            Box::new(m20261130_000013_usage_adjustments::Migration),
         ]
     }
 }

@@ -18,7 +18,9 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 use secrecy::{ExposeSecret, SecretString};
-use stripe_client_core::{CustomizedStripeRequest, StripeClient, StripeClientErr, StripeMethod};
+use stripe_client_core::{
+    CustomizedStripeRequest, RequestStrategy, StripeClient, StripeClientErr, StripeMethod,
+};
 
 /// Why a Stripe call did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -135,7 +137,7 @@ impl StripeClient for StripeHttp {
     type Err = StripeFailure;
 
     async fn execute(&self, req: CustomizedStripeRequest) -> Result<Bytes, StripeFailure> {
-        let (req, _) = req.into_pieces();
+        let (req, config) = req.into_pieces();
         let mut uri = format!("{}/v1{}", self.api_base, req.path);
         if let Some(query) = &req.query {
             uri.push('?');
@@ -154,6 +156,11 @@ impl StripeClient for StripeHttp {
             .header("stripe-version", stripe_shared::version::VERSION.as_str());
         if req.body.is_some() {
             builder = builder.header(CONTENT_TYPE, "application/x-www-form-urlencoded");
+        }
+        // The one strategy honoured: a key Stripe deduplicates the request by. (Retries are
+        // the caller's, who keeps the key across them.)
+        if let Some(RequestStrategy::Idempotent(key)) = &config.request_strategy {
+            builder = builder.header("idempotency-key", key.as_str());
         }
         let request = builder
             .body(Full::new(Bytes::from(req.body.unwrap_or_default())))

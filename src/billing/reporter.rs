@@ -27,14 +27,21 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use stripe_billing::billing_meter_event::CreateBillingMeterEvent;
+use stripe_billing::{
+    BillingMeterEventAdjustmentType,
+    billing_meter_event::CreateBillingMeterEvent,
+    billing_meter_event_adjustment::{
+        CreateBillingMeterEventAdjustment, CreateBillingMeterEventAdjustmentCancel,
+    },
+};
+use stripe_client_core::{IdempotencyKey, RequestStrategy, StripeRequest};
 use tokio::{
     sync::{Semaphore, watch},
     task::JoinHandle,
 };
 
 use super::{
-    StripeFailure, StripeHttp,
+    StripeFailure, StripeHttp, UsageKind,
     outbox::{self, Claimed, Outcome},
 };
 use crate::{config::StripeSettings, db::Database, metrics::Metrics};
@@ -125,8 +132,7 @@ async fn claim_and_send(
         tokio::spawn(async move {
             let (sent, outcome) = reporter.deliver(&event).await;
             reporter.log(&event, &outcome);
-            let outcomes = [(event.id, sent, outcome)];
-            if let Err(e) = outbox::settle(&reporter.db, Utc::now(), &outcomes).await {
+            if let Err(e) = outbox::settle(&reporter.db, Utc::now(), &event, sent, &outcome).await {
                 // The lease runs out and the event is sent again: Stripe keeps one copy.
                 tracing::warn!(usage_event.id = %event.id, error.cause = %e, "outcome not recorded; the event will be sent again");
             }
@@ -141,14 +147,13 @@ impl Reporter {
     /// whether the send counts as an attempt.
     async fn deliver(&self, event: &Claimed) -> (bool, Outcome) {
         let now = Utc::now();
-        if now - event.created_at > OLDEST_REPORTABLE {
-            let error = format!(
-                "not reported: created {}, older than the 35 days Stripe accepts",
-                event.created_at.to_rfc3339()
-            );
+        if let Some(error) = too_late(event, now) {
             return (false, Outcome::Failed { error });
         }
-        let result = send(&self.client, event).await;
+        let result = match event.kind {
+            UsageKind::MeterEvent => send(&self.client, event).await,
+            UsageKind::Cancel => cancel(&self.client, event).await,
+        };
         let outcome = judge(result, event.attempts + 1, &self.settings, now);
         let label = match &outcome {
             Outcome::Delivered => "delivered",
@@ -186,6 +191,26 @@ impl Reporter {
     }
 }
 
+/// Why `event` may no longer be sent at `now`, if so: a meter event older than Stripe
+/// accepts, a cancel past its `send_by` (or naming no event).
+fn too_late(event: &Claimed, now: DateTime<Utc>) -> Option<String> {
+    match event.kind {
+        UsageKind::MeterEvent if now - event.created_at > OLDEST_REPORTABLE => Some(format!(
+            "not reported: created {}, older than the 35 days Stripe accepts",
+            event.created_at.to_rfc3339()
+        )),
+        UsageKind::Cancel if event.adjusts.is_none() => {
+            Some("not cancelled: the cancel names no meter event".to_owned())
+        }
+        UsageKind::Cancel if event.send_by.is_none_or(|by| now > by) => Some(
+            "not cancelled: Stripe cancels a meter event only within 24 hours of receiving it; \
+             the refunded usage stays on the invoice"
+                .to_owned(),
+        ),
+        _ => None,
+    }
+}
+
 /// Sends one meter event.
 async fn send(client: &StripeHttp, event: &Claimed) -> Result<(), StripeFailure> {
     let payload = HashMap::from([
@@ -201,6 +226,27 @@ async fn send(client: &StripeHttp, event: &Claimed) -> Result<(), StripeFailure>
         .send(client)
         .await
         .map(|_| ())
+}
+
+/// Sends one cancel: a meter event adjustment of the event `adjusts` names, under an
+/// idempotency key of the cancel's own (a retry after a lost answer is one cancel).
+async fn cancel(client: &StripeHttp, event: &Claimed) -> Result<(), StripeFailure> {
+    // `tollgate-<uuid>`: a valid key (1 to 255 characters) whatever the id.
+    let strategy = IdempotencyKey::new(&event.identifier)
+        .map_or(RequestStrategy::Once, RequestStrategy::Idempotent);
+    let cancel = CreateBillingMeterEventAdjustmentCancel {
+        identifier: event.adjusts.map(super::identifier),
+    };
+    CreateBillingMeterEventAdjustment::new(
+        event.event_name.as_str(),
+        BillingMeterEventAdjustmentType::Cancel,
+    )
+    .cancel(cancel)
+    .customize()
+    .request_strategy(strategy)
+    .send(client)
+    .await
+    .map(|_| ())
 }
 
 /// The outcome of the `attempt`th send of an event.
@@ -271,4 +317,67 @@ fn backoff(attempt: i32, settings: &StripeSettings) -> chrono::Duration {
     let half = full / 2;
     let jittered = half + rand::random_range(0..=half);
     chrono::Duration::milliseconds(i64::try_from(jittered).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claimed(
+        kind: UsageKind,
+        created_at: DateTime<Utc>,
+        send_by: Option<DateTime<Utc>>,
+    ) -> Claimed {
+        Claimed {
+            id: uuid::Uuid::now_v7(),
+            tenant_id: uuid::Uuid::now_v7(),
+            credit_id: uuid::Uuid::now_v7(),
+            kind,
+            adjusts: Some(uuid::Uuid::now_v7()),
+            send_by,
+            identifier: "tollgate-x".into(),
+            event_name: "api_requests".into(),
+            stripe_customer_id: "cus_x".into(),
+            quantity: 1,
+            attempts: 0,
+            created_at,
+        }
+    }
+
+    #[test]
+    fn a_meter_event_goes_out_until_35_days_after_the_usage() {
+        let now = Utc::now();
+        let fresh = claimed(
+            UsageKind::MeterEvent,
+            now - chrono::Duration::days(34),
+            None,
+        );
+        let stale = claimed(
+            UsageKind::MeterEvent,
+            now - chrono::Duration::days(35),
+            None,
+        );
+        assert_eq!(too_late(&fresh, now), None);
+        assert!(too_late(&stale, now).is_some_and(|e| e.contains("35 days")));
+    }
+
+    #[test]
+    fn a_cancel_goes_out_only_until_its_send_by() {
+        let now = Utc::now();
+        let by = now + chrono::Duration::minutes(1);
+        // However old the usage: what counts is when Stripe received it.
+        let old = now - chrono::Duration::days(40);
+        assert_eq!(
+            too_late(&claimed(UsageKind::Cancel, old, Some(by)), now),
+            None
+        );
+        let late = claimed(
+            UsageKind::Cancel,
+            now,
+            Some(now - chrono::Duration::seconds(1)),
+        );
+        assert!(too_late(&late, now).is_some_and(|e| e.contains("24 hours")));
+        // A cancel never armed with a deadline is never sent.
+        assert!(too_late(&claimed(UsageKind::Cancel, now, None), now).is_some());
+    }
 }

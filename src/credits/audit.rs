@@ -213,18 +213,31 @@ async fn check_grants(db: &impl ConnectionTrait, report: &mut Report) -> Result<
     Ok(())
 }
 
+/// The refunds of spend `c`: their allowance part, which comes off its metered usage.
+const REFUNDED_ALLOWANCE_SQL: &str = "COALESCE((SELECT SUM(r.amount - \
+COALESCE((SELECT SUM(a.amount) FROM credit_allocation a WHERE a.tenant_id = r.tenant_id \
+AND a.credit_id = r.id), 0)) FROM credit r WHERE r.tenant_id = c.tenant_id \
+AND r.refund_of = c.id), 0)";
+
+/// A usage event `u` that stands: a meter event not cancelled, and not being cancelled (no
+/// cancel of it that has not failed).
+const STANDING_SQL: &str = "u.kind = 'METER_EVENT' AND u.status <> 'CANCELLED' AND NOT EXISTS \
+(SELECT 1 FROM usage_event x WHERE x.tenant_id = u.tenant_id AND x.credit_id = u.credit_id \
+AND x.kind = 'CANCEL' AND x.adjusts = u.id AND x.status <> 'FAILED')";
+
 async fn check_outbox(db: &impl ConnectionTrait, report: &mut Report) -> Result<(), DbErr> {
     report.usage_events = scalar(db, "SELECT CAST(COUNT(*) AS BIGINT) FROM usage_event").await?;
+    // Every event belongs to a spend of its tenant and reports at most its allowance part;
+    // a cancel cancels a meter event of the same spend.
     let unmatched = scalar(
         db,
         &format!(
             "SELECT CAST(COUNT(*) AS BIGINT) FROM usage_event u LEFT JOIN credit c \
-         ON c.tenant_id = u.tenant_id AND c.id = u.credit_id \
-         WHERE c.id IS NULL OR u.quantity > c.amount - {FROM_GRANTS_SQL} \
-         OR u.quantity < c.amount - {FROM_GRANTS_SQL} - COALESCE((SELECT SUM(r.amount - \
-         COALESCE((SELECT SUM(a.amount) FROM credit_allocation a WHERE a.tenant_id = r.tenant_id \
-         AND a.credit_id = r.id), 0)) FROM credit r WHERE r.tenant_id = c.tenant_id \
-         AND r.refund_of = c.id), 0)"
+             ON c.tenant_id = u.tenant_id AND c.id = u.credit_id \
+             WHERE c.id IS NULL OR u.quantity < 0 OR u.quantity > c.amount - {FROM_GRANTS_SQL} \
+             OR (u.kind = 'CANCEL' AND NOT EXISTS (SELECT 1 FROM usage_event t \
+             WHERE t.tenant_id = u.tenant_id AND t.id = u.adjusts AND t.credit_id = u.credit_id \
+             AND t.kind = 'METER_EVENT'))"
         ),
     )
     .await?;
@@ -233,15 +246,24 @@ async fn check_outbox(db: &impl ConnectionTrait, report: &mut Report) -> Result<
             "{unmatched} usage events match no ledger row of their tenant and allowance part"
         ));
     }
-    let twice = scalar(
+    // What stands of a spend's usage is one event, whose quantity less what was refunded
+    // after it was sent is the spend's allowance part less its refunds.
+    let wrong = scalar(
         db,
-        "SELECT CAST(COUNT(*) AS BIGINT) FROM (SELECT credit_id FROM usage_event \
-         GROUP BY credit_id HAVING COUNT(*) > 1) d",
+        &format!(
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM credit c WHERE EXISTS (SELECT 1 \
+             FROM usage_event u WHERE u.tenant_id = c.tenant_id AND u.credit_id = c.id) AND (\
+             (SELECT COUNT(*) FROM usage_event u WHERE u.tenant_id = c.tenant_id \
+             AND u.credit_id = c.id AND {STANDING_SQL}) > 1 \
+             OR COALESCE((SELECT SUM(u.quantity - u.refunded_quantity) FROM usage_event u \
+             WHERE u.tenant_id = c.tenant_id AND u.credit_id = c.id AND {STANDING_SQL}), 0) \
+             <> c.amount - {FROM_GRANTS_SQL} - {REFUNDED_ALLOWANCE_SQL})"
+        ),
     )
     .await?;
-    if twice > 0 {
+    if wrong > 0 {
         report.problems.push(format!(
-            "{twice} ledger rows have more than one usage event"
+            "{wrong} ledger rows' standing usage events do not report what stands of them"
         ));
     }
     Ok(())

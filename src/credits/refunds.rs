@@ -7,8 +7,9 @@
 //! lock of its counter row, which every refund of it takes first (then its grants, in burn
 //! order: the guard's lock order).
 //!
-//! Metered usage not yet sent to Stripe is reduced in the outbox by the allowance's part
-//! (cancelled at zero); usage already sent is left for the invoice (see the README).
+//! The allowance's part comes off the spend's metered usage (`usage_events::refund`): reduced
+//! in the outbox while unsent, cancelled at Stripe and re-reported within 24 hours of Stripe
+//! receiving it, else left for the invoice and marked (see the README).
 
 use std::sync::LazyLock;
 
@@ -24,6 +25,7 @@ use super::{
     Actor, Period,
     grants::{self, BURN_ORDER_SQL},
     limit::plan_sql,
+    usage_events,
 };
 use crate::{
     auth::{self, ApiScope, Viewer},
@@ -334,7 +336,7 @@ async fn give_back(
             name => value(name),
         })?;
         session.execute(&statement).await?;
-        reduce_usage_event(session, tenant_id, spend.id, allowance, now).await?;
+        usage_events::refund(session, tenant_id, spend.id, allowance, now).await?;
     }
     for r in &returned {
         let Some(grant_id) = r.grant_id else { continue };
@@ -506,51 +508,6 @@ async fn given_back(
         });
     }
     Ok(returned)
-}
-
-/// Metered usage of `spend` not yet sent (nor being sent): less `amount`, cancelled at zero.
-/// Usage already sent, or on its way, stays on the invoice: `amount` is added to its
-/// `refunded_quantity` for the reports.
-async fn reduce_usage_event(
-    session: &mut Session,
-    tenant_id: Uuid,
-    spend_id: Uuid,
-    amount: i64,
-    now: DateTime<Utc>,
-) -> Result<(), AppError> {
-    static SQL: PerBackend = PerBackend::new(|_| {
-        "UPDATE usage_event SET quantity = CASE WHEN quantity > :amount THEN quantity - :amount \
-         ELSE 0 END, status = CASE WHEN quantity > :amount THEN status ELSE 'CANCELLED' END \
-         WHERE tenant_id = :tenant AND credit_id = :spend AND status = 'PENDING' \
-         AND (claimed_until IS NULL OR claimed_until < :now)"
-            .to_owned()
-    });
-    let statement = SQL.get(session.backend()).bind(|name| {
-        Some(match name {
-            "amount" => amount.into(),
-            "tenant" => tenant_id.into(),
-            "spend" => spend_id.into(),
-            "now" => now.into(),
-            _ => return None,
-        })
-    })?;
-    if session.execute(&statement).await? == 0 {
-        static SENT: PerBackend = PerBackend::new(|_| {
-            "UPDATE usage_event SET refunded_quantity = refunded_quantity + :amount \
-             WHERE tenant_id = :tenant AND credit_id = :spend AND status <> 'CANCELLED'"
-                .to_owned()
-        });
-        let statement = SENT.get(session.backend()).bind(|name| {
-            Some(match name {
-                "amount" => amount.into(),
-                "tenant" => tenant_id.into(),
-                "spend" => spend_id.into(),
-                _ => return None,
-            })
-        })?;
-        session.execute(&statement).await?;
-    }
-    Ok(())
 }
 
 async fn row(

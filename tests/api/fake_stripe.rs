@@ -1,16 +1,16 @@
 //! An in-process fake of the parts of Stripe's API Tollgate calls, on 127.0.0.1: meter
-//! events (deduplicated by `identifier`, as Stripe does), Checkout sessions and billing
-//! portal sessions. It records every request's form body and can be told how to answer the
+//! events (deduplicated by `identifier`, as Stripe does), meter event adjustments (cancels,
+//! deduplicated by `Idempotency-Key`), Checkout sessions and billing portal sessions. It records every request's form body and can be told how to answer the
 //! next meter-event requests (fail, throttle, hang, accept and never answer). Its answers
 //! are Stripe's own object fixtures (tests/fixtures/stripe.json) with the request's values.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use serde_json::{Value, json};
 
 /// How the fake answers one meter-event request.
@@ -32,6 +32,14 @@ pub struct Recorded {
     pub accepted: HashMap<String, HashMap<String, String>>,
     /// How many requests were refused as duplicate identifiers.
     pub duplicates: usize,
+    /// Form bodies and idempotency keys of every meter event adjustment request.
+    pub adjustment_requests: Vec<(HashMap<String, String>, Option<String>)>,
+    /// Identifiers of the events cancelled.
+    pub cancelled: HashSet<String>,
+    /// Answers for the next adjustment requests, first to last.
+    pub adjustment_script: VecDeque<Answer>,
+    /// Answer every adjustment 401 while set (a key without the right to adjust).
+    pub refuse_adjustments: bool,
     pub checkout_requests: Vec<HashMap<String, String>>,
     pub portal_requests: Vec<HashMap<String, String>>,
     /// Answers for the next meter-event requests, first to last.
@@ -68,6 +76,10 @@ impl FakeStripe {
             App::new()
                 .app_data(data.clone())
                 .route("/v1/billing/meter_events", web::post().to(meter_event))
+                .route(
+                    "/v1/billing/meter_event_adjustments",
+                    web::post().to(meter_event_adjustment),
+                )
                 .route("/v1/checkout/sessions", web::post().to(checkout_session))
                 .route(
                     "/v1/billing_portal/sessions",
@@ -92,6 +104,22 @@ impl FakeStripe {
 
     pub fn with<R>(&self, f: impl FnOnce(&mut Recorded) -> R) -> R {
         f(&mut self.recorded.lock().unwrap())
+    }
+
+    /// What Stripe bills `customer` for: the values of the events it keeps, less those
+    /// cancelled.
+    pub fn billed(&self, customer: &str) -> i64 {
+        self.with(|r| {
+            r.accepted
+                .iter()
+                .filter(|(id, e)| {
+                    !r.cancelled.contains(*id)
+                        && e.get("payload[stripe_customer_id]").map(String::as_str)
+                            == Some(customer)
+                })
+                .map(|(_, e)| e["payload[value]"].parse::<i64>().expect("a value"))
+                .sum()
+        })
     }
 }
 
@@ -164,6 +192,62 @@ async fn meter_event(
         .unwrap_or_default();
     event["timestamp"] = json!(timestamp);
     HttpResponse::Ok().json(event)
+}
+
+/// A cancel, as Stripe takes it: accepted at once (Stripe applies it later, and reports a
+/// cancel it could not apply — an unknown event, one received more than 24 hours before —
+/// as a meter error, not in this answer).
+async fn meter_event_adjustment(
+    recorded: web::Data<Mutex<Recorded>>,
+    request: HttpRequest,
+    form: web::Form<Vec<(String, String)>>,
+) -> HttpResponse {
+    let form: HashMap<String, String> = form.into_inner().into_iter().collect();
+    let key = request
+        .headers()
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let answer = {
+        let mut r = recorded.lock().unwrap();
+        r.adjustment_requests.push((form.clone(), key));
+        if r.refuse_adjustments {
+            return stripe_error(
+                401,
+                "invalid_request_error",
+                "This API key cannot create meter event adjustments.",
+                None,
+            );
+        }
+        r.adjustment_script.pop_front()
+    };
+    match answer {
+        Some(Answer::Fail(status, retry)) => {
+            return stripe_error(
+                status,
+                "invalid_request_error",
+                "the fake refused the cancel",
+                retry,
+            );
+        }
+        Some(Answer::Stall(delay)) => {
+            tokio::time::sleep(delay).await;
+            return stripe_error(500, "api_error", "stalled", None);
+        }
+        Some(Answer::AcceptSlowly(delay)) => tokio::time::sleep(delay).await,
+        None => {}
+    }
+    let identifier = form.get("cancel[identifier]").cloned().unwrap_or_default();
+    recorded
+        .lock()
+        .unwrap()
+        .cancelled
+        .insert(identifier.clone());
+    let mut adjustment = fixture("billing.meter_event_adjustment");
+    adjustment["event_name"] = json!(form.get("event_name"));
+    adjustment["cancel"] = json!({ "identifier": identifier });
+    adjustment["status"] = json!("pending");
+    HttpResponse::Ok().json(adjustment)
 }
 
 async fn checkout_session(

@@ -31,3 +31,4 @@ mod schema;
 mod stripe;
 mod teams;
 mod tenants;
+mod usage_refunds;

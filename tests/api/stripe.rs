@@ -6,11 +6,11 @@ use std::{future::Future, time::Duration};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use stripe_webhook::Webhook;
-use tollgate::config::Config;
+use tollgate::{clock::Clock, config::Config};
 
 use crate::{
     fake_stripe::{Answer, FakeStripe, fixture},
-    helpers::{TestApp, error_code, spawn_app_with},
+    helpers::{TestApp, error_code, spawn_app_with_clock},
     resilience::verify,
 };
 
@@ -21,8 +21,17 @@ pub(crate) const PRO_PRICE: &str = "price_pro_monthly";
 /// A server reporting to `fake` quickly (50 ms rounds, short backoff), with webhooks on and
 /// the `pro` plan sold at `PRO_PRICE`.
 pub(crate) async fn stripe_app(fake: &FakeStripe, configure: impl FnOnce(&mut Config)) -> TestApp {
+    stripe_app_with_clock(fake, Clock::default(), configure).await
+}
+
+/// `stripe_app`, its credits running on `clock` (the reporter runs on the system clock).
+pub(crate) async fn stripe_app_with_clock(
+    fake: &FakeStripe,
+    clock: Clock,
+    configure: impl FnOnce(&mut Config),
+) -> TestApp {
     let url = fake.url.clone();
-    spawn_app_with(move |c| {
+    spawn_app_with_clock(clock, move |c| {
         c.stripe.secret_key = Some(SecretString::from(SECRET_KEY));
         c.stripe.webhook_secret = Some(SecretString::from(WEBHOOK_SECRET));
         c.stripe.api_base = url;
@@ -37,6 +46,28 @@ pub(crate) async fn stripe_app(fake: &FakeStripe, configure: impl FnOnce(&mut Co
         configure(c);
     })
     .await
+}
+
+/// Adds credit type `value` costing `amount`, metered as unit `unit` to the meter
+/// `event_name`.
+pub(crate) fn metered_type(c: &mut Config, value: &str, amount: i64, unit: &str, event_name: &str) {
+    c.credit_types.push(tollgate::config::CreditTypeConfig {
+        value: value.into(),
+        name: value.into(),
+        description: format!("One {value}."),
+        amount,
+        feature: "credits".into(),
+        meter: None,
+    });
+    c.usage_based_units
+        .push(tollgate::config::UsageBasedUnitConfig {
+            name: unit.into(),
+            title: unit.into(),
+            title_plural: unit.into(),
+            event_name: Some(event_name.into()),
+            credit_types: vec![value.into()],
+            stripe_price_id: None,
+        });
 }
 
 /// Waits (up to 20 s) until `check` holds.
@@ -162,23 +193,7 @@ async fn all_delivered(app: &TestApp, token: &str, tenant: &str, n: usize) -> bo
 async fn a_custom_credit_type_feeds_its_meter_through_the_same_outbox() {
     let fake = FakeStripe::start().await;
     let app = stripe_app(&fake, |c| {
-        c.credit_types.push(tollgate::config::CreditTypeConfig {
-            value: "report-export".into(),
-            name: "Report export".into(),
-            description: "Exporting a report.".into(),
-            amount: 3,
-            feature: "credits".into(),
-            meter: None,
-        });
-        c.usage_based_units
-            .push(tollgate::config::UsageBasedUnitConfig {
-                name: "exports".into(),
-                title: "Export".into(),
-                title_plural: "Exports".into(),
-                event_name: Some("report_exports".into()),
-                credit_types: vec!["report-export".into()],
-                stripe_price_id: None,
-            });
+        metered_type(c, "report-export", 3, "exports", "report_exports")
     })
     .await;
     let (token, tenant) = app.owner_with_tenant("metered").await;
@@ -874,7 +889,7 @@ async fn billing_fields_are_for_owners_and_admins_of_the_tenant() {
 
 #[tokio::test]
 async fn without_stripe_keys_billing_is_off_and_everything_else_works() {
-    let app = spawn_app_with(|_| {}).await;
+    let app = crate::helpers::spawn_app_with(|_| {}).await;
     let (token, tenant) = app.owner_with_tenant("plain").await;
     let body = app
         .gql(Some(&token), CHECKOUT, json!({ "t": tenant, "p": "pro" }))

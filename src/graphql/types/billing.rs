@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use entity::usage_event;
 
 use super::{Plan, int};
-use crate::billing::UsageStatus;
+use crate::billing::{UsageKind, UsageStatus};
 
 /// A tenant's subscription: its plan and, once Stripe manages it, its billing period.
 #[derive(SimpleObject, Clone, Debug)]
@@ -47,8 +47,31 @@ pub enum UsageReportStatus {
     Delivered,
     /// Can never be delivered; `lastError` says why.
     Failed,
-    /// Refunded before it was sent: nothing to report.
+    /// Not billed: refunded before it was sent, or sent and then cancelled at Stripe by a
+    /// meter event adjustment (`reportedAt` set), or a re-report whose cancel failed.
     Cancelled,
+    /// A re-report of what stands of a refunded spend, held back until the cancel of the
+    /// report it replaces (`adjusts`) has gone through.
+    Waiting,
+}
+
+/// What a usage report asks of Stripe.
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UsageReportKind {
+    /// A meter event of `quantity`.
+    MeterEvent,
+    /// A meter event adjustment cancelling the report `adjusts` names (a refund of usage
+    /// Stripe had received less than 24 hours before).
+    Cancel,
+}
+
+impl From<UsageKind> for UsageReportKind {
+    fn from(k: UsageKind) -> Self {
+        match k {
+            UsageKind::MeterEvent => UsageReportKind::MeterEvent,
+            UsageKind::Cancel => UsageReportKind::Cancel,
+        }
+    }
 }
 
 impl From<UsageStatus> for UsageReportStatus {
@@ -58,6 +81,7 @@ impl From<UsageStatus> for UsageReportStatus {
             UsageStatus::Delivered => UsageReportStatus::Delivered,
             UsageStatus::Failed => UsageReportStatus::Failed,
             UsageStatus::Cancelled => UsageReportStatus::Cancelled,
+            UsageStatus::Waiting => UsageReportStatus::Waiting,
         }
     }
 }
@@ -68,9 +92,15 @@ impl From<UsageStatus> for UsageReportStatus {
 pub struct UsageReport {
     /// The report's id.
     pub id: ID,
+    /// A meter event, or the cancel of one.
+    pub kind: UsageReportKind,
+    /// The ledger row (spend) the usage was charged in.
+    pub credit_id: ID,
+    /// A cancel's report to cancel; a re-report's original, the report it replaces.
+    pub adjusts: Option<ID>,
     /// The usage-based unit (e.g. `task-credits`).
     pub unit: String,
-    /// The meter event's value (the credits spent).
+    /// The meter event's value (the credits spent); for a cancel, the value it takes off.
     pub quantity: i32,
     /// Where the report stands.
     pub status: UsageReportStatus,
@@ -82,8 +112,10 @@ pub struct UsageReport {
     pub reported_at: Option<DateTime<Utc>>,
     /// When the usage happened (the meter event's timestamp).
     pub created_at: DateTime<Utc>,
-    /// Of `quantity`, credits refunded after the report had gone to Stripe: they stay on the
-    /// invoice (credit the customer there). Refunds before it was sent reduce `quantity`.
+    /// Of `quantity`, credits refunded after the report had gone to Stripe. Within 24 hours of
+    /// Stripe receiving it, a refund cancels the report (a `CANCEL` report) and re-reports what
+    /// stands; later, or when the cancel fails, they stay on the invoice (credit the customer
+    /// there). Refunds before it was sent reduce `quantity`.
     pub refunded_quantity: i32,
 }
 
@@ -91,6 +123,9 @@ impl From<usage_event::Model> for UsageReport {
     fn from(e: usage_event::Model) -> Self {
         UsageReport {
             id: ID(e.id.to_string()),
+            kind: e.kind.into(),
+            credit_id: ID(e.credit_id.to_string()),
+            adjusts: e.adjusts.map(|id| ID(id.to_string())),
             unit: e.unit,
             quantity: int(e.quantity),
             status: e.status.into(),
