@@ -50,6 +50,7 @@ pub struct Config {
     pub tenants: TenantSettings,
     /// Credit grants and reservations: how often expired ones are swept.
     pub grants: GrantSettings,
+    pub webhooks: WebhookSettings,
     /// `GET /metrics`: where it is served and who may read it.
     pub metrics: MetricsSettings,
     /// Access tokens: issuer, audience, leeway; optionally an external identity provider.
@@ -171,6 +172,27 @@ pub struct AuthSettings {
     pub hashing_concurrency: usize,
     /// Hashes that may wait for a free hasher; past that, `RATE_LIMITED`.
     pub hashing_queue: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// How often a sender looks for events to fan out and deliveries due.
+    pub worker_interval_ms: u64,
+    /// Deliveries one process has in flight at once.
+    pub concurrency: usize,
+    /// How long an endpoint has to answer.
+    pub timeout_ms: u64,
+    /// How long a sender owns a delivery it claimed (longer than `timeout_ms`).
+    pub claim_seconds: u64,
+    /// The wait before each attempt after the first failed one (Standard Webhooks' schedule:
+    /// immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h); each wait is jittered by up to
+    /// a tenth. Past the last, the delivery fails.
+    pub retry_schedule_ms: Vec<u64>,
+    /// An endpoint failing for this long (every delivery since) is disabled.
+    pub disable_after_failing_hours: u64,
+    /// Allow endpoints in private, loopback and link-local ranges (tests; never in production).
+    pub allow_private_targets: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -643,6 +665,15 @@ impl Config {
             bail!(
                 "invalid configuration: stripe.claim_seconds must be longer than stripe.request_timeout_ms"
             );
+        }
+        let w = &self.webhooks;
+        if w.claim_seconds.saturating_mul(1000) <= w.timeout_ms {
+            bail!(
+                "invalid configuration: webhooks.claim_seconds must be longer than webhooks.timeout_ms"
+            );
+        }
+        if w.concurrency == 0 {
+            bail!("invalid configuration: webhooks.concurrency must be > 0");
         }
         for (i, plan) in self.plans.iter().enumerate() {
             for price in &plan.stripe_price_ids {

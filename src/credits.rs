@@ -22,6 +22,7 @@
 //! (`PaidTable`, `Spend`) and hands the spend to the `Writer`.
 
 mod audit;
+pub mod balance;
 pub mod grants;
 mod guard;
 mod limit;

@@ -65,6 +65,8 @@ pub enum AppError {
     AlreadyMember,
     #[error("a tenant always has exactly one OWNER: transfer ownership first")]
     LastOwner,
+    #[error("webhook URL not allowed: {0}")]
+    WebhookUrlNotAllowed(String),
     #[error("internal server error")]
     Internal(#[source] anyhow::Error),
 }
@@ -87,6 +89,7 @@ impl AppError {
             AppError::InvitationEmailMismatch => "INVITATION_EMAIL_MISMATCH",
             AppError::AlreadyMember => "ALREADY_MEMBER",
             AppError::LastOwner => "LAST_OWNER",
+            AppError::WebhookUrlNotAllowed(_) => "WEBHOOK_URL_NOT_ALLOWED",
             AppError::Internal(_) => "INTERNAL_SERVER_ERROR",
         }
     }

@@ -114,6 +114,19 @@ pub(crate) fn viewer<'a>(ctx: &Context<'a>) -> &'a Viewer {
     ctx.data_opt::<Viewer>().unwrap_or(&Viewer::ANONYMOUS)
 }
 
+/// The caller managing webhook endpoints.
+pub(crate) fn webhook_caller<'a>(
+    ctx: &Context<'a>,
+) -> async_graphql::Result<crate::webhooks::endpoints::Caller<'a>> {
+    let state = state(ctx)?;
+    Ok(crate::webhooks::endpoints::Caller {
+        db: &state.db,
+        viewer: viewer(ctx),
+        platform_admins: &state.config.platform_admins,
+        settings: &state.config.webhooks,
+    })
+}
+
 /// Puts Apollo's codes on the errors async-graphql raises before execution.
 struct ErrorCodes;
 

@@ -53,3 +53,6 @@ pub mod state;
 pub mod telemetry;
 /// Tenants (workspaces) and memberships.
 pub mod tenants;
+/// Signed webhooks Tollgate sends (Standard Webhooks): endpoints, the events recorded with
+/// the changes they tell of, and the sender that delivers them, retried, on any replica.
+pub mod webhooks;

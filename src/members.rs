@@ -17,6 +17,7 @@ use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
     TransactionTrait, prelude::*, sea_query::Expr,
 };
+use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::{
@@ -24,7 +25,7 @@ use crate::{
     config::Config,
     db::Database,
     error::AppError,
-    tenants,
+    tenants, webhooks,
 };
 
 /// What an invitation's token starts with.
@@ -74,6 +75,7 @@ pub async fn invite(
     let token = format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes));
     let now = Utc::now();
     let ttl = i64::try_from(config.tenants.invitation_ttl_hours).unwrap_or(i64::MAX / 3600);
+    let txn = db.write.begin().await?;
     let invitation = invitation::ActiveModel {
         tenant_id: Set(tenant_id),
         id: Set(Uuid::now_v7()),
@@ -87,8 +89,21 @@ pub async fn invite(
         accepted_by: Set(None),
         revoked_at: Set(None),
     }
-    .insert(&db.write)
+    .insert(&txn)
     .await?;
+    let event = webhooks::NewEvent {
+        tenant_id: Some(tenant_id),
+        kind: "member.invited",
+        data: json!({
+            "invitationId": invitation.id,
+            "email": invitation.email,
+            "role": invitation.role.to_value(),
+            "invitedBy": invited_by,
+            "expiresAt": invitation.expires_at,
+        }),
+    };
+    webhooks::record(&txn, &event, now).await?;
+    txn.commit().await?;
     let accept_url = config
         .tenants
         .invitation_accept_url
@@ -174,6 +189,17 @@ pub async fn accept(
     }
     .insert(&txn)
     .await?;
+    let event = webhooks::NewEvent {
+        tenant_id: Some(found.tenant_id),
+        kind: "member.joined",
+        data: json!({
+            "userId": me.id,
+            "email": me.email,
+            "role": membership.role.to_value(),
+            "invitationId": found.id,
+        }),
+    };
+    webhooks::record(&txn, &event, now).await?;
     txn.commit().await?;
     tracing::info!(tenant.id = %found.tenant_id, user.id = %me.id, "invitation accepted");
     Ok((membership, me))

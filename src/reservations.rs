@@ -11,16 +11,18 @@ use std::sync::LazyLock;
 use chrono::{DateTime, Duration, Utc};
 use entity::credit_reservation::{self, ReservationStatus};
 use sea_orm::{ColumnType, prelude::*};
+use serde_json::json;
 
 use crate::{
     auth::{ApiScope, Viewer},
     clock::Clock,
     consume::{self, Cost},
-    credits::{Actor, IdempotencyKey, PaidTable, Spend, Spent, refunds},
+    credits::{Actor, IdempotencyKey, PaidTable, Spend, Spent, balance, grants, refunds},
     db::{Database, PerBackend, Session, Shape},
     error::AppError,
     idempotency::{self, Fingerprint},
     state::AppState,
+    webhooks,
 };
 
 /// The reservation row the guard inserts with the hold.
@@ -234,6 +236,22 @@ pub async fn expire(db: &Database, now: DateTime<Utc>, limit: u64) -> Result<u64
             };
             let reason = "reservation expired";
             give_back(&mut session, Actor::System, &held, held.amount, reason, now).await?;
+            let balance = balance::balance_in(&mut session, tenant_id, &held.feature, now).await?;
+            let event = webhooks::NewEvent {
+                tenant_id: Some(tenant_id),
+                kind: "reservation.expired",
+                data: grants::with_balance(
+                    json!({
+                        "reservationId": held.id,
+                        "creditType": held.credit_type,
+                        "amount": held.amount,
+                        "objectId": held.object_id,
+                        "expiresAt": held.expires_at,
+                    }),
+                    &balance,
+                ),
+            };
+            webhooks::events::record_in(&mut session, &event, now).await?;
             Ok::<_, AppError>(true)
         }
         .await;

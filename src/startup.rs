@@ -41,6 +41,7 @@ pub struct Application {
     db: Database,
     stop: watch::Sender<bool>,
     reporter: Option<JoinHandle<()>>,
+    webhook_sender: JoinHandle<()>,
 }
 
 impl Application {
@@ -71,6 +72,8 @@ impl Application {
         crate::reservations::spawn_expirer(db.clone(), clock.clone(), sweep);
         let metrics = Metrics::new()?;
         let (stop, stopped) = watch::channel(false);
+        let webhook_sender =
+            crate::webhooks::spawn_sender(db.clone(), config.webhooks.clone(), stopped.clone());
         let (stripe, reporter) = match &config.stripe.secret_key {
             Some(key) => {
                 let client = StripeHttp::new(
@@ -172,6 +175,7 @@ impl Application {
             db,
             stop,
             reporter,
+            webhook_sender,
         })
     }
 
@@ -207,6 +211,7 @@ impl Application {
         if let Some(reporter) = self.reporter {
             let _ = reporter.await;
         }
+        let _ = self.webhook_sender.await;
         tracing::info!("Tollgate stopped");
         served
     }

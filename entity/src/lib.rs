@@ -19,3 +19,6 @@ pub mod tenant_subscription;
 pub mod tenant_user;
 pub mod usage_event;
 pub mod user;
+pub mod webhook_delivery;
+pub mod webhook_endpoint;
+pub mod webhook_event;

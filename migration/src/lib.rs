@@ -16,6 +16,7 @@ mod m20261130_000010_deleted_resources;
 mod m20261130_000011_invitations;
 mod m20261130_000012_credit_grants;
 mod m20261130_000013_usage_adjustments;
+mod m20261130_000014_webhooks;
 
 pub struct Migrator;
 
@@ -36,6 +37,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000011_invitations::Migration),
             Box::new(m20261130_000012_credit_grants::Migration),
             Box::new(m20261130_000013_usage_adjustments::Migration),
+            Box::new(m20261130_000014_webhooks::Migration),
         ]
     }
 }

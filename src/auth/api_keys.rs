@@ -38,14 +38,17 @@ pub enum ApiScope {
     CreditsGrant,
     /// Creating tenants (platform keys).
     TenantsWrite,
+    /// Managing webhook endpoints (a tenant key: its own; a platform key: any).
+    WebhooksWrite,
 }
 
 impl ApiScope {
-    pub const ALL: [ApiScope; 4] = [
+    pub const ALL: [ApiScope; 5] = [
         ApiScope::CreditsConsume,
         ApiScope::CreditsRead,
         ApiScope::CreditsGrant,
         ApiScope::TenantsWrite,
+        ApiScope::WebhooksWrite,
     ];
 
     pub fn name(self) -> &'static str {
@@ -54,6 +57,7 @@ impl ApiScope {
             ApiScope::CreditsRead => "CREDITS_READ",
             ApiScope::CreditsGrant => "CREDITS_GRANT",
             ApiScope::TenantsWrite => "TENANTS_WRITE",
+            ApiScope::WebhooksWrite => "WEBHOOKS_WRITE",
         }
     }
 

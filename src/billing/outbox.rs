@@ -9,12 +9,14 @@
 use chrono::{DateTime, Utc};
 use entity::usage_event;
 use sea_orm::{ConnectionTrait, DatabaseBackend, DbErr, EntityTrait, QueryFilter, prelude::*};
+use serde_json::json;
 
 use crate::{
     auth::{self, Viewer},
     credits::usage_events,
     db::{self, Database, PerBackend},
     error::AppError,
+    webhooks,
 };
 
 pub use entity::usage_event::{UsageKind, UsageStatus};
@@ -231,6 +233,21 @@ pub async fn settle(
     let Some(row) = settled.first() else {
         return txn.commit().await;
     };
+    if let Outcome::Failed { error } = outcome {
+        let failed = webhooks::NewEvent {
+            tenant_id: Some(event.tenant_id),
+            kind: "usage_report.failed",
+            data: json!({
+                "usageReportId": event.id,
+                "kind": event.kind.to_value(),
+                "creditId": event.credit_id,
+                "eventName": event.event_name,
+                "quantity": event.quantity,
+                "error": error,
+            }),
+        };
+        webhooks::record(&txn, &failed, now).await?;
+    }
     let refunded: i64 = row.try_get("", "refunded_quantity")?;
     // A first statement that must change a row for the rest to apply, and the rest.
     let (gate, follows): (Option<&PerBackend>, &[&PerBackend]) = match (event.kind, outcome) {

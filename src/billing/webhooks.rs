@@ -22,7 +22,9 @@ use crate::{
     credits,
     db::{Database, PerBackend},
     plans::{self, StripeSubscriptionChange},
+    webhooks,
 };
+use serde_json::json;
 
 /// Why an event was not taken.
 #[derive(Debug)]
@@ -378,6 +380,28 @@ async fn subscription_changed(
         ends: deleted.then(|| subscription.id.as_str()),
     };
     let changed = plans::record_stripe_subscription(txn, &change).await?;
+    if changed {
+        let now = Utc::now();
+        let feature = credits::CREDITS_FEATURE;
+        let balance = credits::balance::balance(txn, tenant, feature, now).await?;
+        let event = webhooks::NewEvent {
+            tenant_id: Some(tenant),
+            kind: "subscription.updated",
+            data: credits::grants::with_balance(
+                json!({
+                    "plan": plan,
+                    "status": change.status,
+                    "currentPeriodStart": period.map(|p| p.0),
+                    "currentPeriodEnd": period.map(|p| p.1),
+                    "cancelAtPeriodEnd": cancel_at_period_end,
+                    "ended": deleted,
+                    "stripeSubscriptionId": subscription.id.as_str(),
+                }),
+                &balance,
+            ),
+        };
+        webhooks::record(txn, &event, now).await?;
+    }
     Ok(match (changed, deleted) {
         (false, true) => "not the tenant's plan subscription, or older than its state; ignored",
         (false, false) => "older than the subscription's state; ignored",

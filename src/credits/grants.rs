@@ -20,13 +20,19 @@ use sea_orm::{
 };
 use std::sync::LazyLock;
 
-use super::{Actor, limit::plan_sql};
+use super::{
+    Actor,
+    balance::{self, Balance},
+    limit::plan_sql,
+};
 use crate::{
     auth::{self, ApiScope, Viewer},
     db::{Database, PerBackend, Session, Shape},
     error::AppError,
     idempotency::{self, Claim, Fingerprint},
+    webhooks,
 };
+use serde_json::json;
 
 /// A spendable grant, in SQL, for grant row `g` at `:now`.
 pub(super) const SPENDABLE_SQL: &str = "g.status = 'ACTIVE' AND g.remaining > 0 \
@@ -381,10 +387,44 @@ pub async fn grant(
         }
         insert(&mut session, &model).await?;
         movement(&mut session, &model, Movement::Grant, model.amount, now).await?;
+        let balance =
+            balance::balance_in(&mut session, model.tenant_id, &model.feature, now).await?;
+        webhooks::events::record_in(&mut session, &granted_event(&model, &balance), now).await?;
         Ok((model.clone(), false))
     }
     .await;
     session.finish(outcome).await
+}
+
+/// `credits.granted`, for grant `g` with the tenant's balance after it.
+fn granted_event(g: &credit_grant::Model, balance: &Balance) -> webhooks::NewEvent {
+    webhooks::NewEvent {
+        tenant_id: Some(g.tenant_id),
+        kind: "credits.granted",
+        data: with_balance(
+            json!({
+                "grantId": g.id,
+                "category": g.category.to_value(),
+                "source": g.source,
+                "amount": g.amount,
+                "effectiveAt": g.effective_at,
+                "expiresAt": g.expires_at,
+                "reason": g.reason,
+            }),
+            balance,
+        ),
+    }
+}
+
+/// An event's `data`: `fields` and the balance's (`feature`, `periodStart`, `used`, `limit`,
+/// `grantsRemaining`, `available`).
+pub fn with_balance(mut fields: serde_json::Value, balance: &Balance) -> serde_json::Value {
+    if let (serde_json::Value::Object(own), serde_json::Value::Object(more)) =
+        (&mut fields, balance.to_json())
+    {
+        own.extend(more);
+    }
+    fields
 }
 
 /// Voids what is left of a grant: it is no longer spendable, and a `VOID` movement records
@@ -468,6 +508,22 @@ pub async fn sweep(db: &Database, now: DateTime<Utc>, limit: u64) -> Result<u64,
                 now,
             )
             .await?;
+            let balance =
+                balance::balance_in(&mut session, tenant_id, &before.feature, now).await?;
+            let event = webhooks::NewEvent {
+                tenant_id: Some(tenant_id),
+                kind: "credits.grant_expired",
+                data: with_balance(
+                    json!({
+                        "grantId": grant_id,
+                        "category": before.category.to_value(),
+                        "expired": before.remaining,
+                        "expiresAt": before.expires_at,
+                    }),
+                    &balance,
+                ),
+            };
+            webhooks::events::record_in(&mut session, &event, now).await?;
             Ok::<_, AppError>(true)
         }
         .await;
@@ -640,6 +696,8 @@ pub async fn grant_once(
     }
     let movement = movement_statement(backend, g, Movement::Grant, g.amount, g.created_at)?;
     txn.execute_raw(movement).await?;
+    let balance = balance::balance(txn, g.tenant_id, &g.feature, g.created_at).await?;
+    webhooks::record(txn, &granted_event(g, &balance), g.created_at).await?;
     Ok(true)
 }
 

@@ -22,7 +22,7 @@ use entity::{
 use sea_orm::{ColumnType, DatabaseBackend, prelude::*};
 
 use super::{
-    Actor, Period,
+    Actor, Period, balance,
     grants::{self, BURN_ORDER_SQL},
     limit::plan_sql,
     usage_events,
@@ -32,7 +32,9 @@ use crate::{
     db::{Database, PerBackend, Session, Shape},
     error::AppError,
     idempotency::{self, Claim, Fingerprint},
+    webhooks,
 };
+use serde_json::json;
 
 /// A refund asked for.
 pub struct Refund {
@@ -134,7 +136,32 @@ pub async fn refund(
             });
         }
         held_by_pending_reservation(&mut session, &request).await?;
-        give_back(&mut session, actor, &request, refund_id, now).await
+        let refunded = give_back(&mut session, actor, &request, refund_id, now).await?;
+        let credit = &refunded.credit;
+        let balance =
+            balance::balance_in(&mut session, credit.tenant_id, &credit.feature, now).await?;
+        let buckets: Vec<serde_json::Value> = refunded
+            .returned
+            .iter()
+            .map(|r| json!({ "grantId": r.grant_id, "amount": r.amount, "lapsed": r.lapsed }))
+            .collect();
+        let event = webhooks::NewEvent {
+            tenant_id: Some(credit.tenant_id),
+            kind: "credits.refunded",
+            data: grants::with_balance(
+                json!({
+                    "creditId": credit.id,
+                    "refundOf": credit.refund_of,
+                    "amount": credit.amount,
+                    "creditType": credit.kind,
+                    "reason": credit.reason,
+                    "buckets": buckets,
+                }),
+                &balance,
+            ),
+        };
+        webhooks::events::record_in(&mut session, &event, now).await?;
+        Ok(refunded)
     }
     .await;
     session.finish(outcome).await

@@ -348,7 +348,7 @@ fn grants(select: &str, more: &str) -> String {
 }
 
 /// The value of the feature queries' parameter `name`.
-fn feature_value(
+pub(super) fn feature_value(
     name: &str,
     tenant_id: Uuid,
     feature: &str,

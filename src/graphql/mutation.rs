@@ -20,16 +20,19 @@ use crate::{
         types::{
             ApiKey, ApiKeyCreated, ApiScopeGql, AuthPayload, BillingPortalSession, CheckoutSession,
             ConsumeCreditsInput, CreateProjectInput, CreateTaskInput, CreateTenantInput,
-            CreditGrant, CreditGrantCreated, CreditRefund, CreditReservation, CreditSpend,
-            GrantCreditsInput, Invitation, InvitationCreated, Member, Membership, Project,
-            RefundCreditInput, ReserveCreditsInput, Role, SignUpInput, Task, Tenant, parse_id,
+            CreateWebhookEndpointInput, CreditGrant, CreditGrantCreated, CreditRefund,
+            CreditReservation, CreditSpend, GrantCreditsInput, Invitation, InvitationCreated,
+            Member, Membership, Project, RefundCreditInput, ReserveCreditsInput, Role, SignUpInput,
+            Task, Tenant, UpdateWebhookEndpointInput, WebhookDelivery, WebhookEndpoint,
+            WebhookEndpointCreated, WebhookSecretRotated, parse_id,
         },
-        viewer,
+        viewer, webhook_caller,
     },
     members,
     projects::{self, NewProject, NewTask},
     reservations,
     tenants::{self, NewTenant},
+    webhooks::endpoints::{Change, NewEndpoint},
 };
 
 /// What can be changed.
@@ -599,5 +602,98 @@ impl Mutation {
         let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
         let url = billing::portal(&state(ctx)?.billing(), viewer(ctx), tenant_id).await;
         Ok(BillingPortalSession { url: url.extend()? })
+    }
+
+    /// A webhook endpoint: the tenant's events (its OWNER or ADMIN, or a key with
+    /// `WEBHOOKS_WRITE`), or — without `tenantId` — every tenant's (a platform admin or a
+    /// platform key). The answer holds its signing secret, shown this once.
+    async fn create_webhook_endpoint(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateWebhookEndpointInput,
+    ) -> async_graphql::Result<WebhookEndpointCreated> {
+        let tenant_id = input.tenant_id.as_ref().map(|t| parse_id(t, "tenantId"));
+        let new = NewEndpoint {
+            tenant_id: tenant_id.transpose().extend()?,
+            url: input.url,
+            description: input.description,
+            event_types: input.event_types.unwrap_or_default(),
+        };
+        let now = state(ctx)?.clock.now();
+        let (endpoint, secret) = webhook_caller(ctx)?.create(new, now).await.extend()?;
+        let endpoint = endpoint.into();
+        Ok(WebhookEndpointCreated { endpoint, secret })
+    }
+
+    /// Changes a webhook endpoint's URL, description, event types, or turns it off or on.
+    async fn update_webhook_endpoint(
+        &self,
+        ctx: &Context<'_>,
+        input: UpdateWebhookEndpointInput,
+    ) -> async_graphql::Result<WebhookEndpoint> {
+        let id = parse_id(&input.id, "id").extend()?;
+        let change = Change {
+            url: input.url,
+            description: input.description,
+            event_types: input.event_types,
+            enabled: input.enabled,
+        };
+        let endpoint = webhook_caller(ctx)?.update(id, change).await;
+        Ok(endpoint.extend()?.into())
+    }
+
+    /// A new signing secret for an endpoint, shown this once. The old one keeps signing
+    /// beside it for 24 hours, so receivers can switch without losing a webhook.
+    async fn rotate_webhook_secret(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> async_graphql::Result<WebhookSecretRotated> {
+        let id = parse_id(&id, "id").extend()?;
+        let now = state(ctx)?.clock.now();
+        let (endpoint, secret) = webhook_caller(ctx)?.rotate(id, now).await.extend()?;
+        let endpoint = endpoint.into();
+        Ok(WebhookSecretRotated { endpoint, secret })
+    }
+
+    /// Deletes a webhook endpoint; its deliveries are kept (those not yet made fail).
+    /// Returns its id.
+    async fn delete_webhook_endpoint(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> async_graphql::Result<ID> {
+        let uuid = parse_id(&id, "id").extend()?;
+        webhook_caller(ctx)?.delete(uuid).await.extend()?;
+        Ok(id)
+    }
+
+    /// Sends a `webhook.test` event to one endpoint now; returns its delivery.
+    async fn send_test_webhook(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> async_graphql::Result<WebhookDelivery> {
+        let id = parse_id(&id, "id").extend()?;
+        let now = state(ctx)?.clock.now();
+        let delivery = webhook_caller(ctx)?.send_test(id, now).await;
+        Ok(delivery.extend()?.into())
+    }
+
+    /// Sends an event to an endpoint again, as a new delivery with the same `webhook-id`
+    /// (receivers deduplicate on it).
+    async fn replay_webhook_event(
+        &self,
+        ctx: &Context<'_>,
+        endpoint_id: ID,
+        event_id: ID,
+    ) -> async_graphql::Result<WebhookDelivery> {
+        let endpoint_id = parse_id(&endpoint_id, "endpointId").extend()?;
+        let event_id = parse_id(&event_id, "eventId").extend()?;
+        let now = state(ctx)?.clock.now();
+        let delivery = webhook_caller(ctx)?
+            .replay(endpoint_id, event_id, now)
+            .await;
+        Ok(delivery.extend()?.into())
     }
 }

@@ -13,10 +13,11 @@ use crate::{
         types::{
             ApiKey, Credit, CreditCheck, CreditConnection, CreditHistoryFilter, CreditPack,
             CreditReservation, CreditType, Invitation, Member, Plan, PlanFeatureUsage, Project,
-            Task, Tenant, UsageBasedUnit, UsageReport, UsageReportConnection, User, encode_cursor,
-            page, page_complexity, parse_id, tenant_ref,
+            Task, Tenant, UsageBasedUnit, UsageReport, UsageReportConnection, User,
+            WebhookDelivery, WebhookDeliveryConnection, WebhookEndpoint, encode_cursor, page,
+            page_complexity, parse_id, tenant_ref,
         },
-        viewer,
+        viewer, webhook_caller,
     },
     members, plans, projects, tenants,
 };
@@ -267,5 +268,49 @@ impl Query {
             .map(|row| (encode_cursor(row.id), UsageReport::from(row)))
             .collect();
         Ok(UsageReportConnection::new(rows, after.is_some(), more))
+    }
+
+    /// A tenant's webhook endpoints, or — without `tenantId` — the platform's (every
+    /// tenant's events). Their secrets are never shown again.
+    async fn webhook_endpoints(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: Option<ID>,
+    ) -> async_graphql::Result<Vec<WebhookEndpoint>> {
+        let tenant_id = tenant_id.map(|t| parse_id(&t, "tenantId"));
+        let tenant_id = tenant_id.transpose().extend()?;
+        let endpoints = webhook_caller(ctx)?.list(tenant_id).await.extend()?;
+        Ok(endpoints.into_iter().map(Into::into).collect())
+    }
+
+    /// The deliveries to a webhook endpoint, newest first: status, attempts, the last HTTP
+    /// status and error.
+    #[graphql(complexity = "page_complexity(first, child_complexity)")]
+    async fn webhook_deliveries(
+        &self,
+        ctx: &Context<'_>,
+        endpoint_id: ID,
+        #[graphql(default = 20)] first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<WebhookDeliveryConnection> {
+        let endpoint_id = parse_id(&endpoint_id, "endpointId").extend()?;
+        let (first, after) = page(first, after.as_deref()).extend()?;
+        let (rows, more) = webhook_caller(ctx)?
+            .deliveries(endpoint_id, first, after)
+            .await
+            .extend()?;
+        let rows = rows
+            .into_iter()
+            .map(|row| (encode_cursor(row.id), WebhookDelivery::from(row)))
+            .collect();
+        Ok(WebhookDeliveryConnection::new(rows, after.is_some(), more))
+    }
+
+    /// The webhook event types an endpoint can ask for.
+    async fn webhook_event_types(&self) -> Vec<String> {
+        crate::webhooks::events::TYPES
+            .iter()
+            .map(|t| (*t).to_owned())
+            .collect()
     }
 }

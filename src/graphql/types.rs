@@ -16,6 +16,7 @@ mod ledger;
 mod page;
 mod resources;
 mod teams;
+mod webhooks;
 
 pub use accounts::*;
 pub use billing::*;
@@ -26,6 +27,7 @@ pub use ledger::*;
 pub use page::*;
 pub use resources::*;
 pub use teams::*;
+pub use webhooks::*;
 
 /// Saturates a stored 64-bit count into GraphQL's 32-bit `Int`.
 /// How many items a list without a page size counts as in a request's complexity

@@ -534,6 +534,11 @@ impl TestApp {
 }
 
 impl ServerProcess {
+    /// What the server has logged so far (warnings and errors: `RUST_LOG=warn`).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// SIGTERM, then waits (up to 30 s) for the process to exit; its exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();

@@ -32,3 +32,4 @@ mod stripe;
 mod teams;
 mod tenants;
 mod usage_refunds;
+mod webhooks;

@@ -318,7 +318,13 @@ async fn confirm_release_and_expiry_raced_on_three_replicas_settle_each_hold_onc
         let won = pair.iter().filter(|a| a["errors"].is_null()).count();
         assert!(won <= 1, "at most one settles a hold: {pair:?}");
         for lost in pair.iter().filter(|a| !a["errors"].is_null()) {
-            assert_eq!(error_code(lost), Some("RESERVATION_NOT_PENDING"), "{lost}");
+            assert_eq!(
+                error_code(lost),
+                Some("RESERVATION_NOT_PENDING"),
+                "{lost}\nreplica logs:\n{}\n{}",
+                replicas[0].log_text(),
+                replicas[1].log_text()
+            );
         }
     }
     // Whatever was not settled expires.

@@ -56,7 +56,7 @@ async fn every_type_and_field_of_the_schema_is_described() {
 /// The tables that belong to a tenant: every one carries `tenant_id`, and every unique key of
 /// each (primary keys included) contains it — what distributing the schema by tenant (Citus)
 /// requires. A new tenant table must be added here, and keyed the same way.
-const TENANT_TABLES: [&str; 12] = [
+const TENANT_TABLES: [&str; 14] = [
     "credit",
     "credit_allocation",
     "credit_grant",
@@ -69,12 +69,14 @@ const TENANT_TABLES: [&str; 12] = [
     "tenant_subscription",
     "tenant_user",
     "usage_event",
+    "webhook_delivery",
+    "webhook_event",
 ];
 
-/// Tables that name a tenant but belong to none: a platform API key has no tenant. They are
-/// few and small; distributed by tenant (Citus) they are reference tables, copied to every
-/// node.
-const REFERENCE_TABLES: [&str; 1] = ["api_key"];
+/// Tables that name a tenant but belong to none: a platform API key, a platform webhook
+/// endpoint has no tenant. They are few and small; distributed by tenant (Citus) they are
+/// reference tables, copied to every node.
+const REFERENCE_TABLES: [&str; 2] = ["api_key", "webhook_endpoint"];
 
 #[tokio::test]
 async fn every_unique_key_of_a_tenant_table_includes_tenant_id() {

@@ -18,6 +18,8 @@ pub enum ApiScopeGql {
     CreditsGrant,
     /// `createTenant` (platform keys).
     TenantsWrite,
+    /// Webhook endpoints and their deliveries (a tenant key: its own; a platform key: all).
+    WebhooksWrite,
 }
 
 /// An API key (never its secret).

@@ -5,7 +5,7 @@ use async_graphql::SimpleObject;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use uuid::Uuid;
 
-use super::{Credit, Project, Task, UsageReport};
+use super::{Credit, Project, Task, UsageReport, WebhookDelivery};
 use crate::error::AppError;
 
 /// The largest page a connection returns.
@@ -85,6 +85,14 @@ connection!(
     UsageReport,
     "usage reports",
     "A usage report"
+);
+
+connection!(
+    WebhookDeliveryConnection,
+    WebhookDeliveryEdge,
+    WebhookDelivery,
+    "webhook deliveries",
+    "A webhook delivery"
 );
 
 /// A page's size and keyset position from `first` and `after`.
