@@ -841,8 +841,10 @@ async fn raw_floor(url: &str, batched: bool, seconds: u64) -> f64 {
         1
     };
     let statements = Statements::build(db.backend(), &tollgate::projects::PAID);
+    // As in the server: every charged spend is published to the live balance's fan-out.
+    let changes = tollgate::live::Changes::start(&db, &config.database_url);
     let writer = Arc::new(
-        Writer::spawn(db, statements, max_batch, metrics)
+        Writer::spawn(db, statements, max_batch, metrics, changes)
             .await
             .expect("writer"),
     );

@@ -146,6 +146,10 @@ pub struct GraphqlSettings {
     pub introspection: bool,
     /// Whether `GET /graphql` serves the GraphiQL page.
     pub graphiql: bool,
+    /// Most subscriptions one WebSocket connection may hold at once.
+    pub max_subscriptions_per_connection: usize,
+    /// Most WebSocket connections one user (or API key) may hold open, per process.
+    pub max_connections_per_user: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -7,13 +7,14 @@ pub mod loaders;
 mod mutation;
 mod observe;
 mod query;
+mod subscription;
 pub mod types;
 
 use std::sync::Arc;
 
 use async_graphql::{
-    Context, EmptySubscription, ErrorExtensions, Schema, SchemaBuilder, ServerError, ServerResult,
-    ValidationResult, Variables,
+    Context, ErrorExtensions, Schema, SchemaBuilder, ServerError, ServerResult, ValidationResult,
+    Variables,
     extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextValidation},
     parser::types::ExecutableDocument,
 };
@@ -23,8 +24,9 @@ use crate::{auth::Viewer, error::AppError, state::AppState};
 pub use limits::nesting_error;
 pub use mutation::Mutation;
 pub use query::Query;
+pub use subscription::Subscription;
 
-pub type TollgateSchema = Schema<Query, Mutation, EmptySubscription>;
+pub type TollgateSchema = Schema<Query, Mutation, Subscription>;
 
 /// The client's address (for per-address rate limits).
 pub struct ClientAddress(pub std::net::IpAddr);
@@ -83,15 +85,15 @@ impl Schemas {
     }
 }
 
-fn builder() -> SchemaBuilder<Query, Mutation, EmptySubscription> {
-    Schema::build(Query, Mutation, EmptySubscription).extension(ErrorCodes)
+fn builder() -> SchemaBuilder<Query, Mutation, Subscription> {
+    Schema::build(Query, Mutation, Subscription).extension(ErrorCodes)
 }
 
 /// The configured limits and the state resolvers reach.
 fn with_limits(
     state: &AppState,
-    builder: SchemaBuilder<Query, Mutation, EmptySubscription>,
-) -> SchemaBuilder<Query, Mutation, EmptySubscription> {
+    builder: SchemaBuilder<Query, Mutation, Subscription>,
+) -> SchemaBuilder<Query, Mutation, Subscription> {
     builder
         .extension(observe::Observe(state.metrics.clone()))
         .extension(limits::Limits::new(&state.config.graphql))

@@ -22,6 +22,7 @@ use serde_json::json;
 
 mod graphiql;
 mod webhooks;
+pub mod ws;
 
 use crate::{
     auth,
@@ -40,6 +41,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, with_metrics: bool) {
             .route(web::post().to(graphql_post))
             .route(web::get().to(graphql_get)),
     )
+    .route("/graphql/ws", web::get().to(ws::graphql_ws))
     .configure(graphiql::routes)
     .route("/webhooks/stripe", web::post().to(webhooks::receive))
     .route("/healthz", web::get().to(healthz))

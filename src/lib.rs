@@ -32,6 +32,9 @@ pub mod graphql;
 pub mod http;
 /// Idempotency keys of guarded mutations: claim, replay, purge.
 pub mod idempotency;
+/// The live balance's fan-out: changes heard by every process's subscribers (in-process on
+/// SQLite; PostgreSQL `LISTEN/NOTIFY`, sent after commit in batches).
+pub mod live;
 /// Teams: members, invitations, roles and the one OWNER of each tenant.
 pub mod members;
 /// Prometheus metrics (`GET /metrics`).

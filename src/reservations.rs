@@ -261,14 +261,22 @@ pub async fn expire(db: &Database, now: DateTime<Utc>, limit: u64) -> Result<u64
 }
 
 /// Expires due reservations every `interval`, for as long as the process runs.
-pub fn spawn_expirer(db: Database, clock: Clock, interval: std::time::Duration) {
+pub fn spawn_expirer(
+    db: Database,
+    clock: Clock,
+    interval: std::time::Duration,
+    changes: crate::live::Changes,
+) {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);
         loop {
             ticker.tick().await;
             match expire(&db, clock.now(), 500).await {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(reservations = n, "released expired reservations"),
+                Ok(n) => {
+                    tracing::info!(reservations = n, "released expired reservations");
+                    changes.publish(crate::live::Change::All);
+                }
                 Err(e) => {
                     tracing::warn!(error.cause = %e, "could not release expired reservations")
                 }

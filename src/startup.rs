@@ -67,9 +67,10 @@ impl Application {
             ),
             std::time::Duration::from_secs(config.idempotency.purge_interval_seconds),
         );
+        let changes = crate::live::Changes::start(&db, &config.database_url);
         let sweep = std::time::Duration::from_secs(config.grants.sweep_interval_seconds.max(1));
-        crate::credits::grants::spawn_sweeper(db.clone(), clock.clone(), sweep);
-        crate::reservations::spawn_expirer(db.clone(), clock.clone(), sweep);
+        crate::credits::grants::spawn_sweeper(db.clone(), clock.clone(), sweep, changes.clone());
+        crate::reservations::spawn_expirer(db.clone(), clock.clone(), sweep, changes.clone());
         let metrics = Metrics::new()?;
         let (stop, stopped) = watch::channel(false);
         let webhook_sender =
@@ -119,10 +120,13 @@ impl Application {
                 ),
                 config.database.max_batch,
                 metrics.clone(),
+                changes.clone(),
             )
             .await?,
             owners: Arc::default(),
             clock: clock.clone(),
+            changes,
+            connections: Arc::default(),
             stripe,
             db: db.clone(),
             config: Arc::new(config),

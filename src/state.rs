@@ -36,6 +36,10 @@ pub struct AppState {
     pub owners: Arc<Owners>,
     /// The time spends, grants and usage are decided at.
     pub clock: Clock,
+    /// Changes, for the live balance's subscribers on every replica.
+    pub changes: crate::live::Changes,
+    /// Open subscription connections per caller (`graphql.max_ws_connections_per_user`).
+    pub connections: Arc<crate::live::Connections>,
 }
 
 impl AppState {

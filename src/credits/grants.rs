@@ -535,14 +535,22 @@ pub async fn sweep(db: &Database, now: DateTime<Utc>, limit: u64) -> Result<u64,
 }
 
 /// Sweeps due grants every `interval`, for as long as the process runs.
-pub fn spawn_sweeper(db: Database, clock: crate::clock::Clock, interval: std::time::Duration) {
+pub fn spawn_sweeper(
+    db: Database,
+    clock: crate::clock::Clock,
+    interval: std::time::Duration,
+    changes: crate::live::Changes,
+) {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);
         loop {
             ticker.tick().await;
             match sweep(&db, clock.now(), 500).await {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(grants = n, "expired credit grants"),
+                Ok(n) => {
+                    tracing::info!(grants = n, "expired credit grants");
+                    changes.publish(crate::live::Change::All);
+                }
                 Err(e) => tracing::warn!(error.cause = %e, "could not sweep expired grants"),
             }
         }

@@ -20,6 +20,7 @@ use super::guard::{self, Spend, Spent, Statements};
 use crate::{
     db::{self, Database, Session},
     error::AppError,
+    live::{Change, Changes},
     metrics::Metrics,
 };
 
@@ -34,6 +35,7 @@ type Job = (Spend, Reply);
 pub struct Writer {
     jobs: mpsc::Sender<Job>,
     metrics: Metrics,
+    changes: Changes,
 }
 
 impl Writer {
@@ -43,6 +45,7 @@ impl Writer {
         statements: Statements,
         max_batch: usize,
         metrics: Metrics,
+        changes: Changes,
     ) -> Result<Self, DbErr> {
         let max_batch = max_batch.max(1);
         let (jobs, queue) = mpsc::channel(4 * max_batch);
@@ -64,13 +67,18 @@ impl Writer {
                     .map_err(|e| DbErr::Custom(format!("cannot start the writer thread: {e}")))?;
             }
         }
-        Ok(Writer { jobs, metrics })
+        Ok(Writer {
+            jobs,
+            metrics,
+            changes,
+        })
     }
 
     /// Runs `spend` and answers once its writes are committed (or refused).
     pub async fn submit(&self, spend: Spend) -> Result<Spent, AppError> {
         // What the credits metric needs, taken before the spend is handed over.
         let (credit_type, amount) = (spend.credit_type.value.clone(), spend.credit_type.amount);
+        let tenant_id = spend.tenant_id;
         let (reply, answer) = oneshot::channel();
         let stopped = || AppError::Internal(anyhow::anyhow!("the guard writer has stopped"));
         self.jobs
@@ -80,6 +88,8 @@ impl Writer {
         let spent = answer.await.map_err(|_| stopped())??;
         if let Spent::Charged { .. } = spent {
             self.metrics.credits(&credit_type, amount);
+            // Committed: the tenant's subscribers read their balance again.
+            self.changes.publish(Change::Tenant(tenant_id));
         }
         Ok(spent)
     }

@@ -51,7 +51,18 @@ async fn settle(
     let settled = reservations::settle(&state.db, viewer(ctx), &state.clock, tenant_id, id, how)
         .await
         .extend()?;
+    changed(ctx, tenant_id);
     Ok(CreditReservation::new(settled, false))
+}
+
+/// Tells the tenant's live-balance subscribers, on every replica, to read again: call it
+/// after a change committed.
+fn changed(ctx: &Context<'_>, tenant_id: uuid::Uuid) {
+    if let Ok(state) = state(ctx) {
+        state
+            .changes
+            .publish(crate::live::Change::Tenant(tenant_id));
+    }
 }
 
 /// One sign-in or sign-up attempt from the request's address: `RATE_LIMITED` past
@@ -196,8 +207,10 @@ impl Mutation {
         let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
         let user_id = parse_id(&user_id, "userId").extend()?;
         let db = &state(ctx)?.db;
-        let changed = members::change_role(db, viewer(ctx), tenant_id, user_id, role.into());
-        Ok(changed.await.extend()?.into())
+        let member = members::change_role(db, viewer(ctx), tenant_id, user_id, role.into());
+        let member = member.await.extend()?;
+        changed(ctx, tenant_id);
+        Ok(member.into())
     }
 
     /// Removes a member (OWNER and ADMIN; never the OWNER: `LAST_OWNER`). They lose access on
@@ -214,6 +227,8 @@ impl Mutation {
         members::remove(db, viewer(ctx), tenant_id, user_id)
             .await
             .extend()?;
+        // Their subscriptions read again, are refused, and end.
+        changed(ctx, tenant_id);
         Ok(true)
     }
 
@@ -223,6 +238,7 @@ impl Mutation {
         members::leave(&state(ctx)?.db, viewer(ctx), tenant_id)
             .await
             .extend()?;
+        changed(ctx, tenant_id);
         Ok(true)
     }
 
@@ -238,7 +254,9 @@ impl Mutation {
         let to = parse_id(&to_user_id, "toUserId").extend()?;
         let db = &state(ctx)?.db;
         let member = members::transfer_ownership(db, viewer(ctx), tenant_id, to).await;
-        Ok(member.extend()?.into())
+        let member = member.extend()?;
+        changed(ctx, tenant_id);
+        Ok(member.into())
     }
 
     /// Creates a project, spending `credit-project-creation` credits of the tenant.
@@ -362,6 +380,7 @@ impl Mutation {
         )
         .await
         .extend()?;
+        changed(ctx, tenant_id);
         Ok(CreditGrantCreated {
             grant: grant.into(),
             replayed,
@@ -404,6 +423,7 @@ impl Mutation {
         )
         .await
         .extend()?;
+        changed(ctx, tenant_id);
         Ok(CreditRefund {
             credit: refunded.credit.into(),
             buckets: refunded.returned.into_iter().map(Into::into).collect(),
@@ -509,6 +529,7 @@ impl Mutation {
         )
         .await
         .extend()?;
+        changed(ctx, tenant_id);
         Ok(grant.into())
     }
 

@@ -76,7 +76,11 @@ pub async fn receive(
     )
     .await;
     match handled {
-        Ok(effect) => HttpResponse::Ok().json(json!({ "received": true, "effect": effect })),
+        Ok(effect) => {
+            // A plan, period or grant may have changed: live subscribers read again.
+            state.changes.publish(crate::live::Change::All);
+            HttpResponse::Ok().json(json!({ "received": true, "effect": effect }))
+        }
         Err(Rejected::Invalid(message)) => {
             answer(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", message)
         }

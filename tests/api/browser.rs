@@ -16,7 +16,7 @@ fn run(command: &mut Command) -> bool {
 }
 
 /// Chromium and the npm packages, installed when missing (`.ci/run` does the same first).
-fn ensure_browser(dir: &Path) -> String {
+pub(crate) fn ensure_browser(dir: &Path) -> String {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
     if !Path::new(&chromium).exists() {
         assert!(
@@ -24,7 +24,9 @@ fn ensure_browser(dir: &Path) -> String {
             "Chromium is missing and could not be installed: `apt-get install chromium` (or set CHROMIUM)"
         );
     }
-    if !dir.join("node_modules/playwright-core").exists() {
+    if !dir.join("node_modules/playwright-core").exists()
+        || !dir.join("node_modules/graphql-ws").exists()
+    {
         assert!(
             run(Command::new("npm")
                 .args(["ci", "--no-audit", "--no-fund"])

@@ -29,6 +29,7 @@ mod resources;
 mod round_trips;
 mod schema;
 mod stripe;
+mod subscriptions;
 mod teams;
 mod tenants;
 mod usage_refunds;

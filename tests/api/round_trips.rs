@@ -13,10 +13,29 @@ use crate::{
 };
 
 /// The round trips the server made while answering `query`.
-async fn trips(app: &TestApp, token: &str, query: &str, variables: Value) -> (u64, Value) {
-    let before = app.database.round_trips();
-    let body = app.gql(Some(token), query, variables).await;
-    (app.database.round_trips() - before, body)
+async fn trips(
+    app: &TestApp,
+    token: &str,
+    query: &str,
+    variables: impl Fn(usize) -> Value,
+) -> (u64, Value) {
+    // The process's background work (the webhook sender's look for work, a change notified
+    // after a commit) counts in the same total now and then: the fewest of three runs is the
+    // request's own.
+    let mut fewest = None;
+    let mut first = Value::Null;
+    for run in 0..3 {
+        // The last request's change notification (PostgreSQL, 10 ms after its commit) is out.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let before = app.database.round_trips();
+        let body = app.gql(Some(token), query, variables(run)).await;
+        let counted = app.database.round_trips() - before;
+        fewest = Some(fewest.map_or(counted, |f: u64| f.min(counted)));
+        if run == 0 {
+            first = body;
+        }
+    }
+    (fewest.unwrap_or_default(), first)
 }
 
 #[tokio::test]
@@ -45,7 +64,7 @@ async fn a_signed_in_read_makes_one_round_trip_authentication_included() {
         ("creditTypes", "{ creditTypes { value amount } }", 0),
     ];
     for (name, query, expected) in reads {
-        let (counted, body) = trips(&app, &token, query, json!({ "t": tenant })).await;
+        let (counted, body) = trips(&app, &token, query, |_| json!({ "t": tenant })).await;
         assert!(body["errors"].is_null(), "{name}: {body}");
         assert_eq!(counted, expected, "{name}: {body}");
     }
@@ -67,7 +86,7 @@ async fn a_lone_guarded_create_task_is_one_statement_with_its_begin_and_commit()
         &app,
         &token,
         "mutation($p: ID!) { createTask(projectId: $p, input: { title: \"t\" }) { id } }",
-        json!({ "p": project }),
+        |_| json!({ "p": project }),
     )
     .await;
     assert!(body["errors"].is_null(), "{body}");
@@ -88,14 +107,14 @@ async fn a_lone_keyed_consume_credits_is_one_statement_with_its_begin_and_commit
 
     // As in the test above: a first request, so that start-up's own work is done.
     app.gql(Some(&token), CONSUME, spend("warm-up")).await;
-    let (counted, body) = trips(&app, &token, CONSUME, spend("first")).await;
+    let (counted, body) = trips(&app, &token, CONSUME, |run| spend(&format!("new-{run}"))).await;
     assert_eq!(body["data"]["consumeCredits"]["replayed"], false, "{body}");
     // PostgreSQL: BEGIN, the guard's one statement (the key claimed in it), COMMIT. SQLite:
     // one hand-off to the writer.
     let expected = if app.is_postgres() { 3 } else { 1 };
     assert_eq!(counted, expected, "{body}");
     // A replay takes the long way (the claim found), and is still answered.
-    let (_, again) = trips(&app, &token, CONSUME, spend("first")).await;
+    let (_, again) = trips(&app, &token, CONSUME, |_| spend("new-0")).await;
     assert_eq!(again["data"]["consumeCredits"]["replayed"], true, "{again}");
 }
 

@@ -1,0 +1,246 @@
+//! The live balance over WebSocket, with the real `graphql-ws` client a frontend uses
+//! (tests/browser/subscribe.mjs): the current value first, then each change — made on this
+//! server, or through another replica on PostgreSQL (within a second); the legacy protocol; a
+//! bad token closed with 4401; another tenant refused; a removed member's stream ended; too
+//! many connections closed with 4429.
+
+use std::{path::Path, process::Stdio, time::Duration};
+
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader, Lines},
+    process::{Child, ChildStdout, Command},
+};
+
+use crate::helpers::spawn_app_with;
+
+const BALANCE: &str = "subscription($t: ID!) { creditBalance(tenantId: $t) { used remaining \
+    grantsRemaining available } }";
+
+/// A `graphql-ws` client subscribed to one document, its events read as they come.
+struct Subscriber {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Subscriber {
+    async fn start(
+        server: &str,
+        authorization: &str,
+        tenant: &str,
+        count: usize,
+        legacy: bool,
+    ) -> Subscriber {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+        tokio::task::spawn_blocking({
+            let dir = dir.clone();
+            move || crate::browser::ensure_browser(&dir)
+        })
+        .await
+        .unwrap();
+        let url = format!("{}/graphql/ws", server.replacen("http", "ws", 1));
+        let mut command = Command::new("node");
+        command
+            .arg(dir.join("subscribe.mjs"))
+            .args([
+                url,
+                authorization.to_owned(),
+                BALANCE.to_owned(),
+                json!({ "t": tenant }).to_string(),
+                count.to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        if legacy {
+            command.arg("legacy");
+        }
+        let mut child = command.spawn().expect("node runs");
+        let stdout = child.stdout.take().unwrap();
+        Subscriber {
+            child,
+            lines: BufReader::new(stdout).lines(),
+        }
+    }
+
+    /// The next event, within `within`.
+    async fn next(&mut self, within: Duration) -> Value {
+        let line = tokio::time::timeout(within, self.lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("no event within {within:?}"))
+            .expect("stdout")
+            .expect("an event before the client ended");
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("a JSON line: {line}"))
+    }
+
+    /// The next event's balance (a `next` with no errors).
+    async fn balance(&mut self, within: Duration) -> Value {
+        let event = self.next(within).await;
+        let balance = &event["next"]["data"]["creditBalance"];
+        assert!(balance.is_object(), "a balance: {event}");
+        balance.clone()
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+/// The first value: node starting, the connection, the handshake.
+const START: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn the_balance_arrives_first_then_every_change() {
+    let app = spawn_app_with(|c| c.platform_admins = vec!["root@example.com".into()]).await;
+    let (admin, _) = app.sign_up("root@example.com").await;
+    let (owner, tenant) = app.owner_with_tenant("live").await;
+    let mut live = Subscriber::start(&app.address, &bearer(&owner), &tenant, 3, false).await;
+    let first = live.balance(START).await;
+    assert_eq!(
+        (&first["used"], &first["remaining"]),
+        (&json!(0), &json!(10)),
+        "{first}"
+    );
+
+    app.project_id(&owner, &tenant).await;
+    let spent = live.balance(SECOND).await;
+    assert_eq!(
+        (&spent["used"], &spent["remaining"]),
+        (&json!(2), &json!(8)),
+        "{spent}"
+    );
+
+    let granted = app
+        .gql(
+            Some(&admin),
+            "mutation($t: ID!) { grantCredits(input: { tenantId: $t, amount: 5, idempotencyKey: \"g\" }) { grant { id } } }",
+            json!({ "t": tenant }),
+        )
+        .await;
+    assert!(granted["errors"].is_null(), "{granted}");
+    let more = live.balance(SECOND).await;
+    assert_eq!(
+        (&more["grantsRemaining"], &more["available"]),
+        (&json!(5), &json!(13)),
+        "{more}"
+    );
+}
+
+#[tokio::test]
+async fn the_legacy_graphql_ws_protocol_works_too() {
+    let app = spawn_app_with(|_| {}).await;
+    let (owner, tenant) = app.owner_with_tenant("legacy").await;
+    let mut live = Subscriber::start(&app.address, &bearer(&owner), &tenant, 2, true).await;
+    assert_eq!(live.balance(START).await["used"], 0);
+    app.project_id(&owner, &tenant).await;
+    assert_eq!(live.balance(SECOND).await["used"], 2);
+}
+
+#[tokio::test]
+async fn a_spend_through_another_replica_reaches_the_subscriber_within_a_second() {
+    let app = spawn_app_with(|_| {}).await;
+    if !app.is_postgres() {
+        // SQLite is one process: its changes are an in-process broadcast (the test above).
+        return;
+    }
+    let (owner, tenant) = app.owner_with_tenant("replicas").await;
+    let project = app.project_id(&owner, &tenant).await;
+    let other = app.start_server(&app.replica_env(10)).await;
+    let mut live = Subscriber::start(&app.address, &bearer(&owner), &tenant, 2, false).await;
+    assert_eq!(live.balance(START).await["used"], 2);
+    let task = app
+        .gql_at(
+            &other.url,
+            &owner,
+            "mutation($p: ID!) { createTask(projectId: $p, input: { title: \"t\" }) { id } }",
+            json!({ "p": project }),
+        )
+        .await
+        .expect("answered");
+    assert!(task["errors"].is_null(), "{task}");
+    assert_eq!(live.balance(SECOND).await["used"], 3);
+}
+
+#[tokio::test]
+async fn a_bad_or_missing_token_is_closed_with_4401() {
+    let app = spawn_app_with(|_| {}).await;
+    let (_, tenant) = app.owner_with_tenant("closed").await;
+    for authorization in ["Bearer not-a-token", "Bearer tg_sk_nonsense", ""] {
+        let mut live = Subscriber::start(&app.address, authorization, &tenant, 1, false).await;
+        let mut event = live.next(START).await;
+        if event.get("closed").is_none() {
+            event = live.next(SECOND).await;
+        }
+        assert_eq!(event["closed"]["code"], 4401, "{authorization:?}: {event}");
+    }
+}
+
+#[tokio::test]
+async fn another_tenants_balance_is_refused_and_a_removed_members_stream_ends() {
+    let app = spawn_app_with(|_| {}).await;
+    let (owner, tenant) = app.owner_with_tenant("team").await;
+    let (stranger, _) = app.owner_with_tenant("stranger").await;
+    let mut refused = Subscriber::start(&app.address, &bearer(&stranger), &tenant, 1, false).await;
+    let event = refused.next(START).await;
+    assert_eq!(
+        event["next"]["errors"][0]["extensions"]["code"], "FORBIDDEN",
+        "{event}"
+    );
+
+    // A member watching, then removed: told so, and the stream ends.
+    let invited = app
+        .gql(
+            Some(&owner),
+            "mutation($t: ID!) { inviteMember(tenantId: $t, email: \"member@example.com\") { token } }",
+            json!({ "t": tenant }),
+        )
+        .await;
+    let token = invited["data"]["inviteMember"]["token"].as_str().unwrap();
+    let (member, member_id) = app.sign_up("member@example.com").await;
+    app.gql(
+        Some(&member),
+        "mutation($token: String!) { acceptInvitation(token: $token) { role } }",
+        json!({ "token": token }),
+    )
+    .await;
+    let mut live = Subscriber::start(&app.address, &bearer(&member), &tenant, 5, false).await;
+    live.balance(START).await;
+    let removed = app
+        .gql(
+            Some(&owner),
+            "mutation($t: ID!, $u: ID!) { removeMember(tenantId: $t, userId: $u) }",
+            json!({ "t": tenant, "u": member_id }),
+        )
+        .await;
+    assert!(removed["errors"].is_null(), "{removed}");
+    let told = live.next(SECOND).await;
+    assert_eq!(
+        told["next"]["errors"][0]["extensions"]["code"], "FORBIDDEN",
+        "{told}"
+    );
+    assert_eq!(live.next(SECOND).await, json!({ "complete": true }));
+}
+
+#[tokio::test]
+async fn connections_past_the_limit_per_user_are_closed_with_4429() {
+    let app = spawn_app_with(|c| c.graphql.max_connections_per_user = 1).await;
+    let (owner, tenant) = app.owner_with_tenant("limited").await;
+    let mut first = Subscriber::start(&app.address, &bearer(&owner), &tenant, 2, false).await;
+    first.balance(START).await;
+    let mut second = Subscriber::start(&app.address, &bearer(&owner), &tenant, 1, false).await;
+    let mut event = second.next(START).await;
+    if event.get("closed").is_none() {
+        event = second.next(SECOND).await;
+    }
+    assert_eq!(event["closed"]["code"], 4429, "{event}");
+    // The first still works.
+    app.project_id(&owner, &tenant).await;
+    assert_eq!(first.balance(SECOND).await["used"], 2);
+}
