@@ -308,6 +308,10 @@ impl TestApp {
         vec![
             ("TOLLGATE_CONFIG", config),
             ("TOLLGATE_DATABASE__ACQUIRE_TIMEOUT_MS", "60000".to_owned()),
+            // Pool and readers of 4 each (with the writer's and the change listener's own
+            // connections, 10 a replica): three replicas and the test's own server fit in
+            // PostgreSQL's 100 side by side with the other tests.
+            ("TOLLGATE_DATABASE__MAX_CONNECTIONS", "4".to_owned()),
             (
                 "TOLLGATE_DATABASE__SQLITE_BUSY_TIMEOUT_MS",
                 "60000".to_owned(),
