@@ -129,35 +129,38 @@ async fn notifier(db: Database, mut changes: mpsc::UnboundedReceiver<Change>) {
     }
 }
 
-/// LISTENs on `CHANNEL` and rebroadcasts what it hears; after a lost connection (once
-/// listening again) tells every subscriber to read again.
+/// LISTENs on `CHANNEL` and rebroadcasts what it hears, for as long as the process runs,
+/// connecting again a second after a failure.
 async fn listener(url: String, local: broadcast::Sender<Change>) {
     loop {
-        let listening = async {
-            let mut listener = sqlx::postgres::PgListener::connect(&url).await?;
-            listener.listen(CHANNEL).await?;
-            // Whatever happened while not listening.
-            let _ = local.send(Change::All);
-            loop {
-                match listener.try_recv().await? {
-                    Some(notification) => {
-                        for change in parse(notification.payload()) {
-                            let _ = local.send(change);
-                        }
-                    }
-                    // The connection was lost and is back: read again.
-                    None => {
-                        let _ = local.send(Change::All);
-                    }
+        let Err(e) = listen(&url, &local).await;
+        tracing::warn!(error.cause = %e, "change listener lost; listening again in a second");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// One connection's listening; after a lost connection (once listening again) every
+/// subscriber is told to read again. Returns only with the error that ended it.
+async fn listen(
+    url: &str,
+    local: &broadcast::Sender<Change>,
+) -> Result<std::convert::Infallible, sqlx::Error> {
+    let mut listener = sqlx::postgres::PgListener::connect(url).await?;
+    listener.listen(CHANNEL).await?;
+    // Whatever happened while not listening.
+    let _ = local.send(Change::All);
+    loop {
+        match listener.try_recv().await? {
+            Some(notification) => {
+                for change in parse(notification.payload()) {
+                    let _ = local.send(change);
                 }
             }
-            #[allow(unreachable_code)]
-            Ok::<(), sqlx::Error>(())
-        };
-        if let Err(e) = listening.await {
-            tracing::warn!(error.cause = %e, "change listener lost; listening again in a second");
+            // The connection was lost and is back: read again.
+            None => {
+                let _ = local.send(Change::All);
+            }
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

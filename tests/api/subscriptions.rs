@@ -2,7 +2,8 @@
 //! (tests/browser/subscribe.mjs): the current value first, then each change — made on this
 //! server, or through another replica on PostgreSQL (within a second); the legacy protocol; a
 //! bad token closed with 4401; another tenant refused; a removed member's stream ended; too
-//! many connections closed with 4429.
+//! many connections closed with 4429; changes still heard after the PostgreSQL listener's
+//! connection is cut.
 
 use std::{path::Path, process::Stdio, time::Duration};
 
@@ -243,4 +244,30 @@ async fn connections_past_the_limit_per_user_are_closed_with_4429() {
     // The first still works.
     app.project_id(&owner, &tenant).await;
     assert_eq!(first.balance(SECOND).await["used"], 2);
+}
+
+#[tokio::test]
+async fn after_the_change_listener_loses_its_connection_subscribers_still_hear_of_changes() {
+    let app = spawn_app_with(|_| {}).await;
+    if !app.is_postgres() {
+        // No listener on SQLite: changes are an in-process broadcast.
+        return;
+    }
+    let (owner, tenant) = app.owner_with_tenant("relisten").await;
+    let mut live = Subscriber::start(&app.address, &bearer(&owner), &tenant, 3, false).await;
+    assert_eq!(live.balance(START).await["used"], 0);
+    // The server's LISTEN connection is cut (a failover, a restart of PostgreSQL's side).
+    let cut = app
+        .scalar(
+            "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+        )
+        .await;
+    assert_eq!(cut, 1, "one listener per process");
+    // A change made while it reconnects reaches the subscriber: by its NOTIFY once the
+    // listener is back, or by the read-again every subscriber is told to do then.
+    app.project_id(&owner, &tenant).await;
+    // (A read-again that finds nothing new sends nothing: the next value is the change.)
+    let seen = live.balance(Duration::from_secs(5)).await;
+    assert_eq!(seen["used"], 2, "{seen}");
 }
