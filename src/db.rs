@@ -295,6 +295,15 @@ pub async fn due(
         .collect()
 }
 
+/// `clause` — a row lock: ` FOR UPDATE`, ` FOR UPDATE SKIP LOCKED`, ` FOR UPDATE OF g` — on
+/// PostgreSQL; nothing on SQLite, whose write transactions are serialized anyway.
+pub fn row_lock(backend: DatabaseBackend, clause: &'static str) -> &'static str {
+    match backend {
+        DatabaseBackend::Postgres => clause,
+        _ => "",
+    }
+}
+
 /// Whether `err` is a unique constraint's refusal, from either driver (rusqlite's errors
 /// arrive as text).
 pub fn is_unique_violation(err: &DbErr) -> bool {

@@ -17,7 +17,7 @@ use crate::{
     auth::{ApiScope, Viewer},
     clock::Clock,
     consume::{self, Cost},
-    credits::{Actor, IdempotencyKey, PaidTable, Spend, Spent, balance, grants, refunds},
+    credits::{Actor, IdempotencyKey, PaidTable, Spend, Spent, balance, refunds},
     db::{Database, PerBackend, Session, Shape},
     error::AppError,
     idempotency::{self, Fingerprint},
@@ -240,7 +240,7 @@ pub async fn expire(db: &Database, now: DateTime<Utc>, limit: u64) -> Result<u64
             let event = webhooks::NewEvent {
                 tenant_id: Some(tenant_id),
                 kind: "reservation.expired",
-                data: grants::with_balance(
+                data: balance::with_balance(
                     json!({
                         "reservationId": held.id,
                         "creditType": held.credit_type,

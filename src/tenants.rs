@@ -149,10 +149,7 @@ pub async fn ensure_room(
     owner: Uuid,
 ) -> Result<(), AppError> {
     static OWNER: PerBackend = PerBackend::new(|backend| {
-        let lock = match backend {
-            sea_orm::DatabaseBackend::Postgres => " FOR UPDATE",
-            _ => "",
-        };
+        let lock = crate::db::row_lock(backend, " FOR UPDATE");
         format!("SELECT 1 FROM \"user\" WHERE id = :owner{lock}")
     });
     let statement = OWNER

@@ -50,10 +50,7 @@ pub async fn claim(
     limit: u64,
 ) -> Result<Vec<Claimed>, DbErr> {
     static CLAIM: PerBackend = PerBackend::new(|backend| {
-        let lock = match backend {
-            DatabaseBackend::Postgres => " FOR UPDATE SKIP LOCKED",
-            _ => "",
-        };
+        let lock = db::row_lock(backend, " FOR UPDATE SKIP LOCKED");
         format!(
             "UPDATE usage_event SET claimed_until = :until WHERE id IN (\
              SELECT id FROM usage_event WHERE status = 'PENDING' AND next_attempt_at <= :now \
@@ -130,11 +127,6 @@ pub async fn settle(
     sent: bool,
     outcome: &Outcome,
 ) -> Result<(), DbErr> {
-    static LOCK: PerBackend = PerBackend::new(|_| {
-        "SELECT id FROM usage_event WHERE tenant_id = :tenant AND credit_id = :spend \
-         ORDER BY id FOR UPDATE"
-            .to_owned()
-    });
     static DELIVERED: PerBackend = PerBackend::new(|_| {
         "UPDATE usage_event SET status = 'DELIVERED', attempts = attempts + :attempts, \
          reported_at = :now, claimed_until = NULL \
@@ -227,7 +219,7 @@ pub async fn settle(
         })
     };
     if backend == DatabaseBackend::Postgres {
-        txn.query_all_raw(bind(&LOCK)?).await?;
+        txn.query_all_raw(bind(&usage_events::LOCK_SPEND)?).await?;
     }
     let settled = txn.query_all_raw(bind(sql)?).await?;
     let Some(row) = settled.first() else {

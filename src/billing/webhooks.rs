@@ -387,7 +387,7 @@ async fn subscription_changed(
         let event = webhooks::NewEvent {
             tenant_id: Some(tenant),
             kind: "subscription.updated",
-            data: credits::grants::with_balance(
+            data: credits::balance::with_balance(
                 json!({
                     "plan": plan,
                     "status": change.status,

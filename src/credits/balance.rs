@@ -41,8 +41,8 @@ impl Balance {
         }
     }
 
-    /// As an event's payload carries it.
-    pub fn to_json(&self) -> Value {
+    /// As an event's `data` carries it.
+    fn to_json(&self) -> Value {
         json!({
             "feature": self.feature,
             "periodStart": self.period_start,
@@ -52,6 +52,15 @@ impl Balance {
             "available": self.available(),
         })
     }
+}
+
+/// An event's `data`: `fields` and the balance's (`feature`, `periodStart`, `used`, `limit`,
+/// `grantsRemaining`, `available`).
+pub fn with_balance(mut fields: Value, balance: &Balance) -> Value {
+    if let (Value::Object(own), Value::Object(more)) = (&mut fields, balance.to_json()) {
+        own.extend(more);
+    }
+    fields
 }
 
 static SQL: PerBackend = PerBackend::new(|backend| {

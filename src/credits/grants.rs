@@ -116,10 +116,7 @@ pub(super) async fn funds(
     static LIMIT: PerBackend =
         PerBackend::new(|backend| format!("SELECT p.lim FROM ({}) p", plan_sql(backend)));
     static GRANTS: PerBackend = PerBackend::new(|backend| {
-        let lock = match backend {
-            DatabaseBackend::Postgres => " FOR UPDATE",
-            _ => "",
-        };
+        let lock = crate::db::row_lock(backend, " FOR UPDATE");
         format!(
             "SELECT g.id, g.remaining FROM credit_grant g \
              WHERE g.tenant_id = :tenant AND g.feature = :feature AND {SPENDABLE_SQL} \
@@ -401,7 +398,7 @@ fn granted_event(g: &credit_grant::Model, balance: &Balance) -> webhooks::NewEve
     webhooks::NewEvent {
         tenant_id: Some(g.tenant_id),
         kind: "credits.granted",
-        data: with_balance(
+        data: balance::with_balance(
             json!({
                 "grantId": g.id,
                 "category": g.category.to_value(),
@@ -414,17 +411,6 @@ fn granted_event(g: &credit_grant::Model, balance: &Balance) -> webhooks::NewEve
             balance,
         ),
     }
-}
-
-/// An event's `data`: `fields` and the balance's (`feature`, `periodStart`, `used`, `limit`,
-/// `grantsRemaining`, `available`).
-pub fn with_balance(mut fields: serde_json::Value, balance: &Balance) -> serde_json::Value {
-    if let (serde_json::Value::Object(own), serde_json::Value::Object(more)) =
-        (&mut fields, balance.to_json())
-    {
-        own.extend(more);
-    }
-    fields
 }
 
 /// Voids what is left of a grant: it is no longer spendable, and a `VOID` movement records
@@ -513,7 +499,7 @@ pub async fn sweep(db: &Database, now: DateTime<Utc>, limit: u64) -> Result<u64,
             let event = webhooks::NewEvent {
                 tenant_id: Some(tenant_id),
                 kind: "credits.grant_expired",
-                data: with_balance(
+                data: balance::with_balance(
                     json!({
                         "grantId": grant_id,
                         "category": before.category.to_value(),

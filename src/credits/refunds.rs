@@ -148,7 +148,7 @@ pub async fn refund(
         let event = webhooks::NewEvent {
             tenant_id: Some(credit.tenant_id),
             kind: "credits.refunded",
-            data: grants::with_balance(
+            data: balance::with_balance(
                 json!({
                     "creditId": credit.id,
                     "refundOf": credit.refund_of,
@@ -440,10 +440,7 @@ async fn buckets(
             .to_owned()
     });
     static GRANTS: PerBackend = PerBackend::new(|backend| {
-        let lock = match backend {
-            DatabaseBackend::Postgres => " FOR UPDATE OF g",
-            _ => "",
-        };
+        let lock = crate::db::row_lock(backend, " FOR UPDATE OF g");
         format!(
             "SELECT g.*, a.amount AS paid, CAST(COALESCE((SELECT SUM(r.amount) FROM credit_allocation r \
              JOIN credit c ON c.tenant_id = r.tenant_id AND c.id = r.credit_id \

@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use entity::usage_event::{self, UsageKind, UsageStatus};
-use sea_orm::{ActiveEnum, DatabaseBackend, DbErr, prelude::Uuid};
+use sea_orm::{ActiveEnum, DbErr, prelude::Uuid};
 
 use crate::{
     config::Meter,
@@ -77,16 +77,9 @@ pub async fn refund(
     amount: i64,
     now: DateTime<Utc>,
 ) -> Result<(), DbErr> {
-    static LOCK: PerBackend = PerBackend::new(|backend| {
-        format!(
-            "SELECT * FROM usage_event WHERE tenant_id = :tenant AND credit_id = :spend \
-             ORDER BY id{}",
-            lock_suffix(backend)
-        )
-    });
     static SHAPE: LazyLock<Shape> = LazyLock::new(Shape::of::<usage_event::Entity>);
     let backend = session.backend();
-    let statement = LOCK.get(backend).bind(|name| {
+    let statement = LOCK_SPEND.get(backend).bind(|name| {
         Some(match name {
             "tenant" => tenant_id.into(),
             "spend" => spend_id.into(),
@@ -171,13 +164,16 @@ fn standing(events: &[usage_event::Model]) -> Option<&usage_event::Model> {
     })
 }
 
-/// `FOR UPDATE` where rows can be locked (SQLite's write transactions are serialized).
-pub fn lock_suffix(backend: DatabaseBackend) -> &'static str {
-    match backend {
-        DatabaseBackend::Postgres => " FOR UPDATE",
-        _ => "",
-    }
-}
+/// A spend's usage events (`:tenant`, `:spend`), locked in id order: the one order every
+/// transaction that changes several of them — a refund, a settled cancel — takes them in, so
+/// they cannot deadlock.
+pub static LOCK_SPEND: PerBackend = PerBackend::new(|backend| {
+    format!(
+        "SELECT * FROM usage_event WHERE tenant_id = :tenant AND credit_id = :spend \
+         ORDER BY id{}",
+        crate::db::row_lock(backend, " FOR UPDATE")
+    )
+});
 
 async fn change(
     session: &mut Session,

@@ -44,7 +44,7 @@ use hyper_util::{
     },
     rt::TokioExecutor,
 };
-use sea_orm::{ConnectionTrait, DatabaseBackend, DbErr, EntityTrait};
+use sea_orm::{ConnectionTrait, DbErr, EntityTrait};
 use tokio::{
     sync::{Semaphore, watch},
     task::JoinHandle,
@@ -54,7 +54,7 @@ use uuid::Uuid;
 use super::target;
 use crate::{
     config::WebhookSettings,
-    db::{Database, PerBackend},
+    db::{self, Database, PerBackend},
 };
 
 /// Events fanned out per round, at most.
@@ -189,10 +189,7 @@ async fn pending(db: &Database, now: DateTime<Utc>) -> Result<(bool, bool), DbEr
 /// dispatched — in one transaction, the events claimed so no other sender fans them out too.
 pub async fn dispatch(db: &Database, now: DateTime<Utc>) -> Result<u64, DbErr> {
     static CLAIM: PerBackend = PerBackend::new(|backend| {
-        let lock = match backend {
-            DatabaseBackend::Postgres => " FOR UPDATE SKIP LOCKED",
-            _ => "",
-        };
+        let lock = db::row_lock(backend, " FOR UPDATE SKIP LOCKED");
         format!(
             "SELECT tenant_id, id FROM webhook_event WHERE dispatched_at IS NULL \
              ORDER BY created_at LIMIT :limit{lock}"
@@ -270,10 +267,7 @@ async fn claim_and_send(
     room: usize,
 ) -> Result<(), DbErr> {
     static CLAIM: PerBackend = PerBackend::new(|backend| {
-        let lock = match backend {
-            DatabaseBackend::Postgres => " FOR UPDATE SKIP LOCKED",
-            _ => "",
-        };
+        let lock = db::row_lock(backend, " FOR UPDATE SKIP LOCKED");
         format!(
             "UPDATE webhook_delivery SET claimed_until = :until WHERE id IN (\
              SELECT id FROM webhook_delivery WHERE status = 'PENDING' AND next_attempt_at <= :now \
