@@ -274,6 +274,7 @@ async fn seed_other_tenants(db: &DatabaseConnection) {
             feature: Set("credits".into()),
             period_start: Set(month_start()),
             used: Set(ROWS_PER_OTHER_TENANT as i64),
+            grants_used: Set(0),
         }))
         .exec_without_returning(&txn)
         .await
@@ -313,6 +314,7 @@ async fn seed_ledger(db: &DatabaseConnection, tenant: Uuid, from: usize, to: usi
         feature: Set("credits".into()),
         period_start: Set(month_start()),
         used: Set(to as i64),
+        grants_used: Set(0),
     };
     credit_usage::Entity::delete_many()
         .filter(credit_usage::Column::TenantId.eq(tenant))

@@ -51,6 +51,8 @@ pub struct Config {
     /// Credit grants and reservations: how often expired ones are swept.
     pub grants: GrantSettings,
     pub webhooks: WebhookSettings,
+    /// Threshold alerts: the platform's default rules.
+    pub alerts: AlertSettings,
     /// `GET /metrics`: where it is served and who may read it.
     pub metrics: MetricsSettings,
     /// Access tokens: issuer, audience, leeway; optionally an external identity provider.
@@ -197,6 +199,24 @@ pub struct WebhookSettings {
     pub disable_after_failing_hours: u64,
     /// Allow endpoints in private, loopback and link-local ranges (tests; never in production).
     pub allow_private_targets: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertSettings {
+    /// The rules of every tenant and feature whose tenant set none of its own
+    /// (`setCreditAlertRules`); checked at start-up.
+    pub default_rules: Vec<AlertRuleConfig>,
+}
+
+/// One alert rule: `kind` `PERCENT_USED` (threshold 1–100) or `REMAINING_BELOW` (credits).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertRuleConfig {
+    pub kind: String,
+    pub threshold: i64,
+    #[serde(default)]
+    pub notify_resolved: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -21,6 +21,7 @@
 //! Nothing here names what the credits pay for: a guarded resource describes its row
 //! (`PaidTable`, `Spend`) and hands the spend to the `Writer`.
 
+pub mod alerts;
 mod audit;
 pub mod balance;
 pub mod grants;

@@ -28,9 +28,10 @@ use std::{
 
 use anyhow::Context;
 use sea_orm::{
-    ActiveModelTrait, ConnectOptions, DatabaseBackend, DatabaseConnection, DatabaseTransaction,
-    DbErr, EntityTrait, FromQueryResult, Iterable, QueryResult, RuntimeErr, SqliteTransactionMode,
-    Statement, TransactionOptions, TransactionTrait, TryGetable, TryIntoModel,
+    ActiveModelTrait, ConnectOptions, ConnectionTrait, DatabaseBackend, DatabaseConnection,
+    DatabaseTransaction, DbErr, EntityTrait, FromQueryResult, Iterable, QueryResult, RuntimeErr,
+    SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait, TryGetable,
+    TryIntoModel,
     sea_query::ValueType,
     sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
 };
@@ -173,11 +174,12 @@ impl Database {
     }
 }
 
-/// One row of a request-path read: as PostgreSQL's driver gave it, or SQLite's values typed by
-/// the query's `Shape`. Read it by column name, or as an entity's model.
+/// One row of a read: as sea-orm's driver gave it (PostgreSQL's request path, any sea-orm
+/// connection), or SQLite's values typed by the query's `Shape`. Read it by column name, or as
+/// an entity's model.
 #[derive(Debug)]
 pub enum Row {
-    Postgres(QueryResult),
+    Driver(QueryResult),
     Sqlite(sqlite::Values),
 }
 
@@ -185,7 +187,7 @@ impl Row {
     /// Column `name`.
     pub fn get<T: TryGetable + ValueType>(&self, name: &str) -> Result<T, DbErr> {
         match self {
-            Row::Postgres(row) => row.try_get("", name),
+            Row::Driver(row) => row.try_get("", name),
             Row::Sqlite(values) => {
                 let value = values.get(name)?;
                 T::try_from(value.clone())
@@ -202,7 +204,7 @@ impl Row {
         E::ActiveModel: ActiveModelTrait<Entity = E> + TryIntoModel<E::Model>,
     {
         match self {
-            Row::Postgres(row) => E::Model::from_query_result(&row, ""),
+            Row::Driver(row) => E::Model::from_query_result(&row, ""),
             Row::Sqlite(mut values) => {
                 let mut model = <E::ActiveModel as ActiveModelTrait>::default();
                 for column in E::Column::iter() {
@@ -212,6 +214,51 @@ impl Row {
                 model.try_into_model()
             }
         }
+    }
+}
+
+/// A connection inside a write transaction: a `Session` (the credits writer's, a refund's) or
+/// a sea-orm transaction. What code run from both kinds of callers needs of it.
+pub trait Tx: Send {
+    fn backend(&self) -> DatabaseBackend;
+
+    /// One statement's rows (on SQLite's `Session`, typed by `shape`).
+    fn rows(
+        &mut self,
+        statement: &Statement,
+        shape: &Shape,
+    ) -> impl Future<Output = Result<Vec<Row>, DbErr>> + Send;
+
+    /// One statement run for its effect; how many rows it changed.
+    fn run(&mut self, statement: &Statement) -> impl Future<Output = Result<u64, DbErr>> + Send;
+}
+
+impl Tx for Session {
+    fn backend(&self) -> DatabaseBackend {
+        Session::backend(self)
+    }
+
+    async fn rows(&mut self, statement: &Statement, shape: &Shape) -> Result<Vec<Row>, DbErr> {
+        self.query(statement, shape).await
+    }
+
+    async fn run(&mut self, statement: &Statement) -> Result<u64, DbErr> {
+        self.execute(statement).await
+    }
+}
+
+impl<C: ConnectionTrait + Sync> Tx for &C {
+    fn backend(&self) -> DatabaseBackend {
+        self.get_database_backend()
+    }
+
+    async fn rows(&mut self, statement: &Statement, _: &Shape) -> Result<Vec<Row>, DbErr> {
+        let rows = self.query_all_raw(statement.clone()).await?;
+        Ok(rows.into_iter().map(Row::Driver).collect())
+    }
+
+    async fn run(&mut self, statement: &Statement) -> Result<u64, DbErr> {
+        Ok(self.execute_raw(statement.clone()).await?.rows_affected())
     }
 }
 

@@ -102,7 +102,7 @@ pub async fn invite(
             "expiresAt": invitation.expires_at,
         }),
     };
-    webhooks::record(&txn, &event, now).await?;
+    webhooks::record(&mut &txn, &event, now).await?;
     txn.commit().await?;
     let accept_url = config
         .tenants
@@ -199,7 +199,7 @@ pub async fn accept(
             "invitationId": found.id,
         }),
     };
-    webhooks::record(&txn, &event, now).await?;
+    webhooks::record(&mut &txn, &event, now).await?;
     txn.commit().await?;
     tracing::info!(tenant.id = %found.tenant_id, user.id = %me.id, "invitation accepted");
     Ok((membership, me))

@@ -236,7 +236,7 @@ pub async fn expire(db: &Database, now: DateTime<Utc>, limit: u64) -> Result<u64
             };
             let reason = "reservation expired";
             give_back(&mut session, Actor::System, &held, held.amount, reason, now).await?;
-            let balance = balance::balance_in(&mut session, tenant_id, &held.feature, now).await?;
+            let balance = balance::balance(&mut session, tenant_id, &held.feature, now).await?;
             let event = webhooks::NewEvent {
                 tenant_id: Some(tenant_id),
                 kind: "reservation.expired",
@@ -251,7 +251,7 @@ pub async fn expire(db: &Database, now: DateTime<Utc>, limit: u64) -> Result<u64
                     &balance,
                 ),
             };
-            webhooks::events::record_in(&mut session, &event, now).await?;
+            webhooks::events::record(&mut session, &event, now).await?;
             Ok::<_, AppError>(true)
         }
         .await;

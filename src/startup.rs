@@ -55,6 +55,9 @@ impl Application {
         let turn = StartUpLock::take(&config).await?;
         migrate(&db).await?;
         plans::sync_plans(&db, &config).await?;
+        let alert_rules = crate::credits::alerts::default_rules(&config.alerts.default_rules)
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        crate::credits::alerts::sync_defaults(&db, &alert_rules).await?;
         turn.release().await;
         let keys = Keys::from_config(&config)?;
         let listener = TcpListener::bind(&config.addr)

@@ -12,6 +12,8 @@ pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub period_start: DateTimeUtc,
     pub used: i64,
+    /// What grants paid in the period (the allowance's part is `used`).
+    pub grants_used: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -17,6 +17,7 @@ mod m20261130_000011_invitations;
 mod m20261130_000012_credit_grants;
 mod m20261130_000013_usage_adjustments;
 mod m20261130_000014_webhooks;
+mod m20261130_000015_credit_alerts;
 
 pub struct Migrator;
 
@@ -38,6 +39,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000012_credit_grants::Migration),
             Box::new(m20261130_000013_usage_adjustments::Migration),
             Box::new(m20261130_000014_webhooks::Migration),
+            Box::new(m20261130_000015_credit_alerts::Migration),
         ]
     }
 }

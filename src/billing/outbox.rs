@@ -238,7 +238,7 @@ pub async fn settle(
                 "error": error,
             }),
         };
-        webhooks::record(&txn, &failed, now).await?;
+        webhooks::record(&mut &txn, &failed, now).await?;
     }
     let refunded: i64 = row.try_get("", "refunded_quantity")?;
     // A first statement that must change a row for the rest to apply, and the rest.

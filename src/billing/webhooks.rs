@@ -383,7 +383,7 @@ async fn subscription_changed(
     if changed {
         let now = Utc::now();
         let feature = credits::CREDITS_FEATURE;
-        let balance = credits::balance::balance(txn, tenant, feature, now).await?;
+        let balance = credits::balance::balance(&mut &*txn, tenant, feature, now).await?;
         let event = webhooks::NewEvent {
             tenant_id: Some(tenant),
             kind: "subscription.updated",
@@ -400,7 +400,9 @@ async fn subscription_changed(
                 &balance,
             ),
         };
-        webhooks::record(txn, &event, now).await?;
+        webhooks::record(&mut &*txn, &event, now).await?;
+        // A new limit or period: thresholds may hold, or stop holding.
+        credits::alerts::reconcile_plan(&mut &*txn, tenant, now).await?;
     }
     Ok(match (changed, deleted) {
         (false, true) => "not the tenant's plan subscription, or older than its state; ignored",

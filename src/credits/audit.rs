@@ -321,6 +321,21 @@ async fn check_counters(db: &impl ConnectionTrait, report: &mut Report) -> Resul
         ));
     }
     push_limited(report, mismatches);
+    // What grants paid in each period, as the counter keeps it for alerts.
+    let grants_used = scalar(
+        db,
+        "SELECT CAST(COUNT(*) AS BIGINT) FROM credit_usage u WHERE u.grants_used <> \
+         COALESCE((SELECT SUM(CASE WHEN c.kind = 'REFUND' THEN -a.amount ELSE a.amount END) \
+         FROM credit c JOIN credit_allocation a ON a.tenant_id = c.tenant_id AND a.credit_id = c.id \
+         WHERE c.tenant_id = u.tenant_id AND c.feature = u.feature \
+         AND c.period_start = u.period_start AND c.kind IN ('SPEND', 'REFUND')), 0)",
+    )
+    .await?;
+    if grants_used > 0 {
+        report.problems.push(format!(
+            "{grants_used} counters' grants_used differ from what the ledger says grants paid"
+        ));
+    }
     Ok(())
 }
 

@@ -5,12 +5,12 @@
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ColumnType, ConnectionTrait, DbErr, Statement};
+use sea_orm::{ColumnType, DbErr};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::{grants::SPENDABLE_SQL, limit::plan_sql, usage::feature_value};
-use crate::db::{PerBackend, Session, Shape};
+use crate::db::{PerBackend, Shape, Tx};
 
 /// The largest ceiling: an `UNLIMITED` (or `INCLUDED`) feature.
 const UNLIMITED: i64 = i64::MAX;
@@ -22,6 +22,8 @@ pub struct Balance {
     /// `None`: the tenant's plan lacks the feature (grants are frozen).
     pub period_start: Option<DateTime<Utc>>,
     pub used: i64,
+    /// What grants paid in the period.
+    pub grants_used: i64,
     /// `None`: unlimited.
     pub limit: Option<i64>,
     pub grants_remaining: i64,
@@ -41,6 +43,20 @@ impl Balance {
         }
     }
 
+    /// How much of what the period offers — the allowance, the grants drawn in it and the
+    /// grants still spendable — is used, in percent (rounded down); `None` when unlimited.
+    pub fn percent_used(&self) -> Option<i64> {
+        let limit = self.limit?;
+        self.period_start?;
+        let used = i128::from(self.used) + i128::from(self.grants_used);
+        let offered =
+            i128::from(limit) + i128::from(self.grants_used) + i128::from(self.grants_remaining);
+        Some(match offered {
+            0 => 100,
+            offered => i64::try_from(used * 100 / offered).unwrap_or(i64::MAX),
+        })
+    }
+
     /// As an event's `data` carries it.
     fn to_json(&self) -> Value {
         json!({
@@ -49,7 +65,9 @@ impl Balance {
             "used": self.used,
             "limit": self.limit,
             "grantsRemaining": self.grants_remaining,
+            "grantsUsed": self.grants_used,
             "available": self.available(),
+            "percentUsed": self.percent_used(),
         })
     }
 }
@@ -65,13 +83,13 @@ pub fn with_balance(mut fields: Value, balance: &Balance) -> Value {
 
 static SQL: PerBackend = PerBackend::new(|backend| {
     format!(
-        "SELECT (SELECT p.lim FROM ({plan}) p) AS lim, \
-         (SELECT p.period_start FROM ({plan}) p) AS period_start, \
-         COALESCE((SELECT u.used FROM credit_usage u WHERE u.tenant_id = :tenant \
-         AND u.feature = :feature AND u.period_start = (SELECT p.period_start FROM ({plan}) p)), 0) \
-         AS used, \
+        "SELECT p.lim, p.period_start, \
+         COALESCE(u.used, 0) AS used, COALESCE(u.grants_used, 0) AS grants_used, \
          CAST(COALESCE((SELECT SUM(g.remaining) FROM credit_grant g WHERE g.tenant_id = :tenant \
-         AND g.feature = :feature AND {SPENDABLE_SQL}), 0) AS BIGINT) AS grants",
+         AND g.feature = :feature AND {SPENDABLE_SQL}), 0) AS BIGINT) AS grants \
+         FROM (SELECT 1 AS one) one LEFT JOIN ({plan}) p ON 1 = 1 \
+         LEFT JOIN credit_usage u ON u.tenant_id = :tenant AND u.feature = :feature \
+         AND u.period_start = p.period_start",
         plan = plan_sql(backend)
     )
 });
@@ -81,44 +99,40 @@ static SHAPE: LazyLock<Shape> = LazyLock::new(|| {
         .with("lim", ColumnType::BigInteger)
         .with("period_start", ColumnType::TimestampWithTimeZone)
         .with("used", ColumnType::BigInteger)
+        .with("grants_used", ColumnType::BigInteger)
         .with("grants", ColumnType::BigInteger)
 });
-
-fn statement(
-    backend: sea_orm::DatabaseBackend,
-    tenant_id: Uuid,
-    feature: &str,
-    now: DateTime<Utc>,
-) -> Result<Statement, DbErr> {
-    SQL.get(backend)
-        .bind(|name| feature_value(name, tenant_id, feature, now))
-}
 
 fn balance_of(
     feature: &str,
     lim: Option<i64>,
     period_start: Option<DateTime<Utc>>,
     used: i64,
+    grants_used: i64,
     grants: i64,
 ) -> Balance {
+    let included = period_start.is_some();
     Balance {
         feature: feature.to_owned(),
         period_start,
-        used: if period_start.is_some() { used } else { 0 },
+        used: if included { used } else { 0 },
+        grants_used: if included { grants_used } else { 0 },
         limit: lim.filter(|l| *l != UNLIMITED),
         grants_remaining: grants,
     }
 }
 
-/// The balance, in the credits writer's open transaction.
-pub async fn balance_in(
-    session: &mut Session,
+/// The balance, in `tx`'s open transaction.
+pub async fn balance(
+    tx: &mut impl Tx,
     tenant_id: Uuid,
     feature: &str,
     now: DateTime<Utc>,
 ) -> Result<Balance, DbErr> {
-    let statement = statement(session.backend(), tenant_id, feature, now)?;
-    let rows = session.query(&statement, &SHAPE).await?;
+    let statement = SQL
+        .get(tx.backend())
+        .bind(|name| feature_value(name, tenant_id, feature, now))?;
+    let rows = tx.rows(&statement, &SHAPE).await?;
     let row = rows
         .first()
         .ok_or_else(|| DbErr::RecordNotFound("a balance row".into()))?;
@@ -127,28 +141,8 @@ pub async fn balance_in(
         row.get("lim")?,
         row.get("period_start")?,
         row.get::<Option<i64>>("used")?.unwrap_or(0),
+        row.get::<Option<i64>>("grants_used")?.unwrap_or(0),
         row.get::<Option<i64>>("grants")?.unwrap_or(0),
-    ))
-}
-
-/// The balance, in `conn`'s open transaction.
-pub async fn balance(
-    conn: &impl ConnectionTrait,
-    tenant_id: Uuid,
-    feature: &str,
-    now: DateTime<Utc>,
-) -> Result<Balance, DbErr> {
-    let statement = statement(conn.get_database_backend(), tenant_id, feature, now)?;
-    let row = conn
-        .query_one_raw(statement)
-        .await?
-        .ok_or_else(|| DbErr::RecordNotFound("a balance row".into()))?;
-    Ok(balance_of(
-        feature,
-        row.try_get("", "lim")?,
-        row.try_get("", "period_start")?,
-        row.try_get::<Option<i64>>("", "used")?.unwrap_or(0),
-        row.try_get::<Option<i64>>("", "grants")?.unwrap_or(0),
     ))
 }
 
@@ -159,17 +153,17 @@ mod tests {
     #[test]
     fn available_is_the_allowance_rest_and_the_grants() {
         let now = Utc::now();
-        let b = balance_of("credits", Some(10), Some(now), 12, 5);
+        let b = balance_of("credits", Some(10), Some(now), 12, 0, 5);
         assert_eq!(
             b.available(),
             Some(5),
             "an overdrawn allowance counts as none left"
         );
-        let b = balance_of("credits", Some(10), Some(now), 4, 5);
+        let b = balance_of("credits", Some(10), Some(now), 4, 0, 5);
         assert_eq!(b.available(), Some(11));
-        let unlimited = balance_of("credits", Some(UNLIMITED), Some(now), 4, 5);
+        let unlimited = balance_of("credits", Some(UNLIMITED), Some(now), 4, 0, 5);
         assert_eq!((unlimited.limit, unlimited.available()), (None, None));
-        let frozen = balance_of("credits", None, None, 4, 5);
+        let frozen = balance_of("credits", None, None, 4, 0, 5);
         assert_eq!(
             frozen.available(),
             Some(0),

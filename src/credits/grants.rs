@@ -21,7 +21,7 @@ use sea_orm::{
 use std::sync::LazyLock;
 
 use super::{
-    Actor,
+    Actor, alerts,
     balance::{self, Balance},
     limit::plan_sql,
 };
@@ -175,7 +175,7 @@ pub(super) async fn funds(
 }
 
 /// Takes `allocation` from the locked counter and grants for ledger row `:ledger_id`: the
-/// allowance part onto the counter, each grant's part off its `remaining` (a grant spent to
+/// allowance part onto the counter (the grants' part onto its `grants_used`), each grant's part off its `remaining` (a grant spent to
 /// nothing is `EXHAUSTED`) and into `credit_allocation`.
 pub(super) async fn draw(
     session: &mut Session,
@@ -184,8 +184,9 @@ pub(super) async fn draw(
 ) -> Result<(), AppError> {
     static COUNTER: PerBackend = PerBackend::new(|backend| {
         format!(
-            "UPDATE credit_usage SET used = used + :allowance WHERE tenant_id = :tenant \
-             AND feature = :feature AND period_start = (SELECT p.period_start FROM ({}) p)",
+            "UPDATE credit_usage SET used = used + :allowance, grants_used = grants_used + :granted \
+             WHERE tenant_id = :tenant AND feature = :feature \
+             AND period_start = (SELECT p.period_start FROM ({}) p)",
             plan_sql(backend)
         )
     });
@@ -201,9 +202,11 @@ pub(super) async fn draw(
             .to_owned()
     });
     let backend = session.backend();
-    if allocation.allowance > 0 {
+    let granted: i64 = allocation.grants.iter().map(|(_, take)| take).sum();
+    if allocation.allowance > 0 || granted > 0 {
         let statement = COUNTER.get(backend).bind(|name| match name {
             "allowance" => Some(allocation.allowance.into()),
+            "granted" => Some(granted.into()),
             name => value(name),
         })?;
         if session.execute(&statement).await? != 1 {
@@ -384,9 +387,9 @@ pub async fn grant(
         }
         insert(&mut session, &model).await?;
         movement(&mut session, &model, Movement::Grant, model.amount, now).await?;
-        let balance =
-            balance::balance_in(&mut session, model.tenant_id, &model.feature, now).await?;
-        webhooks::events::record_in(&mut session, &granted_event(&model, &balance), now).await?;
+        let balance = balance::balance(&mut session, model.tenant_id, &model.feature, now).await?;
+        webhooks::events::record(&mut session, &granted_event(&model, &balance), now).await?;
+        alerts::reconcile(&mut session, model.tenant_id, &model.feature, now).await?;
         Ok((model.clone(), false))
     }
     .await;
@@ -452,6 +455,7 @@ pub async fn void(
         moved.actor_type = actor.kind();
         moved.actor_id = actor.id();
         movement(&mut session, &moved, Movement::Void, before.remaining, now).await?;
+        alerts::reconcile(&mut session, tenant_id, &before.feature, now).await?;
         Ok(voided)
     }
     .await;
@@ -494,8 +498,7 @@ pub async fn sweep(db: &Database, now: DateTime<Utc>, limit: u64) -> Result<u64,
                 now,
             )
             .await?;
-            let balance =
-                balance::balance_in(&mut session, tenant_id, &before.feature, now).await?;
+            let balance = balance::balance(&mut session, tenant_id, &before.feature, now).await?;
             let event = webhooks::NewEvent {
                 tenant_id: Some(tenant_id),
                 kind: "credits.grant_expired",
@@ -509,7 +512,8 @@ pub async fn sweep(db: &Database, now: DateTime<Utc>, limit: u64) -> Result<u64,
                     &balance,
                 ),
             };
-            webhooks::events::record_in(&mut session, &event, now).await?;
+            webhooks::events::record(&mut session, &event, now).await?;
+            alerts::reconcile(&mut session, tenant_id, &before.feature, now).await?;
             Ok::<_, AppError>(true)
         }
         .await;
@@ -690,8 +694,9 @@ pub async fn grant_once(
     }
     let movement = movement_statement(backend, g, Movement::Grant, g.amount, g.created_at)?;
     txn.execute_raw(movement).await?;
-    let balance = balance::balance(txn, g.tenant_id, &g.feature, g.created_at).await?;
-    webhooks::record(txn, &granted_event(g, &balance), g.created_at).await?;
+    let balance = balance::balance(&mut &*txn, g.tenant_id, &g.feature, g.created_at).await?;
+    webhooks::record(&mut &*txn, &granted_event(g, &balance), g.created_at).await?;
+    alerts::reconcile(&mut &*txn, g.tenant_id, &g.feature, g.created_at).await?;
     Ok(true)
 }
 
@@ -758,6 +763,7 @@ pub async fn claw_back(
         now,
     )?)
     .await?;
+    alerts::reconcile(&mut &*txn, grant.tenant_id, &grant.feature, now).await?;
     Ok(Some(take))
 }
 

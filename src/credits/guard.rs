@@ -12,7 +12,7 @@ use entity::credit::ActorType;
 use sea_orm::{DatabaseBackend, prelude::*};
 
 use super::{
-    FeatureLimitType, Period, grants,
+    FeatureLimitType, Period, alerts, grants,
     limit::{self, plan_sql},
     usage::{PlanFeatureRow, subscribed_feature},
     usage_events,
@@ -171,13 +171,14 @@ enum GuardSql {
     Postgres { plain: Sql, keyed: Sql },
     /// Statements run one after the other on the writer's own thread (no round trip is a
     /// hand-off): the counter upsert, returning its period when it wrote its row, then —
-    /// only then — the ledger row in that period (`:period`), the paid row and, for a metered
-    /// type, the outbox row.
+    /// only then — the ledger row in that period (`:period`), the paid row, for a metered
+    /// type the outbox row, and whether an alert is pending.
     Sqlite {
         spend: Sql,
         ledger: Sql,
         paid: Option<Sql>,
         outbox: Sql,
+        pending: Sql,
     },
 }
 
@@ -289,10 +290,17 @@ fn build(backend: DatabaseBackend, paid: Option<&PaidTable>, metered: bool) -> G
                 false => String::new(),
             };
             let ledger = ledger_sql("spent.period_start");
+            // Whether an alert rule now holds that does not fire yet (`alerts`): read only
+            // when the spend was made.
+            let pending = format!(
+                ", pending AS ({} LIMIT 1)",
+                alerts::pending_sql(backend, "spent s")
+            );
+            let pending_count = "CAST((SELECT COUNT(*) FROM pending) AS BIGINT) AS pending";
             let plain = format!(
-                "WITH spent AS ({spend} RETURNING period_start), \
-                 ledger AS ({ledger} FROM spent RETURNING id){paid}{outbox} \
-                 SELECT CAST(1 AS BIGINT) AS created FROM {last}"
+                "WITH spent AS ({spend} RETURNING period_start, used, grants_used), \
+                 ledger AS ({ledger} FROM spent RETURNING id){paid}{outbox}{pending} \
+                 SELECT CAST(1 AS BIGINT) AS created, {pending_count} FROM {last}"
             );
             // The same, spending only when this statement claims the key: one round trip
             // for a keyed spend too. `claimed` 1 and `created` 0 is a refusal (the claim
@@ -306,10 +314,10 @@ fn build(backend: DatabaseBackend, paid: Option<&PaidTable>, metered: bool) -> G
             );
             let keyed = format!(
                 "WITH claim AS ({} RETURNING 1), \
-                 spent AS ({keyed_spend} RETURNING period_start), \
-                 ledger AS ({ledger} FROM spent RETURNING id){paid}{outbox} \
+                 spent AS ({keyed_spend} RETURNING period_start, used, grants_used), \
+                 ledger AS ({ledger} FROM spent RETURNING id){paid}{outbox}{pending} \
                  SELECT CAST((SELECT COUNT(*) FROM claim) AS BIGINT) AS claimed, \
-                 CAST((SELECT COUNT(*) FROM {last}) AS BIGINT) AS created",
+                 CAST((SELECT COUNT(*) FROM {last}) AS BIGINT) AS created, {pending_count}",
                 idempotency::CLAIM_SQL
             );
             GuardSql::Postgres {
@@ -318,11 +326,25 @@ fn build(backend: DatabaseBackend, paid: Option<&PaidTable>, metered: bool) -> G
             }
         }
         _ => GuardSql::Sqlite {
-            spend: Sql::new(backend, &format!("{spend} RETURNING period_start")),
+            spend: Sql::new(
+                backend,
+                &format!("{spend} RETURNING period_start, used, grants_used"),
+            ),
             ledger: Sql::new(backend, &ledger_sql(":period")),
             paid: insert
                 .map(|(into, values)| Sql::new(backend, &format!("{into} VALUES ({values})"))),
             outbox: Sql::new(backend, &usage_events::spend_event_sql("1 = 1")),
+            pending: Sql::new(
+                backend,
+                &format!(
+                    "{} LIMIT 1",
+                    alerts::pending_sql(
+                        backend,
+                        "(SELECT :period AS period_start, :used AS used, \
+                         :grants_used AS grants_used) s"
+                    )
+                ),
+            ),
         },
     }
 }
@@ -380,8 +402,9 @@ pub(super) async fn write(
         },
     };
     let Some(key) = &spend.key else {
-        return match run(session, sql, &binding, None).await?.created {
-            true => Ok(charged),
+        let ran = run(session, sql, &binding, None).await?;
+        return match ran.created {
+            true => made(session, spend, ran, charged).await,
             false => beyond_allowance(session, slow, &binding).await,
         };
     };
@@ -391,7 +414,7 @@ pub(super) async fn write(
         let claim = Some((&key.fingerprint, resource_id));
         let ran = run(session, sql, &binding, claim).await?;
         if ran.created {
-            return Ok(charged);
+            return made(session, spend, ran, charged).await;
         }
         if ran.claimed {
             return unclaimed_unless_paid(session, slow, &binding, &key.value).await;
@@ -418,10 +441,31 @@ pub(super) async fn write(
         }
         return Ok(Spent::Replayed(original));
     }
-    if run(session, sql, &binding, None).await?.created {
-        return Ok(charged);
+    let ran = run(session, sql, &binding, None).await?;
+    if ran.created {
+        return made(session, spend, ran, charged).await;
     }
     unclaimed_unless_paid(session, slow, &binding, &key.value).await
+}
+
+/// A spend the guard's statement made: its alerts fired first when the statement found one
+/// pending (in the same transaction).
+async fn made(
+    session: &mut Session,
+    spend: &Spend,
+    ran: Ran,
+    charged: Spent,
+) -> Result<Spent, AppError> {
+    if ran.pending {
+        alerts::reconcile(
+            session,
+            spend.tenant_id,
+            &spend.credit_type.feature,
+            spend.at,
+        )
+        .await?;
+    }
+    Ok(charged)
 }
 
 /// A keyed spend the allowance alone refused: paid beyond it, or refused with its claim of
@@ -447,6 +491,8 @@ async fn unclaimed_unless_paid(
 struct Ran {
     claimed: bool,
     created: bool,
+    /// An alert rule holds that does not fire yet: `alerts::reconcile` must run.
+    pending: bool,
 }
 
 /// The values a spend's statements bind, by parameter name.
@@ -477,6 +523,7 @@ impl Binding<'_> {
             "metadata" => spend.metadata.clone().into(),
             "actor_type" => spend.actor.kind().into(),
             "actor_id" => spend.actor.id().into(),
+            "defaults" => return alerts::defaults_value(name),
             "api_key" => match spend.actor {
                 Actor::ApiKey(id) => Some(id),
                 _ => None,
@@ -524,10 +571,15 @@ async fn run(
                 (Some(_), Some(row)) => Ran {
                     claimed: row.get::<i64>("claimed")? > 0,
                     created: row.get::<i64>("created")? > 0,
+                    pending: row.get::<i64>("pending")? > 0,
                 },
                 (_, first) => Ran {
                     claimed: false,
                     created: first.is_some(),
+                    pending: first
+                        .map(|row| row.get::<i64>("pending"))
+                        .transpose()?
+                        .is_some_and(|n| n > 0),
                 },
             })
         }
@@ -536,6 +588,7 @@ async fn run(
             ledger,
             paid,
             outbox,
+            pending,
         } => {
             // The period the counter took the cost in, as its row keeps it: the plan is
             // read once per spend.
@@ -546,11 +599,15 @@ async fn run(
                 return Ok(Ran {
                     claimed: false,
                     created: false,
+                    pending: false,
                 });
             };
             let period: Option<String> = row.get("period_start")?;
+            let (used, grants_used): (i64, i64) = (row.get("used")?, row.get("grants_used")?);
             let value = |name: &str| match name {
                 "period" => Some(period.clone().into()),
+                "used" => Some(used.into()),
+                "grants_used" => Some(grants_used.into()),
                 name => value(name),
             };
             session.execute(&ledger.bind(value)?).await?;
@@ -560,9 +617,14 @@ async fn run(
             if binding.spend.credit_type.meter.is_some() {
                 session.execute(&outbox.bind(value)?).await?;
             }
+            let pending = !session
+                .query(&pending.bind(value)?, &Shape::default())
+                .await?
+                .is_empty();
             Ok(Ran {
                 claimed: false,
                 created: true,
+                pending,
             })
         }
     }
@@ -617,6 +679,8 @@ async fn beyond_allowance(
     }
     grants::draw(session, &allocation, &value).await?;
     session.execute(&slow.ledger.bind(value)?).await?;
+    // Paid beyond the allowance: past most thresholds, so its alerts are always looked at.
+    alerts::reconcile(session, spend.tenant_id, &spend.credit_type.feature, now).await?;
     // Only the allowance's part is metered usage: grants were paid for (or given) already.
     if spend.credit_type.meter.is_some() && allocation.allowance > 0 {
         let statement = slow.outbox.bind(|name| match name {
@@ -749,7 +813,8 @@ mod tests {
                 ledger,
                 paid,
                 outbox,
-            } => [Some(spend), Some(ledger), paid, Some(outbox)]
+                pending,
+            } => [Some(spend), Some(ledger), paid, Some(outbox), Some(pending)]
                 .iter()
                 .flatten()
                 .map(readable)

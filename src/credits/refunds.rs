@@ -22,7 +22,7 @@ use entity::{
 use sea_orm::{ColumnType, DatabaseBackend, prelude::*};
 
 use super::{
-    Actor, Period, balance,
+    Actor, Period, alerts, balance,
     grants::{self, BURN_ORDER_SQL},
     limit::plan_sql,
     usage_events,
@@ -139,7 +139,7 @@ pub async fn refund(
         let refunded = give_back(&mut session, actor, &request, refund_id, now).await?;
         let credit = &refunded.credit;
         let balance =
-            balance::balance_in(&mut session, credit.tenant_id, &credit.feature, now).await?;
+            balance::balance(&mut session, credit.tenant_id, &credit.feature, now).await?;
         let buckets: Vec<serde_json::Value> = refunded
             .returned
             .iter()
@@ -160,7 +160,8 @@ pub async fn refund(
                 &balance,
             ),
         };
-        webhooks::events::record_in(&mut session, &event, now).await?;
+        webhooks::events::record(&mut session, &event, now).await?;
+        alerts::reconcile(&mut session, credit.tenant_id, &credit.feature, now).await?;
         Ok(refunded)
     }
     .await;
@@ -225,7 +226,9 @@ pub async fn give_back_within(
         reason: Some(reason.to_owned()),
         idempotency_key: String::new(),
     };
-    give_back(session, actor, &request, Uuid::now_v7(), now).await
+    let refunded = give_back(session, actor, &request, Uuid::now_v7(), now).await?;
+    alerts::reconcile(session, tenant_id, &refunded.credit.feature, now).await?;
+    Ok(refunded)
 }
 
 /// One bucket of a spend: what it paid and what was refunded to it so far.
@@ -352,17 +355,25 @@ async fn give_back(
         .filter(|r| r.grant_id.is_none())
         .map(|r| r.amount)
         .sum();
-    if allowance > 0 {
+    let granted: i64 = returned
+        .iter()
+        .filter(|r| r.grant_id.is_some())
+        .map(|r| r.amount)
+        .sum();
+    if allowance > 0 || granted > 0 {
         static COUNTER: PerBackend = PerBackend::new(|_| {
-            "UPDATE credit_usage SET used = used - :amount WHERE tenant_id = :tenant \
-             AND feature = :feature AND period_start = :period"
+            "UPDATE credit_usage SET used = used - :amount, grants_used = grants_used - :granted \
+             WHERE tenant_id = :tenant AND feature = :feature AND period_start = :period"
                 .to_owned()
         });
         let statement = COUNTER.get(backend).bind(|name| match name {
             "amount" => Some(allowance.into()),
+            "granted" => Some(granted.into()),
             name => value(name),
         })?;
         session.execute(&statement).await?;
+    }
+    if allowance > 0 {
         usage_events::refund(session, tenant_id, spend.id, allowance, now).await?;
     }
     for r in &returned {

@@ -13,13 +13,21 @@
 //! batch costs BEGIN and COMMIT once for all its spends (DESIGN.md, "Performance
 //! architecture").
 
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
 use sea_orm::DbErr;
 use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
 
-use super::guard::{self, Spend, Spent, Statements};
+use super::{
+    alerts,
+    guard::{self, Spend, Spent, Statements},
+};
 use crate::{
+    cache::Bounded,
     db::{self, Database, Session},
-    error::AppError,
+    error::{AppError, Shortfall},
     live::{Change, Changes},
     metrics::Metrics,
 };
@@ -28,6 +36,8 @@ use crate::{
 const ATTEMPTS: u32 = 5;
 
 type Reply = oneshot::Sender<Result<Spent, AppError>>;
+/// A tenant's feature's period, by when it ends.
+type Period = (Uuid, String, Option<DateTime<Utc>>);
 type Job = (Spend, Reply);
 
 /// A handle to the process's guard writer.
@@ -36,6 +46,10 @@ pub struct Writer {
     jobs: mpsc::Sender<Job>,
     metrics: Metrics,
     changes: Changes,
+    db: Database,
+    /// The periods whose first refusal this process recorded (`alerts::limit_reached`): later
+    /// refusals in them write nothing.
+    refused: Arc<Bounded<Period, (), 65_536>>,
 }
 
 impl Writer {
@@ -51,7 +65,7 @@ impl Writer {
         let (jobs, queue) = mpsc::channel(4 * max_batch);
         let session = db.session().await?;
         let running = Running {
-            db,
+            db: db.clone(),
             session,
             statements,
         };
@@ -71,6 +85,8 @@ impl Writer {
             jobs,
             metrics,
             changes,
+            db,
+            refused: Arc::default(),
         })
     }
 
@@ -78,20 +94,57 @@ impl Writer {
     pub async fn submit(&self, spend: Spend) -> Result<Spent, AppError> {
         // What the credits metric needs, taken before the spend is handed over.
         let (credit_type, amount) = (spend.credit_type.value.clone(), spend.credit_type.amount);
-        let tenant_id = spend.tenant_id;
+        let (tenant_id, at) = (spend.tenant_id, spend.at);
         let (reply, answer) = oneshot::channel();
         let stopped = || AppError::Internal(anyhow::anyhow!("the guard writer has stopped"));
         self.jobs
             .send((spend, reply))
             .await
             .map_err(|_| stopped())?;
-        let spent = answer.await.map_err(|_| stopped())??;
+        let spent = match answer.await.map_err(|_| stopped())? {
+            Err(AppError::InsufficientCredits(shortfall)) => {
+                self.limit_reached(tenant_id, &shortfall, at).await;
+                return Err(AppError::InsufficientCredits(shortfall));
+            }
+            outcome => outcome?,
+        };
         if let Spent::Charged { .. } = spent {
             self.metrics.credits(&credit_type, amount);
             // Committed: the tenant's subscribers read their balance again.
             self.changes.publish(Change::Tenant(tenant_id));
         }
         Ok(spent)
+    }
+}
+
+impl Writer {
+    /// Records a refusal as the period's `credits.limit_reached`, in a short transaction of
+    /// its own, unless this process did for the period already (a tenant hammering an empty
+    /// balance costs one write per period, not one per refusal). A failure is logged and
+    /// tried again at the next refusal; the refusal stands either way.
+    async fn limit_reached(&self, tenant_id: Uuid, shortfall: &Shortfall, at: DateTime<Utc>) {
+        let seen = (tenant_id, shortfall.feature.clone(), shortfall.resets_at);
+        if self.refused.get(&seen).is_some() {
+            return;
+        }
+        let outcome = async {
+            let txn = self.db.begin_write().await?;
+            alerts::limit_reached(
+                &mut &txn,
+                tenant_id,
+                &shortfall.feature,
+                &shortfall.credit_type,
+                shortfall.required,
+                at,
+            )
+            .await?;
+            txn.commit().await
+        }
+        .await;
+        match outcome {
+            Ok(()) => self.refused.insert(seen, ()),
+            Err(e) => tracing::warn!(error.cause = %e, "cannot record credits.limit_reached"),
+        }
     }
 }
 

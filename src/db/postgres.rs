@@ -39,7 +39,7 @@ pub(super) fn bound(statement: &Statement) -> sqlx::query::Query<'_, sqlx::Postg
 /// sqlx's rows as ours.
 pub(super) fn rows_of(rows: Vec<sqlx::postgres::PgRow>) -> Vec<Row> {
     rows.into_iter()
-        .map(|row| Row::Postgres(QueryResult::from(row)))
+        .map(|row| Row::Driver(QueryResult::from(row)))
         .collect()
 }
 

@@ -20,11 +20,12 @@ use crate::{
         types::{
             ApiKey, ApiKeyCreated, ApiScopeGql, AuthPayload, BillingPortalSession, CheckoutSession,
             ConsumeCreditsInput, CreateProjectInput, CreateTaskInput, CreateTenantInput,
-            CreateWebhookEndpointInput, CreditGrant, CreditGrantCreated, CreditRefund,
-            CreditReservation, CreditSpend, GrantCreditsInput, Invitation, InvitationCreated,
-            Member, Membership, Project, RefundCreditInput, ReserveCreditsInput, Role, SignUpInput,
-            Task, Tenant, UpdateWebhookEndpointInput, WebhookDelivery, WebhookEndpoint,
-            WebhookEndpointCreated, WebhookSecretRotated, parse_id,
+            CreateWebhookEndpointInput, CreditAlertRuleInput, CreditAlertRules, CreditGrant,
+            CreditGrantCreated, CreditRefund, CreditReservation, CreditSpend, GrantCreditsInput,
+            Invitation, InvitationCreated, Member, Membership, Project, RefundCreditInput,
+            ReserveCreditsInput, Role, SignUpInput, Task, Tenant, UpdateWebhookEndpointInput,
+            WebhookDelivery, WebhookEndpoint, WebhookEndpointCreated, WebhookSecretRotated,
+            parse_id,
         },
         viewer, webhook_caller,
     },
@@ -67,6 +68,21 @@ fn changed(ctx: &Context<'_>, tenant_id: uuid::Uuid) {
 
 /// One sign-in or sign-up attempt from the request's address: `RATE_LIMITED` past
 /// `rate_limit.auth_per_minute`.
+async fn set_alert_rules(
+    ctx: &Context<'_>,
+    tenant_id: uuid::Uuid,
+    feature: &str,
+    rules: Option<Vec<crate::credits::alerts::Rule>>,
+) -> async_graphql::Result<CreditAlertRules> {
+    let state = state(ctx)?;
+    let now = state.clock.now();
+    let set =
+        crate::credits::alerts::set_rules(&state.db, viewer(ctx), tenant_id, feature, rules, now)
+            .await
+            .extend()?;
+    Ok(set.into())
+}
+
 fn auth_attempt(ctx: &Context<'_>, state: &crate::state::AppState) -> Result<(), AppError> {
     match ctx.data_opt::<ClientAddress>() {
         Some(address) => state.limits.check_auth(address.0),
@@ -623,6 +639,33 @@ impl Mutation {
         let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
         let url = billing::portal(&state(ctx)?.billing(), viewer(ctx), tenant_id).await;
         Ok(BillingPortalSession { url: url.extend()? })
+    }
+
+    /// Sets a tenant's own alert rules for a feature, replacing the platform's defaults (an
+    /// empty list: no threshold alerts; `credits.depleted` and `credits.limit_reached` are
+    /// sent whatever the rules). Its OWNER or ADMIN, or a key with `WEBHOOKS_WRITE`. Rules
+    /// that already hold fire at once; alerts whose rule is gone resolve.
+    async fn set_credit_alert_rules(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: ID,
+        #[graphql(default = "credits")] feature: String,
+        rules: Vec<CreditAlertRuleInput>,
+    ) -> async_graphql::Result<CreditAlertRules> {
+        let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
+        let rules = rules.into_iter().map(Into::into).collect();
+        set_alert_rules(ctx, tenant_id, &feature, Some(rules)).await
+    }
+
+    /// Puts a tenant's feature back on the platform's default alert rules.
+    async fn reset_credit_alert_rules(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: ID,
+        #[graphql(default = "credits")] feature: String,
+    ) -> async_graphql::Result<CreditAlertRules> {
+        let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
+        set_alert_rules(ctx, tenant_id, &feature, None).await
     }
 
     /// A webhook endpoint: the tenant's events (its OWNER or ADMIN, or a key with

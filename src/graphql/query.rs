@@ -11,11 +11,11 @@ use crate::{
     graphql::{
         state,
         types::{
-            ApiKey, Credit, CreditCheck, CreditConnection, CreditHistoryFilter, CreditPack,
-            CreditReservation, CreditType, Invitation, Member, Plan, PlanFeatureUsage, Project,
-            Task, Tenant, UsageBasedUnit, UsageReport, UsageReportConnection, User,
-            WebhookDelivery, WebhookDeliveryConnection, WebhookEndpoint, encode_cursor, page,
-            page_complexity, parse_id, tenant_ref,
+            ApiKey, Credit, CreditAlert, CreditAlertRules, CreditCheck, CreditConnection,
+            CreditHistoryFilter, CreditPack, CreditReservation, CreditType, Invitation, Member,
+            Plan, PlanFeatureUsage, Project, Task, Tenant, UsageBasedUnit, UsageReport,
+            UsageReportConnection, User, WebhookDelivery, WebhookDeliveryConnection,
+            WebhookEndpoint, encode_cursor, page, page_complexity, parse_id, tenant_ref,
         },
         viewer, webhook_caller,
     },
@@ -268,6 +268,47 @@ impl Query {
             .map(|row| (encode_cursor(row.id), UsageReport::from(row)))
             .collect();
         Ok(UsageReportConnection::new(rows, after.is_some(), more))
+    }
+
+    /// The alert rules that apply to a tenant's feature: its own, or the platform's defaults.
+    /// Members, or a key with `CREDITS_READ`.
+    async fn credit_alert_rules(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: ID,
+        #[graphql(default = "credits")] feature: String,
+    ) -> async_graphql::Result<CreditAlertRules> {
+        let state = state(ctx)?;
+        let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
+        let rules = credits::alerts::rules(&state.db, viewer(ctx), tenant_id, &feature)
+            .await
+            .extend()?;
+        Ok(rules.into())
+    }
+
+    /// The alerts that fired for a tenant's feature in a period (default: the period that
+    /// counts now), in the order they first fired. Members, or a key with `CREDITS_READ`.
+    async fn credit_alerts(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: ID,
+        #[graphql(default = "credits")] feature: String,
+        period_start: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> async_graphql::Result<Vec<CreditAlert>> {
+        let state = state(ctx)?;
+        let tenant_id = parse_id(&tenant_id, "tenantId").extend()?;
+        let now = state.clock.now();
+        let alerts = credits::alerts::alerts(
+            &state.db,
+            viewer(ctx),
+            tenant_id,
+            &feature,
+            period_start,
+            now,
+        )
+        .await
+        .extend()?;
+        Ok(alerts.into_iter().map(Into::into).collect())
     }
 
     /// A tenant's webhook endpoints, or — without `tenantId` — the platform's (every

@@ -8,6 +8,7 @@ use uuid::Uuid;
 use crate::error::AppError;
 
 mod accounts;
+mod alerts;
 mod billing;
 mod catalog;
 mod grants;
@@ -19,6 +20,7 @@ mod teams;
 mod webhooks;
 
 pub use accounts::*;
+pub use alerts::*;
 pub use billing::*;
 pub use catalog::*;
 pub use grants::*;

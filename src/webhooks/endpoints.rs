@@ -260,7 +260,7 @@ impl Caller<'_> {
             data: json!({ "endpointId": endpoint.id, "tenantId": endpoint.tenant_id }),
         };
         let txn = self.db.write.begin().await?;
-        let event_id = events::record_dispatched(&txn, &event, now).await?;
+        let event_id = events::record_dispatched(&mut &txn, &event, now).await?;
         let tenant = endpoint.tenant_id.unwrap_or(Uuid::nil());
         let delivery = new_delivery(&endpoint, tenant, event_id, now)
             .insert(&txn)

@@ -3,11 +3,11 @@
 //! `{"type", "timestamp", "data"}`.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use sea_orm::{ColumnType, ConnectionTrait, DatabaseBackend, DbErr, Statement};
+use sea_orm::{ColumnType, DatabaseBackend, DbErr, Statement};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::db::{PerBackend, Session, Shape};
+use crate::db::{PerBackend, Shape, Tx};
 
 /// The event types an endpoint can ask for.
 pub const TYPES: &[&str] = &[
@@ -89,59 +89,32 @@ fn external_id_sql(backend: DatabaseBackend, tenant: Uuid) -> Result<Statement, 
         .bind(|name| (name == "tenant").then(|| tenant.into()))
 }
 
-/// Records `event` in the open transaction (or on its own) of `conn`; returns its id.
-pub async fn record(
-    conn: &impl ConnectionTrait,
-    event: &NewEvent,
-    now: DateTime<Utc>,
-) -> Result<Uuid, DbErr> {
-    record_as(conn, event, now, false).await
+/// Records `event` in `tx`'s open transaction; returns its id.
+pub async fn record(tx: &mut impl Tx, event: &NewEvent, now: DateTime<Utc>) -> Result<Uuid, DbErr> {
+    record_as(tx, event, now, false).await
 }
 
 /// Records `event` as already dispatched (its one delivery is made by the caller).
 pub(super) async fn record_dispatched(
-    conn: &impl ConnectionTrait,
+    tx: &mut impl Tx,
     event: &NewEvent,
     now: DateTime<Utc>,
 ) -> Result<Uuid, DbErr> {
-    record_as(conn, event, now, true).await
+    record_as(tx, event, now, true).await
 }
 
 async fn record_as(
-    conn: &impl ConnectionTrait,
+    tx: &mut impl Tx,
     event: &NewEvent,
     now: DateTime<Utc>,
     dispatched: bool,
 ) -> Result<Uuid, DbErr> {
-    let backend = conn.get_database_backend();
-    let external_id: Option<String> = match event.tenant_id {
-        Some(tenant) => match conn
-            .query_one_raw(external_id_sql(backend, tenant)?)
-            .await?
-        {
-            Some(row) => row.try_get("", "external_id")?,
-            None => None,
-        },
-        None => None,
-    };
-    let id = Uuid::now_v7();
-    let insert = event.insert(backend, id, now, dispatched, external_id.as_deref())?;
-    conn.execute_raw(insert).await?;
-    Ok(id)
-}
-
-/// `record`, in the credits writer's open transaction.
-pub async fn record_in(
-    session: &mut Session,
-    event: &NewEvent,
-    now: DateTime<Utc>,
-) -> Result<Uuid, DbErr> {
     static SHAPE: std::sync::LazyLock<Shape> =
         std::sync::LazyLock::new(|| Shape::default().with("external_id", ColumnType::Text));
-    let backend = session.backend();
+    let backend = tx.backend();
     let external_id: Option<String> = match event.tenant_id {
-        Some(tenant) => match session
-            .query(&external_id_sql(backend, tenant)?, &SHAPE)
+        Some(tenant) => match tx
+            .rows(&external_id_sql(backend, tenant)?, &SHAPE)
             .await?
             .first()
         {
@@ -151,7 +124,7 @@ pub async fn record_in(
         None => None,
     };
     let id = Uuid::now_v7();
-    let insert = event.insert(backend, id, now, false, external_id.as_deref())?;
-    session.execute(&insert).await?;
+    let insert = event.insert(backend, id, now, dispatched, external_id.as_deref())?;
+    tx.run(&insert).await?;
     Ok(id)
 }

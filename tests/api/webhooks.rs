@@ -750,3 +750,73 @@ async fn stripe_subscription_changes_and_usage_stripe_refuses_are_sent() {
         1
     );
 }
+
+#[tokio::test]
+async fn threshold_alerts_arrive_signed_with_the_balance() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app_with(|c| {
+        quick(c);
+        c.plans = vec![crate::helpers::plan(
+            "test",
+            entity::plan_feature::FeatureLimitType::Monthly,
+            10,
+        )];
+        c.default_plan = "test".into();
+    })
+    .await;
+    let (owner, tenant) = app.owner_with_tenant("alerts").await;
+    let body = app
+        .gql(
+            Some(&owner),
+            CREATE,
+            json!({ "input": { "tenantId": tenant, "url": receiver.url,
+                "eventTypes": ["credits.threshold_reached", "credits.depleted", "credits.limit_reached"] } }),
+        )
+        .await;
+    let secret = body["data"]["createWebhookEndpoint"]["secret"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{body}"))
+        .to_owned();
+    let spend = |amount: i64, key: &'static str| {
+        let (app, owner, tenant) = (&app, &owner, &tenant);
+        async move {
+            app.gql(
+                Some(owner),
+                "mutation($input: ConsumeCreditsInput!) { consumeCredits(input: $input) { replayed } }",
+                json!({ "input": { "tenantId": tenant, "amount": amount, "idempotencyKey": key } }),
+            )
+            .await
+        }
+    };
+    assert!(spend(8, "a").await["errors"].is_null());
+    let reached = event_of(&receiver, &secret, "credits.threshold_reached").await;
+    assert_eq!(reached["tenantId"], tenant);
+    assert_eq!(
+        (
+            &reached["feature"],
+            &reached["used"],
+            &reached["limit"],
+            &reached["available"]
+        ),
+        (&json!("credits"), &json!(8), &json!(10), &json!(2))
+    );
+    assert_eq!(reached["rule"]["kind"], "PERCENT_USED");
+    assert_eq!(reached["rule"]["threshold"], 80);
+    assert!(reached["periodStart"].is_string(), "{reached}");
+    assert!(spend(2, "b").await["errors"].is_null());
+    assert_eq!(
+        error_code(&spend(1, "c").await),
+        Some("INSUFFICIENT_CREDITS")
+    );
+    let depleted = event_of(&receiver, &secret, "credits.depleted").await;
+    assert_eq!(depleted["available"], 0);
+    let refused = event_of(&receiver, &secret, "credits.limit_reached").await;
+    assert_eq!(
+        (&refused["required"], &refused["used"]),
+        (&json!(1), &json!(10))
+    );
+    // 80 %, then 100 % and depleted by the second spend, then the refusal.
+    receiver.wait_for(4).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.received().len(), 4);
+}

@@ -1,0 +1,148 @@
+//! Threshold alerts: the rules a tenant is warned by, and what fired.
+
+use async_graphql::{Enum, ID, InputObject, SimpleObject};
+use chrono::{DateTime, Utc};
+
+use super::int;
+use crate::credits::alerts;
+
+/// What an alert watches.
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+#[graphql(remote = "crate::credits::alerts::AlertKind")]
+pub enum CreditAlertKind {
+    /// At least `threshold` % of what the period offers — the allowance, the grants drawn in
+    /// the period and the grants still spendable — is used.
+    PercentUsed,
+    /// Fewer than `threshold` credits are available.
+    RemainingBelow,
+    /// Nothing is available. Always watched; not a rule one sets.
+    Depleted,
+    /// A spend was refused for want of credits: the period's first refusal. Not a rule one
+    /// sets.
+    LimitReached,
+}
+
+/// Whether an alert fires now.
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum CreditAlertState {
+    /// Its rule holds (for `LIMIT_REACHED`: a spend was refused this period).
+    Active,
+    /// Its rule stopped holding (a refund, a grant, a plan change); it fires again if it holds
+    /// again in the same period.
+    Resolved,
+}
+
+/// A rule to set.
+#[derive(InputObject, Clone, Debug)]
+pub struct CreditAlertRuleInput {
+    /// `PERCENT_USED` or `REMAINING_BELOW`.
+    pub kind: CreditAlertKind,
+    /// A percentage from 1 to 100 (`PERCENT_USED`), or credits (`REMAINING_BELOW`).
+    pub threshold: i32,
+    /// Also send `credits.threshold_resolved` when it stops holding.
+    #[graphql(default = false)]
+    pub notify_resolved: bool,
+}
+
+impl From<CreditAlertRuleInput> for alerts::Rule {
+    fn from(input: CreditAlertRuleInput) -> Self {
+        alerts::Rule {
+            kind: input.kind.into(),
+            threshold: input.threshold.into(),
+            notify_resolved: input.notify_resolved,
+        }
+    }
+}
+
+/// A rule a tenant is warned by.
+#[derive(SimpleObject, Clone, Debug)]
+pub struct CreditAlertRule {
+    /// What it watches.
+    pub kind: CreditAlertKind,
+    /// A percentage (`PERCENT_USED`) or credits (`REMAINING_BELOW`).
+    pub threshold: i32,
+    /// Whether `credits.threshold_resolved` is sent when it stops holding.
+    pub notify_resolved: bool,
+}
+
+impl From<alerts::Rule> for CreditAlertRule {
+    fn from(rule: alerts::Rule) -> Self {
+        CreditAlertRule {
+            kind: rule.kind.into(),
+            threshold: int(rule.threshold),
+            notify_resolved: rule.notify_resolved,
+        }
+    }
+}
+
+/// The rules that apply to a tenant's feature.
+#[derive(SimpleObject, Clone, Debug)]
+pub struct CreditAlertRules {
+    /// The plan feature, e.g. `credits`.
+    pub feature: String,
+    /// The rules (`DEPLETED` is watched beside them).
+    pub rules: Vec<CreditAlertRule>,
+    /// Whether these are the platform's defaults (the tenant set none of its own).
+    pub is_default: bool,
+}
+
+impl From<alerts::Rules> for CreditAlertRules {
+    fn from(rules: alerts::Rules) -> Self {
+        CreditAlertRules {
+            feature: rules.feature,
+            rules: rules.rules.into_iter().map(Into::into).collect(),
+            is_default: rules.is_default,
+        }
+    }
+}
+
+/// An alert that fired in a period: once per rule and period, again only after it resolved.
+#[derive(SimpleObject, Clone, Debug)]
+pub struct CreditAlert {
+    /// The alert's id.
+    pub id: ID,
+    /// The plan feature, e.g. `credits`.
+    pub feature: String,
+    /// The period it fired in.
+    pub period_start: DateTime<Utc>,
+    /// What its rule watches.
+    pub kind: CreditAlertKind,
+    /// The rule's threshold (0 for `DEPLETED` and `LIMIT_REACHED`).
+    pub threshold: i32,
+    /// Whether it fires now.
+    pub state: CreditAlertState,
+    /// How many times it fired in the period (more than once only after resolving).
+    pub times_reached: i32,
+    /// When it last fired.
+    pub reached_at: DateTime<Utc>,
+    /// When it last resolved; null while active.
+    pub resolved_at: Option<DateTime<Utc>>,
+    /// Used of the allowance when it last fired or resolved.
+    pub used: i32,
+    /// The allowance then.
+    pub limit: Option<i32>,
+    /// Available in all then (allowance left and grants).
+    pub available: Option<i32>,
+}
+
+impl From<alerts::Alert> for CreditAlert {
+    fn from(a: alerts::Alert) -> Self {
+        CreditAlert {
+            id: ID(a.id.to_string()),
+            feature: a.feature,
+            period_start: a.period_start,
+            kind: a.rule.kind.into(),
+            threshold: int(a.rule.threshold),
+            state: match a.active {
+                true => CreditAlertState::Active,
+                false => CreditAlertState::Resolved,
+            },
+            times_reached: a.times_reached,
+            reached_at: a.reached_at,
+            resolved_at: a.resolved_at,
+            used: int(a.used),
+            limit: a.limit.map(int),
+            available: a.available.map(int),
+        }
+    }
+}
