@@ -72,6 +72,14 @@ title = "Credits"
 type = "MONTHLY"
 value = 1000
 [[plans]]
+slug = "watched"
+title = "Watched"
+[[plans.features]]
+name = "credits"
+title = "Credits"
+type = "MONTHLY"
+value = 1000000000
+[[plans]]
 slug = "granted"
 title = "Granted"
 [[plans.features]]
@@ -323,6 +331,10 @@ async fn run_database(
         .to_owned();
     let limited = tenant_with_project(&client, &base, &token, "limited").await;
     move_to_plan(url, &limited.0, "limited").await;
+    // A tenant on a plan with a limit it never nears: every spend checks the alert rules (the
+    // 80 % and 100 % defaults) and crosses none.
+    let watched = tenant_with_project(&client, &base, &token, "watched").await;
+    move_to_plan(url, &watched.0, "watched").await;
     // A tenant whose plan gives nothing: every spend is paid from a grant (the guard's slow
     // path: counter and grant locked, the grant drawn down, an allocation recorded).
     let granted = tenant_with_project(&client, &base, &token, "granted").await;
@@ -400,10 +412,16 @@ async fn run_database(
             r#"{{"query":"mutation($p: ID!, $k: String) {{ createTask(projectId: $p, input: {{title: \"bench\"}}, idempotencyKey: $k) {{ id }} }}","variables":{{"p":"{project}","k":"%KEY%"}}}}"#
         )
     };
-    let workloads: [(&str, Vec<String>, Option<&str>, Floor); 9] = [
+    let workloads: [(&str, Vec<String>, Option<&str>, Floor); 10] = [
         (
             "`createTask`, UNLIMITED plan",
             one(create_task(&unlimited.1)),
+            user,
+            Some(("healthz", health.rps)),
+        ),
+        (
+            "`createTask`, MONTHLY 10⁹ plan: alert rules checked, none crossed",
+            one(create_task(&watched.1)),
             user,
             Some(("healthz", health.rps)),
         ),
@@ -507,6 +525,23 @@ async fn run_database(
         floor: None,
     });
 
+    if label == "PostgreSQL" {
+        match fanout(
+            url,
+            &config_path,
+            &base,
+            &token,
+            &unlimited.1,
+            seconds,
+            pinned,
+        )
+        .await
+        {
+            Ok(line) => notes.push(line),
+            Err(why) => notes.push(format!("fan-out not measured: {why}")),
+        }
+    }
+
     let rss = peak_rss_mb(server.id());
     let _ = server.kill();
     let _ = server.wait();
@@ -526,6 +561,137 @@ async fn run_database(
             "BROKEN"
         }
     ));
+}
+
+/// A spend on one replica reaching a subscriber on another, under load: a second server (B)
+/// on the same database, a `graphql-ws` client (tests/browser/subscribe.mjs, node) subscribed
+/// there to a probe tenant's `creditBalance`, wrk driving `createTask` on the hot tenant
+/// through the first server (A) for `seconds`, and meanwhile a probe `createTask` for the probe
+/// tenant through A every 20 ms. Each probe's latency is from A's response to the subscriber
+/// printing a balance that includes it (a line read off node's stdout).
+async fn fanout(
+    url: &str,
+    config: &Path,
+    base: &str,
+    token: &str,
+    hot_project: &str,
+    seconds: u64,
+    pinned: bool,
+) -> Result<String, String> {
+    use tokio::io::AsyncBufReadExt;
+    let browser = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    if !browser.join("node_modules/graphql-ws").exists() {
+        return Err("tests/browser/node_modules missing (npm ci there)".into());
+    }
+    let port = free_port();
+    let _b = Stopped(start_server(url, config, port, false));
+    let b_base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    wait_ready(&client, &b_base).await;
+    let (probe_tenant, probe_project) = tenant_with_project(&client, base, token, "probe").await;
+    let mut node = tokio::process::Command::new("node")
+        .arg(browser.join("subscribe.mjs"))
+        .args([
+            format!("ws://127.0.0.1:{port}/graphql/ws"),
+            format!("Bearer {token}"),
+            "subscription($t: ID!) { creditBalance(tenantId: $t) { used } }".to_owned(),
+            json!({ "t": probe_tenant }).to_string(),
+            "1000000".to_owned(),
+        ])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("node: {e}"))?;
+    let mut lines = tokio::io::BufReader::new(node.stdout.take().expect("stdout")).lines();
+    // (used, when the subscriber printed it).
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<(i64, Instant)>();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let at = Instant::now();
+            let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if let Some(used) = value["next"]["data"]["creditBalance"]["used"].as_i64() {
+                let _ = seen_tx.send((used, at));
+            }
+        }
+    });
+    let first = tokio::time::timeout(Duration::from_secs(30), seen.recv())
+        .await
+        .map_err(|_| "no first value from the subscriber".to_owned())?
+        .ok_or("the subscriber ended")?;
+    let mut used = first.0;
+    let load = {
+        let (base, hot) = (base.to_owned(), hot_project.to_owned());
+        let body = format!(
+            r#"{{"query":"mutation {{ createTask(projectId: \"{hot}\", input: {{title: \"bench\"}}) {{ id }} }}"}}"#
+        );
+        let token = token.to_owned();
+        tokio::task::spawn_blocking(move || {
+            wrk(
+                &base,
+                "POST",
+                "/graphql",
+                &[body],
+                Some(&token),
+                seconds,
+                pinned,
+            )
+        })
+    };
+    let probe = format!(
+        "mutation {{ createTask(projectId: \"{probe_project}\", input: {{title: \"probe\"}}) {{ id }} }}"
+    );
+    let mut latencies = Vec::new();
+    let mut missed = 0;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(seconds) {
+        let answer = gql(&client, base, Some(token), &probe, json!({})).await;
+        let answered = Instant::now();
+        if !answer["errors"].is_null() {
+            return Err(format!("probe refused: {answer}"));
+        }
+        used += 1;
+        // The first value that includes this probe (values may be coalesced).
+        let arrived = loop {
+            match tokio::time::timeout(Duration::from_secs(5), seen.recv()).await {
+                Ok(Some((value, at))) if value >= used => break Some(at),
+                Ok(Some(_)) => continue,
+                _ => break None,
+            }
+        };
+        match arrived {
+            Some(at) => latencies.push(at.saturating_duration_since(answered).as_secs_f64() * 1e3),
+            None => missed += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let load = load.await.map_err(|e| format!("wrk: {e}"))?;
+    let _ = node.kill().await;
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    Ok(format!(
+        "PostgreSQL fan-out, replica A → subscriber on replica B under `createTask` load on A \
+         ({:.0} req/s): {} probes, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, {missed} not seen within 5 s",
+        load.rps,
+        latencies.len(),
+        at(0.5),
+        at(0.99),
+        latencies.last().copied().unwrap_or(f64::NAN)
+    ))
+}
+
+/// A server process stopped when dropped (on every way out).
+struct Stopped(Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn free_port() -> u16 {

@@ -24,6 +24,7 @@
 pub mod alerts;
 mod audit;
 pub mod balance;
+pub mod feed;
 pub mod grants;
 mod guard;
 mod limit;

@@ -199,8 +199,8 @@ AND NOT EXISTS (SELECT 1 FROM credit_alert_setting s WHERE s.tenant_id = :tenant
 /// A row when the change just made leaves some rule (or `DEPLETED`) holding that is not
 /// firing: then `reconcile` must run. `source` is a row source `s` of the period's counter
 /// as it now stands (`period_start`, `used`, `grants_used`); parameters: the plan's
-/// (`plan_sql`) and `:defaults`. An unlimited feature never alerts. The same arithmetic as
-/// `Rule::holds`.
+/// (`plan_sql`) and `:defaults`. An unlimited feature never alerts: its plan row is filtered
+/// out first, so nothing else is read for it. The same arithmetic as `Rule::holds`.
 pub(super) fn pending_sql(backend: DatabaseBackend, source: &str) -> String {
     let unlimited = i64::MAX;
     let available = "(CASE WHEN p.lim > s.used THEN p.lim - s.used ELSE 0 END + g.remaining)";
@@ -209,7 +209,7 @@ pub(super) fn pending_sql(backend: DatabaseBackend, source: &str) -> String {
          (SELECT CAST(COALESCE(SUM(g.remaining), 0) AS BIGINT) AS remaining FROM credit_grant g \
          WHERE g.tenant_id = :tenant AND g.feature = :feature AND {SPENDABLE_SQL}) g, \
          ({RULES_SQL} UNION ALL SELECT 'DEPLETED', 'DEPLETED', 0, FALSE) r \
-         WHERE (CASE WHEN p.lim >= {unlimited} THEN 0 \
+         WHERE p.lim < {unlimited} AND (CASE WHEN p.lim >= {unlimited} THEN 0 \
          WHEN r.kind = 'PERCENT_USED' THEN CASE WHEN (s.used + s.grants_used) * 100 >= \
          r.threshold * (p.lim + s.grants_used + g.remaining) THEN 1 ELSE 0 END \
          WHEN r.kind = 'REMAINING_BELOW' THEN CASE WHEN {available} < r.threshold THEN 1 ELSE 0 END \
@@ -268,11 +268,7 @@ fn alert_of(row: &crate::db::Row) -> Result<Alert, DbErr> {
         tenant_id: row.get("tenant_id")?,
         feature: row.get("feature")?,
         period_start: row.get("period_start")?,
-        rule: Rule {
-            kind: AlertKind::parse(&row.get::<String>("kind")?)?,
-            threshold: row.get("threshold")?,
-            notify_resolved: row.get("notify_resolved")?,
-        },
+        rule: rule_of(row)?,
         active: row.get::<String>("state")? == "ACTIVE",
         times_reached: row.get("times_reached")?,
         reached_at: row.get("reached_at")?,
@@ -618,14 +614,7 @@ async fn write_rules(
 /// key for its own tenant).
 async fn authorize_write(db: &Database, viewer: &Viewer, tenant_id: Uuid) -> Result<(), AppError> {
     match viewer.key() {
-        Some(key) => {
-            viewer.standing_id(&[ApiScope::WebhooksWrite])?;
-            if key.tenant_id.is_some_and(|t| t != tenant_id) {
-                return Err(AppError::NotFound("tenant"));
-            }
-            auth::api_keys::in_force(db, viewer).await?;
-            tenant_exists(db, tenant_id).await
-        }
+        Some(_) => key_may(db, viewer, tenant_id, ApiScope::WebhooksWrite).await,
         None => match auth::require_member(db, viewer, tenant_id).await? {
             Role::Owner | Role::Admin => Ok(()),
             Role::Member => Err(AppError::Forbidden),
@@ -633,21 +622,37 @@ async fn authorize_write(db: &Database, viewer: &Viewer, tenant_id: Uuid) -> Res
     }
 }
 
-/// Who may read a tenant's rules and alerts: a member, or a key with `CREDITS_READ`.
-async fn authorize_read(db: &Database, viewer: &Viewer, tenant_id: Uuid) -> Result<(), AppError> {
+/// Who may read a tenant's rules, alerts and events: a member, or a key with `CREDITS_READ`.
+pub(crate) async fn authorize_read(
+    db: &Database,
+    viewer: &Viewer,
+    tenant_id: Uuid,
+) -> Result<(), AppError> {
     match viewer.key() {
-        Some(key) => {
-            viewer.standing_id(&[ApiScope::CreditsRead])?;
-            if key.tenant_id.is_some_and(|t| t != tenant_id) {
-                return Err(AppError::NotFound("tenant"));
-            }
-            auth::api_keys::in_force(db, viewer).await?;
-            tenant_exists(db, tenant_id).await
-        }
+        Some(_) => key_may(db, viewer, tenant_id, ApiScope::CreditsRead).await,
         None => auth::require_member(db, viewer, tenant_id)
             .await
             .map(|_| ()),
     }
+}
+
+/// The viewer's key has `scope`, is in force, and reaches the tenant (its own, or any for a
+/// platform key); another tenant, or none, answers as if it did not exist.
+async fn key_may(
+    db: &Database,
+    viewer: &Viewer,
+    tenant_id: Uuid,
+    scope: ApiScope,
+) -> Result<(), AppError> {
+    viewer.standing_id(&[scope])?;
+    if viewer
+        .key()
+        .is_some_and(|key| key.tenant_id.is_some_and(|t| t != tenant_id))
+    {
+        return Err(AppError::NotFound("tenant"));
+    }
+    auth::api_keys::in_force(db, viewer).await?;
+    tenant_exists(db, tenant_id).await
 }
 
 async fn tenant_exists(db: &Database, tenant_id: Uuid) -> Result<(), AppError> {

@@ -129,7 +129,7 @@ impl Writer {
         }
         let outcome = async {
             let txn = self.db.begin_write().await?;
-            alerts::limit_reached(
+            let _recorded = alerts::limit_reached(
                 &mut &txn,
                 tenant_id,
                 &shortfall.feature,
@@ -142,7 +142,10 @@ impl Writer {
         }
         .await;
         match outcome {
-            Ok(()) => self.refused.insert(seen, ()),
+            Ok(()) => {
+                self.refused.insert(seen, ());
+                self.changes.publish(Change::Tenant(tenant_id));
+            }
             Err(e) => tracing::warn!(error.cause = %e, "cannot record credits.limit_reached"),
         }
     }

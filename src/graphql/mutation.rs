@@ -80,6 +80,8 @@ async fn set_alert_rules(
         crate::credits::alerts::set_rules(&state.db, viewer(ctx), tenant_id, feature, rules, now)
             .await
             .extend()?;
+    // Rules that hold fire at once: the tenant's event subscribers hear of it.
+    changed(ctx, tenant_id);
     Ok(set.into())
 }
 

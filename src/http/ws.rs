@@ -201,6 +201,9 @@ async fn init(state: &AppState, payload: &Value) -> Result<Data, (u16, String)> 
     let mut data = Data::default();
     data.insert(viewer);
     data.insert(connection);
+    // For the fields of ledger rows `creditEvents` sends (loaders without a cache: nothing
+    // goes stale over a long connection).
+    data.insert(crate::graphql::loaders::Loaders::new(state.db.read.clone()));
     Ok(data)
 }
 

@@ -577,3 +577,47 @@ async fn a_bad_default_rule_stops_start_up_naming_the_key() {
         "{rules}"
     );
 }
+
+#[tokio::test]
+async fn api_keys_read_and_set_alert_rules_by_scope_for_their_own_tenant_only() {
+    let (app, owner, tenant, _) = setup(10, Clock::default()).await;
+    let (other_owner, other) = app.owner_with_tenant("other").await;
+    let key = |token: &str, tenant: &str, scopes: &str| {
+        let (app, token, tenant) = (&app, token.to_owned(), tenant.to_owned());
+        let scopes = scopes.to_owned();
+        async move {
+            let body = app
+                .gql(
+                    Some(&token),
+                    &format!(
+                        "mutation($t: ID) {{ createApiKey(tenantId: $t, name: \"k\", scopes: [{scopes}]) {{ secret }} }}"
+                    ),
+                    json!({ "t": tenant }),
+                )
+                .await;
+            body["data"]["createApiKey"]["secret"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{body}"))
+                .to_owned()
+        }
+    };
+    let writer = key(&owner, &tenant, "WEBHOOKS_WRITE").await;
+    let reader = key(&owner, &tenant, "CREDITS_READ").await;
+    let theirs = key(&other_owner, &other, "WEBHOOKS_WRITE, CREDITS_READ").await;
+    let rules = json!([{ "kind": "REMAINING_BELOW", "threshold": 3 }]);
+    let set = set_rules(&app, &writer, &tenant, rules.clone()).await;
+    assert!(set["errors"].is_null(), "{set}");
+    let read = app.gql(Some(&reader), RULES, json!({ "t": tenant })).await;
+    assert_eq!(
+        read["data"]["creditAlertRules"]["rules"][0]["threshold"], 3,
+        "{read}"
+    );
+    assert!(app.gql(Some(&reader), ALERTS, json!({ "t": tenant })).await["errors"].is_null());
+    // The wrong scope, and another tenant's key.
+    let body = set_rules(&app, &reader, &tenant, rules.clone()).await;
+    assert_eq!(error_code(&body), Some("FORBIDDEN"), "{body}");
+    let body = set_rules(&app, &theirs, &tenant, rules).await;
+    assert_eq!(error_code(&body), Some("NOT_FOUND"), "{body}");
+    let body = app.gql(Some(&theirs), ALERTS, json!({ "t": tenant })).await;
+    assert_eq!(error_code(&body), Some("NOT_FOUND"), "{body}");
+}

@@ -1,6 +1,6 @@
 //! `creditHistory`: keyset pages, filters, and users loaded in one batch.
 
-use serde_json::json;
+use serde_json::{Value, json};
 use tollgate::credits::FeatureLimitType;
 
 use crate::helpers::{TestApp, error_code, spawn_app, spawn_app_with_plan};
@@ -167,15 +167,20 @@ async fn credit_users_are_loaded_in_one_query_for_the_whole_page() {
         "query($t: ID!) { creditHistory(tenantId: $t, first: 50) { nodes { id } } }";
     let with_users = "query($t: ID!) { creditHistory(tenantId: $t, first: 50) { nodes { id user { id email } } } }";
 
-    let before = app.database.statements();
-    app.gql(Some(&owner), without_users, json!({ "t": tenant }))
-        .await;
-    let plain = app.database.statements() - before;
-    let before = app.database.statements();
-    let body = app
-        .gql(Some(&owner), with_users, json!({ "t": tenant }))
-        .await;
-    let loaded = app.database.statements() - before;
+    // The fewest statements of three tries each: the server's background work (the webhook
+    // sender's round) may count one more now and then, never fewer.
+    let (mut plain, mut loaded, mut body) = (u64::MAX, u64::MAX, Value::Null);
+    for _ in 0..3 {
+        let before = app.database.statements();
+        app.gql(Some(&owner), without_users, json!({ "t": tenant }))
+            .await;
+        plain = plain.min(app.database.statements() - before);
+        let before = app.database.statements();
+        body = app
+            .gql(Some(&owner), with_users, json!({ "t": tenant }))
+            .await;
+        loaded = loaded.min(app.database.statements() - before);
+    }
 
     let emails: std::collections::BTreeSet<_> = body["data"]["creditHistory"]["nodes"]
         .as_array()

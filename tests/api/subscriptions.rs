@@ -3,7 +3,9 @@
 //! server, or through another replica on PostgreSQL (within a second); the legacy protocol; a
 //! bad token closed with 4401; another tenant refused; a removed member's stream ended; too
 //! many connections closed with 4429; changes still heard after the PostgreSQL listener's
-//! connection is cut.
+//! connection is cut. And the tenant's event feed (`creditEvents`): ledger and alert events in
+//! commit order with sequence numbers, resumed after an id, filtered by type, from another
+//! replica.
 
 use std::{path::Path, process::Stdio, time::Duration};
 
@@ -32,6 +34,19 @@ impl Subscriber {
         count: usize,
         legacy: bool,
     ) -> Subscriber {
+        let variables = json!({ "t": tenant });
+        Subscriber::document(server, authorization, BALANCE, variables, count, legacy).await
+    }
+
+    /// A subscription to any `document`.
+    async fn document(
+        server: &str,
+        authorization: &str,
+        document: &str,
+        variables: Value,
+        count: usize,
+        legacy: bool,
+    ) -> Subscriber {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
         tokio::task::spawn_blocking({
             let dir = dir.clone();
@@ -46,8 +61,8 @@ impl Subscriber {
             .args([
                 url,
                 authorization.to_owned(),
-                BALANCE.to_owned(),
-                json!({ "t": tenant }).to_string(),
+                document.to_owned(),
+                variables.to_string(),
                 count.to_string(),
             ])
             .stdout(Stdio::piped())
@@ -270,4 +285,158 @@ async fn after_the_change_listener_loses_its_connection_subscribers_still_hear_o
     // (A read-again that finds nothing new sends nothing: the next value is the change.)
     let seen = live.balance(Duration::from_secs(5)).await;
     assert_eq!(seen["used"], 2, "{seen}");
+}
+
+const EVENTS: &str = "subscription($t: ID!, $after: ID, $types: [CreditEventType!]) { \
+    creditEvents(tenantId: $t, after: $after, types: $types) { sequence id type at feature \
+    credit { id amount kind } data } }";
+
+const CONSUME: &str = "mutation($input: ConsumeCreditsInput!) { consumeCredits(input: $input) { \
+    credit { id } } }";
+
+/// A spend of `amount` through `server`: its ledger row's id (or the error's code).
+async fn consume(
+    app: &crate::helpers::TestApp,
+    server: &str,
+    token: &str,
+    tenant: &str,
+    amount: i64,
+    key: &str,
+) -> Result<String, String> {
+    let input = json!({ "tenantId": tenant, "amount": amount, "idempotencyKey": key });
+    let body = app
+        .gql_at(server, token, CONSUME, json!({ "input": input }))
+        .await
+        .expect("answered");
+    match body["data"]["consumeCredits"]["credit"]["id"].as_str() {
+        Some(id) => Ok(id.to_owned()),
+        None => Err(crate::helpers::error_code(&body).unwrap_or("?").to_owned()),
+    }
+}
+
+impl Subscriber {
+    /// The next `creditEvents` event whose id is not in `skip`.
+    async fn event(&mut self, within: Duration, skip: &[&str]) -> Value {
+        loop {
+            let next = self.next(within).await;
+            let event = &next["next"]["data"]["creditEvents"];
+            assert!(event.is_object(), "an event: {next}");
+            if !skip.contains(&event["id"].as_str().unwrap()) {
+                return event.clone();
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn credit_events_arrive_in_commit_order_with_sequence_numbers() {
+    let app = spawn_app_with(|_| {}).await;
+    let (owner, tenant) = app.owner_with_tenant("feed").await;
+    let first = consume(&app, &app.address, &owner, &tenant, 1, "a")
+        .await
+        .unwrap();
+    // Resumed after the first spend: what follows it, nothing missed (the first may come
+    // again, as the few seconds before a cursor are sent again).
+    let vars = json!({ "t": tenant, "after": first });
+    let mut feed =
+        Subscriber::document(&app.address, &bearer(&owner), EVENTS, vars, 10, false).await;
+    let limits = json!({ "t": tenant, "after": first, "types": ["LIMIT_REACHED"] });
+    let mut refusals =
+        Subscriber::document(&app.address, &bearer(&owner), EVENTS, limits, 10, false).await;
+    let seven = consume(&app, &app.address, &owner, &tenant, 7, "b")
+        .await
+        .unwrap();
+    let two = consume(&app, &app.address, &owner, &tenant, 2, "c")
+        .await
+        .unwrap();
+    assert_eq!(
+        consume(&app, &app.address, &owner, &tenant, 1, "d").await,
+        Err("INSUFFICIENT_CREDITS".into())
+    );
+    let mut events = Vec::new();
+    for _ in 0..6 {
+        events.push(feed.event(START, &[&first]).await);
+    }
+    let seen: Vec<(&str, Option<&str>)> = events
+        .iter()
+        .map(|e| (e["type"].as_str().unwrap(), e["credit"]["id"].as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("SPEND", Some(seven.as_str())),
+            ("THRESHOLD_REACHED", None),
+            ("SPEND", Some(two.as_str())),
+            ("THRESHOLD_REACHED", None),
+            ("DEPLETED", None),
+            ("LIMIT_REACHED", None),
+        ],
+        "{events:?}"
+    );
+    // Numbered without a gap, in id (commit) order.
+    let sequences: Vec<i64> = events
+        .iter()
+        .map(|e| e["sequence"].as_i64().unwrap())
+        .collect();
+    assert!(
+        sequences.windows(2).all(|w| w[1] == w[0] + 1),
+        "{sequences:?}"
+    );
+    assert!(
+        events
+            .windows(2)
+            .all(|w| w[0]["id"].as_str() < w[1]["id"].as_str())
+    );
+    assert_eq!(
+        (
+            &events[1]["data"]["rule"]["threshold"],
+            &events[1]["data"]["used"]
+        ),
+        (&json!(80), &json!(8))
+    );
+    assert_eq!(events[0]["credit"]["amount"], 7);
+    assert_eq!(events[4]["feature"], "credits");
+    // Only what was asked for, numbered on its own.
+    let refused = refusals.event(START, &[]).await;
+    assert_eq!(
+        (&refused["type"], &refused["sequence"]),
+        (&json!("LIMIT_REACHED"), &json!(1))
+    );
+    // Another tenant's feed is refused.
+    let (stranger, _) = app.owner_with_tenant("stranger").await;
+    let vars = json!({ "t": tenant });
+    let mut theirs =
+        Subscriber::document(&app.address, &bearer(&stranger), EVENTS, vars, 1, false).await;
+    let refused = theirs.next(START).await;
+    assert_eq!(
+        refused["next"]["errors"][0]["extensions"]["code"], "FORBIDDEN",
+        "{refused}"
+    );
+}
+
+#[tokio::test]
+async fn credit_events_from_another_replica_arrive_within_a_second() {
+    let app = spawn_app_with(|_| {}).await;
+    if !app.is_postgres() {
+        return;
+    }
+    let (owner, tenant) = app.owner_with_tenant("far").await;
+    let first = consume(&app, &app.address, &owner, &tenant, 1, "a")
+        .await
+        .unwrap();
+    let other = app.start_server(&app.replica_env(10)).await;
+    let vars = json!({ "t": tenant, "after": first });
+    let mut feed =
+        Subscriber::document(&app.address, &bearer(&owner), EVENTS, vars, 10, false).await;
+    // The resumed start: the first spend again.
+    assert_eq!(feed.event(START, &[]).await["credit"]["id"], first.as_str());
+    let there = consume(&app, &other.url, &owner, &tenant, 2, "b")
+        .await
+        .unwrap();
+    let event = feed.event(SECOND, &[]).await;
+    assert_eq!(
+        (&event["type"], &event["credit"]["id"]),
+        (&json!("SPEND"), &json!(there))
+    );
+    assert_eq!(event["sequence"], 2);
 }

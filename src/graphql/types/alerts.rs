@@ -146,3 +146,73 @@ impl From<alerts::Alert> for CreditAlert {
         }
     }
 }
+
+/// What a `creditEvents` event is.
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum CreditEventType {
+    /// Credits spent (`credit` is the ledger row).
+    Spend,
+    /// A spend given back.
+    Refund,
+    /// Credits granted beyond the plan.
+    Grant,
+    /// A grant expired: what it held is forfeited.
+    Expiry,
+    /// A grant voided: what it held is taken back.
+    Void,
+    /// An alert rule started to hold (`data` is the `credits.threshold_reached` webhook's).
+    ThresholdReached,
+    /// An alert rule with `notifyResolved` stopped holding.
+    ThresholdResolved,
+    /// Nothing is available any more.
+    Depleted,
+    /// The period's first spend refused for want of credits.
+    LimitReached,
+}
+
+impl CreditEventType {
+    /// The type of an alert event, by its webhook type.
+    pub fn of_alert(kind: &str) -> Option<Self> {
+        Some(match kind {
+            "credits.threshold_reached" => CreditEventType::ThresholdReached,
+            "credits.threshold_resolved" => CreditEventType::ThresholdResolved,
+            "credits.depleted" => CreditEventType::Depleted,
+            "credits.limit_reached" => CreditEventType::LimitReached,
+            _ => return None,
+        })
+    }
+
+    /// The type of a ledger row, by its movement.
+    pub fn of_movement(movement: &entity::credit::Movement) -> Self {
+        use entity::credit::Movement;
+        match movement {
+            Movement::Spend => CreditEventType::Spend,
+            Movement::Refund => CreditEventType::Refund,
+            Movement::Grant => CreditEventType::Grant,
+            Movement::Expiry => CreditEventType::Expiry,
+            Movement::Void => CreditEventType::Void,
+        }
+    }
+}
+
+/// One of a tenant's credit events, live.
+#[derive(SimpleObject, Clone, Debug)]
+pub struct CreditEvent {
+    /// 1, 2, 3, … within this subscription, in the order the events committed: a number
+    /// skipped is an event missed.
+    pub sequence: i32,
+    /// The ledger row's or the alert event's id (UUIDv7: time-ordered; resume after it with
+    /// `creditEvents(after:)`).
+    pub id: ID,
+    /// What happened.
+    #[graphql(name = "type")]
+    pub kind: CreditEventType,
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// The plan feature, e.g. `credits`.
+    pub feature: Option<String>,
+    /// The ledger row, for ledger events.
+    pub credit: Option<super::Credit>,
+    /// What the alert's webhook carries (`rule`, the balance), for alert events.
+    pub data: Option<async_graphql::Json<serde_json::Value>>,
+}
