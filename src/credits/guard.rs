@@ -191,6 +191,8 @@ struct Slow {
     paid: Option<Sql>,
     ledger: Sql,
     outbox: Sql,
+    /// Whether an alert is pending, from the counter row as the spend left it.
+    pending: Sql,
 }
 
 /// Every guard statement this process can run, built once at start-up: per paid table, and
@@ -369,6 +371,20 @@ fn slow(backend: DatabaseBackend, paid: Option<&PaidTable>) -> Slow {
         }),
         ledger: Sql::new(backend, &ledger_sql(&period)),
         outbox: Sql::new(backend, &usage_events::spend_event_sql("1 = 1")),
+        pending: Sql::new(
+            backend,
+            &format!(
+                "{} LIMIT 1",
+                alerts::pending_sql(
+                    backend,
+                    &format!(
+                        "(SELECT u.period_start, u.used, u.grants_used FROM credit_usage u \
+                         WHERE u.tenant_id = :tenant AND u.feature = :feature \
+                         AND u.period_start = {period}) s"
+                    )
+                )
+            ),
+        ),
     }
 }
 
@@ -679,8 +695,13 @@ async fn beyond_allowance(
     }
     grants::draw(session, &allocation, &value).await?;
     session.execute(&slow.ledger.bind(value)?).await?;
-    // Paid beyond the allowance: past most thresholds, so its alerts are always looked at.
-    alerts::reconcile(session, spend.tenant_id, &spend.credit_type.feature, now).await?;
+    let pending = !session
+        .query(&slow.pending.bind(value)?, &Shape::default())
+        .await?
+        .is_empty();
+    if pending {
+        alerts::reconcile(session, spend.tenant_id, &spend.credit_type.feature, now).await?;
+    }
     // Only the allowance's part is metered usage: grants were paid for (or given) already.
     if spend.credit_type.meter.is_some() && allocation.allowance > 0 {
         let statement = slow.outbox.bind(|name| match name {
