@@ -275,6 +275,7 @@ async fn seed_other_tenants(db: &DatabaseConnection) {
             period_start: Set(month_start()),
             used: Set(ROWS_PER_OTHER_TENANT as i64),
             grants_used: Set(0),
+            alert_at: Set(None),
         }))
         .exec_without_returning(&txn)
         .await
@@ -315,6 +316,7 @@ async fn seed_ledger(db: &DatabaseConnection, tenant: Uuid, from: usize, to: usi
         period_start: Set(month_start()),
         used: Set(to as i64),
         grants_used: Set(0),
+        alert_at: Set(None),
     };
     credit_usage::Entity::delete_many()
         .filter(credit_usage::Column::TenantId.eq(tenant))

@@ -14,6 +14,9 @@ pub struct Model {
     pub used: i64,
     /// What grants paid in the period (the allowance's part is `used`).
     pub grants_used: i64,
+    /// The consumption (`used + grants_used`) at which the next alert rule would start to
+    /// hold; null: not known yet (a spend then looks at its alerts).
+    pub alert_at: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -3,7 +3,10 @@
 //! default rules from config apply), and what fired (`credit_alert`): one row per tenant,
 //! feature, period and rule key, its unique key what makes an alert fire once however many
 //! replicas race to it. `credit_usage.grants_used` counts what grants paid in the period, so
-//! that "percent used" is of the allowance plus the grants.
+//! that "percent used" is of the allowance plus the grants; `credit_usage.alert_at` is the
+//! consumption (`used + grants_used`) at which the next rule would start to hold (null: not
+//! known yet), so that a spend finds out whether to look at its alerts from the counter row
+//! it updates anyway.
 
 use sea_orm_migration::{prelude::*, schema::*};
 
@@ -20,14 +23,20 @@ pub struct Migration;
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(CreditUsage::Table)
-                    .add_column(big_integer(CreditUsage::GrantsUsed).default(0))
-                    .to_owned(),
-            )
-            .await?;
+        // SQLite alters one column per statement.
+        for mut column in [
+            big_integer(CreditUsage::GrantsUsed).default(0).to_owned(),
+            big_integer_null(CreditUsage::AlertAt),
+        ] {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(CreditUsage::Table)
+                        .add_column(&mut column)
+                        .to_owned(),
+                )
+                .await?;
+        }
         // What grants paid in each period so far, from the ledger: spends less refunds.
         manager
             .get_connection()
@@ -112,14 +121,17 @@ impl MigrationTrait for Migration {
                 .drop_table(Table::drop().table(table).to_owned())
                 .await?;
         }
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(CreditUsage::Table)
-                    .drop_column(CreditUsage::GrantsUsed)
-                    .to_owned(),
-            )
-            .await
+        for column in [CreditUsage::AlertAt, CreditUsage::GrantsUsed] {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(CreditUsage::Table)
+                        .drop_column(column)
+                        .to_owned(),
+                )
+                .await?;
+        }
+        Ok(())
     }
 }
 
@@ -127,6 +139,7 @@ impl MigrationTrait for Migration {
 enum CreditUsage {
     Table,
     GrantsUsed,
+    AlertAt,
 }
 
 #[derive(DeriveIden)]

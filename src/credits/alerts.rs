@@ -10,9 +10,11 @@
 //! again if its rule holds again, and a new period starts with no rows, so every rule re-arms.
 //! The row and its webhook event are written in the transaction of the change that made them.
 //!
-//! A spend checks its rules in its own statement (`pending_sql`, part of the guard's): only a
-//! spend that makes a rule hold that is not already firing runs `reconcile`, inside the same
-//! transaction. Every other change of a balance runs `reconcile` itself.
+//! A spend reads nothing to check its rules: `reconcile` keeps on the period's counter row the
+//! consumption at which the next rule would start to hold (`alert_at`, see `next_alert_at`),
+//! and the guard's counter upsert returns it. Only a spend that reaches it (or finds it unknown:
+//! a new period, new rules) runs `reconcile`, inside the same transaction. Every other change of
+//! a balance runs `reconcile` itself.
 //!
 //! The tenant's own rules replace the platform's (config `alerts.default_rules`, kept under the
 //! nil tenant and feature `*` by `sync_defaults` at start-up) once the tenant has set any —
@@ -22,14 +24,13 @@ use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use entity::tenant_user::Role;
-use sea_orm::{ColumnType, DatabaseBackend, DbErr, prelude::*};
+use sea_orm::{ColumnType, DbErr, prelude::*};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{
     Period,
     balance::{self, Balance},
-    grants::SPENDABLE_SQL,
     limit::plan_sql,
 };
 use crate::{
@@ -196,34 +197,49 @@ UNION ALL SELECT r.rule_key, r.kind, r.threshold, r.notify_resolved \
 FROM credit_alert_rule r WHERE r.tenant_id = :defaults AND r.feature = '*' \
 AND NOT EXISTS (SELECT 1 FROM credit_alert_setting s WHERE s.tenant_id = :tenant AND s.feature = :feature)";
 
-/// A row when the change just made leaves some rule (or `DEPLETED`) holding that is not
-/// firing: then `reconcile` must run. `source` is a row source `s` of the period's counter
-/// as it now stands (`period_start`, `used`, `grants_used`); parameters: the plan's
-/// (`plan_sql`) and `:defaults`. An unlimited feature never alerts: its plan row is filtered
-/// out first, so nothing else is read for it. The same arithmetic as `Rule::holds`.
-pub(super) fn pending_sql(backend: DatabaseBackend, source: &str) -> String {
-    let unlimited = i64::MAX;
-    let available = "(CASE WHEN p.lim > s.used THEN p.lim - s.used ELSE 0 END + g.remaining)";
-    format!(
-        "SELECT 1 AS pending FROM {source}, ({plan}) p, \
-         (SELECT CAST(COALESCE(SUM(g.remaining), 0) AS BIGINT) AS remaining FROM credit_grant g \
-         WHERE g.tenant_id = :tenant AND g.feature = :feature AND {SPENDABLE_SQL}) g, \
-         ({RULES_SQL} UNION ALL SELECT 'DEPLETED', 'DEPLETED', 0, FALSE) r \
-         WHERE p.lim < {unlimited} AND (CASE WHEN p.lim >= {unlimited} THEN 0 \
-         WHEN r.kind = 'PERCENT_USED' THEN CASE WHEN (s.used + s.grants_used) * 100 >= \
-         r.threshold * (p.lim + s.grants_used + g.remaining) THEN 1 ELSE 0 END \
-         WHEN r.kind = 'REMAINING_BELOW' THEN CASE WHEN {available} < r.threshold THEN 1 ELSE 0 END \
-         ELSE CASE WHEN {available} <= 0 THEN 1 ELSE 0 END END) = 1 \
-         AND NOT EXISTS (SELECT 1 FROM credit_alert a WHERE a.tenant_id = :tenant \
-         AND a.feature = :feature AND a.period_start = s.period_start \
-         AND a.rule_key = r.rule_key AND a.state = 'ACTIVE')",
-        plan = plan_sql(backend)
-    )
+/// Whether a spend that left its counter row at `used`, `grants_used` must look at its alerts:
+/// it reached the row's `alert_at` (the consumption at which the next rule would start to
+/// hold), or that is not known yet. In SQL, over the counter row's columns: `PENDING_SQL`.
+pub fn pending(used: i64, grants_used: i64, alert_at: Option<i64>) -> bool {
+    alert_at.is_none_or(|at| used.saturating_add(grants_used) >= at)
 }
 
-/// The value of `pending_sql`'s own parameter.
-pub(super) fn defaults_value(name: &str) -> Option<sea_orm::Value> {
-    (name == "defaults").then(|| DEFAULTS_TENANT.into())
+/// `pending`, in SQL.
+pub(super) const PENDING_SQL: &str = "alert_at IS NULL OR used + grants_used >= alert_at";
+
+/// Spends only add to the consumption (`used + grants_used`) and leave what the period offers
+/// (the allowance and the period's grants) as it is, so every rule is a threshold on the
+/// consumption until something else changes — and whatever else changes a balance runs
+/// `reconcile`, which sets this again. The consumption at which the first rule of `rules`
+/// that does not hold now would start to: `None` when none could (an unlimited feature, or
+/// every rule holds).
+fn next_alert_at(rules: &[Rule], balance: &Balance) -> Option<i64> {
+    let (Some(_), Some(limit), Some(available)) =
+        (balance.period_start, balance.limit, balance.available())
+    else {
+        return None;
+    };
+    let consumed = i128::from(balance.used) + i128::from(balance.grants_used);
+    let offered =
+        i128::from(limit) + i128::from(balance.grants_used) + i128::from(balance.grants_remaining);
+    let available = i128::from(available);
+    rules
+        .iter()
+        .filter(|rule| !rule.holds(balance))
+        .filter_map(|rule| {
+            let at = match rule.kind {
+                // consumed × 100 ≥ threshold × offered.
+                AlertKind::PercentUsed => {
+                    (i128::from(rule.threshold) * offered + 99).div_euclid(100)
+                }
+                // Each credit consumed is one less available.
+                AlertKind::RemainingBelow => consumed + available - i128::from(rule.threshold) + 1,
+                AlertKind::Depleted => consumed + available,
+                AlertKind::LimitReached => return None,
+            };
+            i64::try_from(at.max(consumed + 1)).ok()
+        })
+        .min()
 }
 
 /// An alert that fired or resolved.
@@ -385,6 +401,19 @@ pub async fn reconcile(
     let Some(period_start) = balance.period_start else {
         return Ok(changed);
     };
+    // Where the next spends must look again (all that holds fires below).
+    static ALERT_AT: PerBackend = PerBackend::new(|_| {
+        "UPDATE credit_usage SET alert_at = :at WHERE tenant_id = :tenant AND feature = :feature \
+         AND period_start = :period"
+            .to_owned()
+    });
+    let at = next_alert_at(&rules, &balance).unwrap_or(i64::MAX);
+    let statement = ALERT_AT.get(backend).bind(|name| match name {
+        "at" => Some(at.into()),
+        "period" => Some(period_start.into()),
+        name => value(name),
+    })?;
+    tx.run(&statement).await?;
     for rule in rules.iter().filter(|r| r.holds(&balance)) {
         let key = rule.key();
         let is_firing = firing
@@ -570,9 +599,35 @@ pub async fn reconcile_plan(
 }
 
 /// Keeps config's `alerts.default_rules` as the platform's rules (at start-up).
+/// When they are not the ones kept already, every counter's `alert_at` is forgotten: the next
+/// spend of each period looks at its alerts again.
 pub async fn sync_defaults(db: &Database, rules: &[Rule]) -> Result<(), DbErr> {
+    static KEPT: PerBackend = PerBackend::new(|_| {
+        "SELECT rule_key FROM credit_alert_rule WHERE tenant_id = :tenant AND feature = :feature"
+            .to_owned()
+    });
+    static FORGET: PerBackend =
+        PerBackend::new(|_| "UPDATE credit_usage SET alert_at = NULL".to_owned());
+    static SHAPE: LazyLock<Shape> =
+        LazyLock::new(|| Shape::default().with("rule_key", ColumnType::Text));
     let txn = db.begin_write().await?;
-    write_rules(&mut &txn, DEFAULTS_TENANT, ANY_FEATURE, rules, Utc::now()).await?;
+    let mut tx = &txn;
+    let now = Utc::now();
+    let value = value(DEFAULTS_TENANT, ANY_FEATURE, now);
+    let kept = tx
+        .rows(&KEPT.get(db.backend()).bind(&value)?, &SHAPE)
+        .await?;
+    let mut kept = kept
+        .iter()
+        .map(|row| row.get::<String>("rule_key"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut wanted: Vec<String> = rules.iter().map(Rule::key).collect();
+    kept.sort();
+    wanted.sort();
+    if kept != wanted {
+        tx.run(&FORGET.get(db.backend()).bind(|_| None)?).await?;
+    }
+    write_rules(&mut tx, DEFAULTS_TENANT, ANY_FEATURE, rules, now).await?;
     txn.commit().await
 }
 
@@ -860,6 +915,57 @@ mod tests {
         assert!(!DEPLETED.holds(&balance(9, 0, Some(10), 0)));
         assert!(DEPLETED.holds(&balance(10, 0, Some(10), 0)));
         assert!(!DEPLETED.holds(&balance(10, 0, Some(10), 2)));
+    }
+
+    #[test]
+    fn the_next_alert_is_at_the_consumption_where_the_first_rule_not_holding_would() {
+        let rules = [
+            rule(AlertKind::PercentUsed, 80),
+            rule(AlertKind::RemainingBelow, 3),
+            DEPLETED,
+        ];
+        // 10 offered, 2 used: 80 % at 8, fewer than 3 left at 8, depleted at 10.
+        assert_eq!(next_alert_at(&rules, &balance(2, 0, Some(10), 0)), Some(8));
+        // A grant of 10 beside: 20 offered — 80 % at 16, below 3 at 18, depleted at 20.
+        assert_eq!(
+            next_alert_at(&rules, &balance(2, 0, Some(10), 10)),
+            Some(16)
+        );
+        // Past 80 % and below 3 (those hold): depleted next.
+        assert_eq!(next_alert_at(&rules, &balance(9, 0, Some(10), 0)), Some(10));
+        // Everything holds, or nothing can: none.
+        assert_eq!(next_alert_at(&rules, &balance(10, 0, Some(10), 0)), None);
+        assert_eq!(next_alert_at(&rules, &balance(10, 0, None, 0)), None);
+        // An uneven percentage rounds up: 80 % of 7 is 5.6, so at 6.
+        assert_eq!(
+            next_alert_at(&rules[..1], &balance(0, 0, Some(7), 0)),
+            Some(6)
+        );
+        // At each threshold the rule holds, one below it does not.
+        for (used, grants) in [(2, 0), (0, 10), (5, 3)] {
+            let b = balance(used, 0, Some(10), grants);
+            let at = next_alert_at(&rules, &b).unwrap();
+            let after = balance(
+                at.min(10),
+                (at - 10).max(0),
+                Some(10),
+                grants - (at - 10).max(0),
+            );
+            let before = balance(
+                (at - 1).min(10),
+                (at - 11).max(0),
+                Some(10),
+                grants - (at - 11).max(0),
+            );
+            assert!(
+                rules.iter().any(|r| r.holds(&after)),
+                "{used} {grants} at {at}"
+            );
+            assert!(
+                !rules.iter().any(|r| r.holds(&before) && !r.holds(&b)),
+                "{used} {grants} at {at}"
+            );
+        }
     }
 
     #[test]

@@ -175,18 +175,20 @@ pub(super) async fn funds(
 }
 
 /// Takes `allocation` from the locked counter and grants for ledger row `:ledger_id`: the
-/// allowance part onto the counter (the grants' part onto its `grants_used`), each grant's part off its `remaining` (a grant spent to
+/// allowance part onto the counter (the grants' part onto its `grants_used`; whether an alert
+/// is now pending is returned, as `alerts::pending` reads the row), each grant's part off its `remaining` (a grant spent to
 /// nothing is `EXHAUSTED`) and into `credit_allocation`.
 pub(super) async fn draw(
     session: &mut Session,
     allocation: &Allocation,
     value: &(dyn Fn(&str) -> Option<sea_orm::Value> + Sync),
-) -> Result<(), AppError> {
+) -> Result<bool, AppError> {
     static COUNTER: PerBackend = PerBackend::new(|backend| {
         format!(
             "UPDATE credit_usage SET used = used + :allowance, grants_used = grants_used + :granted \
              WHERE tenant_id = :tenant AND feature = :feature \
-             AND period_start = (SELECT p.period_start FROM ({}) p)",
+             AND period_start = (SELECT p.period_start FROM ({}) p) \
+             RETURNING used, grants_used, alert_at",
             plan_sql(backend)
         )
     });
@@ -202,19 +204,29 @@ pub(super) async fn draw(
             .to_owned()
     });
     let backend = session.backend();
+    static COUNTED: LazyLock<Shape> = LazyLock::new(|| {
+        Shape::default()
+            .with("used", ColumnType::BigInteger)
+            .with("grants_used", ColumnType::BigInteger)
+            .with("alert_at", ColumnType::BigInteger)
+    });
     let granted: i64 = allocation.grants.iter().map(|(_, take)| take).sum();
-    if allocation.allowance > 0 || granted > 0 {
-        let statement = COUNTER.get(backend).bind(|name| match name {
-            "allowance" => Some(allocation.allowance.into()),
-            "granted" => Some(granted.into()),
-            name => value(name),
-        })?;
-        if session.execute(&statement).await? != 1 {
-            return Err(AppError::Internal(anyhow::anyhow!(
-                "the locked counter row was not found again"
-            )));
-        }
-    }
+    let statement = COUNTER.get(backend).bind(|name| match name {
+        "allowance" => Some(allocation.allowance.into()),
+        "granted" => Some(granted.into()),
+        name => value(name),
+    })?;
+    let rows = session.query(&statement, &COUNTED).await?;
+    let Some(counter) = rows.first() else {
+        return Err(AppError::Internal(anyhow::anyhow!(
+            "the locked counter row was not found again"
+        )));
+    };
+    let pending = alerts::pending(
+        counter.get("used")?,
+        counter.get("grants_used")?,
+        counter.get("alert_at")?,
+    );
     for (grant, take) in &allocation.grants {
         let value = |name: &str| match name {
             "grant" => Some((*grant).into()),
@@ -230,7 +242,7 @@ pub(super) async fn draw(
             .execute(&ALLOCATION.get(backend).bind(value)?)
             .await?;
     }
-    Ok(())
+    Ok(pending)
 }
 
 /// A grant to create.

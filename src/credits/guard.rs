@@ -171,14 +171,13 @@ enum GuardSql {
     Postgres { plain: Sql, keyed: Sql },
     /// Statements run one after the other on the writer's own thread (no round trip is a
     /// hand-off): the counter upsert, returning its period when it wrote its row, then —
-    /// only then — the ledger row in that period (`:period`), the paid row, for a metered
-    /// type the outbox row, and whether an alert is pending.
+    /// only then — the ledger row in that period (`:period`), the paid row and, for a metered
+    /// type, the outbox row.
     Sqlite {
         spend: Sql,
         ledger: Sql,
         paid: Option<Sql>,
         outbox: Sql,
-        pending: Sql,
     },
 }
 
@@ -191,8 +190,6 @@ struct Slow {
     paid: Option<Sql>,
     ledger: Sql,
     outbox: Sql,
-    /// Whether an alert is pending, from the counter row as the spend left it.
-    pending: Sql,
 }
 
 /// Every guard statement this process can run, built once at start-up: per paid table, and
@@ -292,17 +289,16 @@ fn build(backend: DatabaseBackend, paid: Option<&PaidTable>, metered: bool) -> G
                 false => String::new(),
             };
             let ledger = ledger_sql("spent.period_start");
-            // Whether an alert rule now holds that does not fire yet (`alerts`): read only
-            // when the spend was made.
+            // Whether the spend reached the consumption at which an alert rule may start to
+            // hold (`alerts`): read off the counter row the spend updated.
             let pending = format!(
-                ", pending AS ({} LIMIT 1)",
-                alerts::pending_sql(backend, "spent s")
+                "CAST((SELECT COUNT(*) FROM spent WHERE {}) AS BIGINT) AS pending",
+                alerts::PENDING_SQL
             );
-            let pending_count = "CAST((SELECT COUNT(*) FROM pending) AS BIGINT) AS pending";
             let plain = format!(
-                "WITH spent AS ({spend} RETURNING period_start, used, grants_used), \
-                 ledger AS ({ledger} FROM spent RETURNING id){paid}{outbox}{pending} \
-                 SELECT CAST(1 AS BIGINT) AS created, {pending_count} FROM {last}"
+                "WITH spent AS ({spend} RETURNING period_start, used, grants_used, alert_at), \
+                 ledger AS ({ledger} FROM spent RETURNING id){paid}{outbox} \
+                 SELECT CAST(1 AS BIGINT) AS created, {pending} FROM {last}"
             );
             // The same, spending only when this statement claims the key: one round trip
             // for a keyed spend too. `claimed` 1 and `created` 0 is a refusal (the claim
@@ -316,10 +312,10 @@ fn build(backend: DatabaseBackend, paid: Option<&PaidTable>, metered: bool) -> G
             );
             let keyed = format!(
                 "WITH claim AS ({} RETURNING 1), \
-                 spent AS ({keyed_spend} RETURNING period_start, used, grants_used), \
-                 ledger AS ({ledger} FROM spent RETURNING id){paid}{outbox}{pending} \
+                 spent AS ({keyed_spend} RETURNING period_start, used, grants_used, alert_at), \
+                 ledger AS ({ledger} FROM spent RETURNING id){paid}{outbox} \
                  SELECT CAST((SELECT COUNT(*) FROM claim) AS BIGINT) AS claimed, \
-                 CAST((SELECT COUNT(*) FROM {last}) AS BIGINT) AS created, {pending_count}",
+                 CAST((SELECT COUNT(*) FROM {last}) AS BIGINT) AS created, {pending}",
                 idempotency::CLAIM_SQL
             );
             GuardSql::Postgres {
@@ -330,23 +326,12 @@ fn build(backend: DatabaseBackend, paid: Option<&PaidTable>, metered: bool) -> G
         _ => GuardSql::Sqlite {
             spend: Sql::new(
                 backend,
-                &format!("{spend} RETURNING period_start, used, grants_used"),
+                &format!("{spend} RETURNING period_start, used, grants_used, alert_at"),
             ),
             ledger: Sql::new(backend, &ledger_sql(":period")),
             paid: insert
                 .map(|(into, values)| Sql::new(backend, &format!("{into} VALUES ({values})"))),
             outbox: Sql::new(backend, &usage_events::spend_event_sql("1 = 1")),
-            pending: Sql::new(
-                backend,
-                &format!(
-                    "{} LIMIT 1",
-                    alerts::pending_sql(
-                        backend,
-                        "(SELECT :period AS period_start, :used AS used, \
-                         :grants_used AS grants_used) s"
-                    )
-                ),
-            ),
         },
     }
 }
@@ -371,20 +356,6 @@ fn slow(backend: DatabaseBackend, paid: Option<&PaidTable>) -> Slow {
         }),
         ledger: Sql::new(backend, &ledger_sql(&period)),
         outbox: Sql::new(backend, &usage_events::spend_event_sql("1 = 1")),
-        pending: Sql::new(
-            backend,
-            &format!(
-                "{} LIMIT 1",
-                alerts::pending_sql(
-                    backend,
-                    &format!(
-                        "(SELECT u.period_start, u.used, u.grants_used FROM credit_usage u \
-                         WHERE u.tenant_id = :tenant AND u.feature = :feature \
-                         AND u.period_start = {period}) s"
-                    )
-                )
-            ),
-        ),
     }
 }
 
@@ -539,7 +510,6 @@ impl Binding<'_> {
             "metadata" => spend.metadata.clone().into(),
             "actor_type" => spend.actor.kind().into(),
             "actor_id" => spend.actor.id().into(),
-            "defaults" => return alerts::defaults_value(name),
             "api_key" => match spend.actor {
                 Actor::ApiKey(id) => Some(id),
                 _ => None,
@@ -604,13 +574,16 @@ async fn run(
             ledger,
             paid,
             outbox,
-            pending,
         } => {
             // The period the counter took the cost in, as its row keeps it: the plan is
             // read once per spend.
-            let rows = session
-                .query(&counter.bind(value)?, &Shape::default())
-                .await?;
+            static COUNTER: std::sync::LazyLock<Shape> = std::sync::LazyLock::new(|| {
+                Shape::default()
+                    .with("used", sea_orm::ColumnType::BigInteger)
+                    .with("grants_used", sea_orm::ColumnType::BigInteger)
+                    .with("alert_at", sea_orm::ColumnType::BigInteger)
+            });
+            let rows = session.query(&counter.bind(value)?, &COUNTER).await?;
             let Some(row) = rows.first() else {
                 return Ok(Ran {
                     claimed: false,
@@ -619,11 +592,13 @@ async fn run(
                 });
             };
             let period: Option<String> = row.get("period_start")?;
-            let (used, grants_used): (i64, i64) = (row.get("used")?, row.get("grants_used")?);
+            let pending = alerts::pending(
+                row.get("used")?,
+                row.get("grants_used")?,
+                row.get("alert_at")?,
+            );
             let value = |name: &str| match name {
                 "period" => Some(period.clone().into()),
-                "used" => Some(used.into()),
-                "grants_used" => Some(grants_used.into()),
                 name => value(name),
             };
             session.execute(&ledger.bind(value)?).await?;
@@ -633,10 +608,6 @@ async fn run(
             if binding.spend.credit_type.meter.is_some() {
                 session.execute(&outbox.bind(value)?).await?;
             }
-            let pending = !session
-                .query(&pending.bind(value)?, &Shape::default())
-                .await?
-                .is_empty();
             Ok(Ran {
                 claimed: false,
                 created: true,
@@ -693,12 +664,8 @@ async fn beyond_allowance(
         let missing = table.requires.map_or(table.table, |(_, missing)| missing);
         return Err(AppError::NotFound(missing));
     }
-    grants::draw(session, &allocation, &value).await?;
+    let pending = grants::draw(session, &allocation, &value).await?;
     session.execute(&slow.ledger.bind(value)?).await?;
-    let pending = !session
-        .query(&slow.pending.bind(value)?, &Shape::default())
-        .await?
-        .is_empty();
     if pending {
         alerts::reconcile(session, spend.tenant_id, &spend.credit_type.feature, now).await?;
     }
@@ -834,8 +801,7 @@ mod tests {
                 ledger,
                 paid,
                 outbox,
-                pending,
-            } => [Some(spend), Some(ledger), paid, Some(outbox), Some(pending)]
+            } => [Some(spend), Some(ledger), paid, Some(outbox)]
                 .iter()
                 .flatten()
                 .map(readable)
