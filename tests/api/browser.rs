@@ -1,8 +1,9 @@
 //! GraphiQL in a real browser: headless Chromium driven by playwright-core
 //! (tests/browser/graphiql.mjs) opens `/graphql` with every other host blocked, reads Query's
 //! fields in the Docs explorer, gets `creditTypes` from autocompletion, runs
-//! `{ creditTypes { value amount } }` and reads the answer GraphiQL shows. The screenshot is
-//! kept in tests/browser/artifacts/. Also graphql-js's own introspection (introspect.mjs).
+//! `{ creditTypes { value amount } }` and reads the answer GraphiQL shows; then, signed in by
+//! its Headers tab, runs a `creditBalance` subscription over `/graphql/ws` and sees the result
+//! pane change when a project is created. The screenshot is kept in tests/browser/artifacts/. Also graphql-js's own introspection (introspect.mjs).
 //! What it needs (Debian's `chromium`, the npm packages) is installed when missing.
 
 use std::{path::Path, process::Command};
@@ -40,13 +41,19 @@ pub(crate) fn ensure_browser(dir: &Path) -> String {
 #[tokio::test]
 async fn graphiql_runs_a_query_in_headless_chromium() {
     let app = spawn_app().await;
+    let (owner, tenant) = app.owner_with_tenant("browser").await;
     let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     let screenshot = artifacts.join("graphiql.png");
     let _ = std::fs::remove_file(&screenshot);
     let stdout = node(
         "graphiql.mjs",
-        vec![app.address.clone(), screenshot.display().to_string()],
+        vec![
+            app.address.clone(),
+            screenshot.display().to_string(),
+            owner,
+            tenant,
+        ],
     )
     .await;
     let shown: Value = serde_json::from_str(&stdout).expect("the script prints JSON");
@@ -90,6 +97,19 @@ async fn graphiql_runs_a_query_in_headless_chromium() {
             ("credit-project-creation".to_owned(), 2),
             ("credit-task-creation".to_owned(), 1)
         ]
+    );
+    // The live balance in GraphiQL's result pane, signed in by its Headers tab: the value,
+    // then the change a project made.
+    let live = &shown["subscription"];
+    assert_eq!(
+        live["first"]["data"]["creditBalance"],
+        serde_json::json!({ "used": 0, "remaining": 10 }),
+        "{shown}"
+    );
+    assert_eq!(
+        live["changed"]["data"]["creditBalance"],
+        serde_json::json!({ "used": 2, "remaining": 8 }),
+        "{shown}"
     );
     let png = std::fs::read(&screenshot).expect("screenshot kept");
     assert!(

@@ -1,13 +1,16 @@
 // GraphiQL in headless Chromium, as a developer meets it: open <server>/graphql with every
 // request to anywhere else blocked (the page must need nothing but the server), open the Docs
 // explorer and read Query's fields, get `creditTypes` offered by autocompletion, run a query
-// and read the answer from the result pane, keep a screenshot. Prints JSON:
-// { result, docsFields, completions, blocked, cspViolations, pageErrors }.
+// and read the answer from the result pane, keep a screenshot; then, signed in through the
+// Headers tab, run a subscription to a tenant's live balance over /graphql/ws and watch the
+// result pane change when a project is created. Prints JSON:
+// { result, docsFields, completions, subscription: { first, changed }, blocked, cspViolations,
+//   pageErrors }.
 //
-// usage: node graphiql.mjs <server url> <screenshot.png>
+// usage: node graphiql.mjs <server url> <screenshot.png> <token> <tenant id>
 import { chromium } from 'playwright-core';
 
-const [server, screenshot] = process.argv.slice(2);
+const [server, screenshot, token, tenant] = process.argv.slice(2);
 const query = '{ creditTypes { value amount } }';
 
 const browser = await chromium.launch({
@@ -64,11 +67,43 @@ try {
     { timeout: 30000 },
   );
   const shown = await page.evaluate((sel) => document.querySelector(sel).CodeMirror.getValue(), result);
+
+  // A subscription, signed in as GraphiQL's Headers tab keeps it.
+  await page.evaluate((t) => {
+    window.localStorage.setItem('graphiql:headers', JSON.stringify({ Authorization: `Bearer ${t}` }));
+  }, token);
+  await page.reload();
+  await page.waitForSelector(editor, { timeout: 30000 });
+  const subscription = `subscription { creditBalance(tenantId: "${tenant}") { used remaining } }`;
+  await page.evaluate(([sel, q]) => document.querySelector(sel).CodeMirror.setValue(q), [editor, subscription]);
+  await page.click('.graphiql-execute-button');
+  const shows = (needle) =>
+    page.waitForFunction(
+      ([sel, text]) => (document.querySelector(sel)?.CodeMirror.getValue() ?? '').includes(text),
+      [result, needle],
+      { timeout: 30000 },
+    );
+  const pane = async () =>
+    JSON.parse(await page.evaluate((sel) => document.querySelector(sel).CodeMirror.getValue(), result));
+  await shows('"used": 0');
+  const first = await pane();
+  // A change made elsewhere (a backend creating a project: 2 credits) reaches the pane.
+  const made = await fetch(`${server}/graphql`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
+    body: JSON.stringify({
+      query: `mutation { createProject(tenantId: "${tenant}", input: { name: "live" }) { id } }`,
+    }),
+  }).then((r) => r.json());
+  if (made.errors) throw new Error(JSON.stringify(made.errors));
+  await shows('"used": 2');
+  const changed = await pane();
   await page.screenshot({ path: screenshot, fullPage: true });
   console.log(JSON.stringify({
     result: JSON.parse(shown),
     docsFields,
     completions,
+    subscription: { first, changed },
     blocked,
     cspViolations,
     pageErrors,
