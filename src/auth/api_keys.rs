@@ -184,6 +184,28 @@ pub async fn in_force(db: &Database, viewer: &Viewer) -> Result<(), AppError> {
     }
 }
 
+/// The viewer's API key, when it has `scope`, reaches `tenant_id` (a tenant key its own
+/// tenant, a platform key any) and is still in force: its id; `None` when the viewer is not a
+/// key. A key without the scope is `FORBIDDEN`, a revoked one `UNAUTHENTICATED`, and another
+/// tenant's key gets `NOT_FOUND` naming `missing`, as if what it asked for did not exist.
+pub async fn reaching(
+    db: &Database,
+    viewer: &Viewer,
+    tenant_id: Uuid,
+    scope: ApiScope,
+    missing: &'static str,
+) -> Result<Option<Uuid>, AppError> {
+    let Some(key) = viewer.key() else {
+        return Ok(None);
+    };
+    viewer.standing_id(&[scope])?;
+    if key.tenant_id.is_some_and(|t| t != tenant_id) {
+        return Err(AppError::NotFound(missing));
+    }
+    in_force(db, viewer).await?;
+    Ok(Some(key.id))
+}
+
 /// Creates a key: a tenant's by its OWNER or ADMIN, a platform key only by a platform admin.
 /// A key that may grant credits (`CREDITS_GRANT`) is the platform's to give, even for one
 /// tenant: only a platform admin creates one.

@@ -29,9 +29,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{
-    Period,
     balance::{self, Balance},
     limit::plan_sql,
+    usage::feature_value,
 };
 use crate::{
     auth::{self, ApiScope, Viewer},
@@ -139,19 +139,13 @@ impl Rule {
 
     /// Whether it holds for `balance` (never for an unlimited feature or one not included).
     pub fn holds(&self, balance: &Balance) -> bool {
-        let (Some(_), Some(limit), Some(available)) =
-            (balance.period_start, balance.limit, balance.available())
-        else {
+        let (Some(offered), Some(available)) = (balance.offered(), balance.available()) else {
             return false;
         };
         match self.kind {
+            // Exactly, not by the rounded percentage: consumed × 100 ≥ threshold × offered.
             AlertKind::PercentUsed => {
-                // Exactly, as the guard's statement does: used × 100 ≥ threshold × offered.
-                let used = i128::from(balance.used) + i128::from(balance.grants_used);
-                let offered = i128::from(limit)
-                    + i128::from(balance.grants_used)
-                    + i128::from(balance.grants_remaining);
-                used * 100 >= i128::from(self.threshold) * offered
+                balance.consumed() * 100 >= i128::from(self.threshold) * offered
             }
             AlertKind::RemainingBelow => available < self.threshold,
             AlertKind::Depleted => available <= 0,
@@ -160,32 +154,41 @@ impl Rule {
     }
 }
 
+/// `rules` as one may set them: each checked, none twice (the error names `name[i]`).
+fn check_all(rules: &[Rule], name: &str) -> Result<(), String> {
+    for (i, rule) in rules.iter().enumerate() {
+        rule.check().map_err(|e| format!("{name}[{i}]: {e}"))?;
+        if rules[..i].iter().any(|r| r.key() == rule.key()) {
+            return Err(format!("{name}[{i}]: the same rule twice"));
+        }
+    }
+    Ok(())
+}
+
 /// The platform's rules, as config gives them (`alerts.default_rules`), checked: the error
 /// names the key.
 pub fn default_rules(config: &[AlertRuleConfig]) -> Result<Vec<Rule>, String> {
-    let mut rules: Vec<Rule> = Vec::with_capacity(config.len());
-    for (i, c) in config.iter().enumerate() {
-        let at = format!("alerts.default_rules[{i}]");
-        let kind = match c.kind.as_str() {
-            "PERCENT_USED" => AlertKind::PercentUsed,
-            "REMAINING_BELOW" => AlertKind::RemainingBelow,
-            other => {
-                return Err(format!(
-                    "{at}.kind: {other:?} is not PERCENT_USED or REMAINING_BELOW"
-                ));
-            }
-        };
-        let rule = Rule {
-            kind,
-            threshold: c.threshold,
-            notify_resolved: c.notify_resolved,
-        };
-        rule.check().map_err(|e| format!("{at}: {e}"))?;
-        if rules.iter().any(|r| r.key() == rule.key()) {
-            return Err(format!("{at}: the same rule twice"));
-        }
-        rules.push(rule);
-    }
+    let rules = config
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let kind = match c.kind.as_str() {
+                "PERCENT_USED" => AlertKind::PercentUsed,
+                "REMAINING_BELOW" => AlertKind::RemainingBelow,
+                other => {
+                    return Err(format!(
+                        "alerts.default_rules[{i}].kind: {other:?} is not PERCENT_USED or REMAINING_BELOW"
+                    ));
+                }
+            };
+            Ok(Rule {
+                kind,
+                threshold: c.threshold,
+                notify_resolved: c.notify_resolved,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    check_all(&rules, "alerts.default_rules")?;
     Ok(rules)
 }
 
@@ -214,14 +217,10 @@ pub(super) const PENDING_SQL: &str = "alert_at IS NULL OR used + grants_used >= 
 /// that does not hold now would start to: `None` when none could (an unlimited feature, or
 /// every rule holds).
 fn next_alert_at(rules: &[Rule], balance: &Balance) -> Option<i64> {
-    let (Some(_), Some(limit), Some(available)) =
-        (balance.period_start, balance.limit, balance.available())
-    else {
+    let (Some(offered), Some(available)) = (balance.offered(), balance.available()) else {
         return None;
     };
-    let consumed = i128::from(balance.used) + i128::from(balance.grants_used);
-    let offered =
-        i128::from(limit) + i128::from(balance.grants_used) + i128::from(balance.grants_remaining);
+    let consumed = balance.consumed();
     let available = i128::from(available);
     rules
         .iter()
@@ -301,7 +300,6 @@ static RULE_SHAPE: LazyLock<Shape> = LazyLock::new(|| {
         .with("kind", ColumnType::Text)
         .with("threshold", ColumnType::BigInteger)
         .with("notify_resolved", ColumnType::Boolean)
-        .with("own", ColumnType::Integer)
 });
 
 fn rule_of(row: &crate::db::Row) -> Result<Rule, DbErr> {
@@ -317,16 +315,9 @@ fn value<'a>(
     feature: &'a str,
     now: DateTime<Utc>,
 ) -> impl Fn(&str) -> Option<sea_orm::Value> + 'a {
-    move |name| {
-        Some(match name {
-            "tenant" => tenant_id.into(),
-            "feature" => feature.into(),
-            "defaults" => DEFAULTS_TENANT.into(),
-            "now" => now.into(),
-            "month" => Period::calendar_month(now).start.into(),
-            "lifetime" => Period::lifetime().start.into(),
-            _ => return None,
-        })
+    move |name| match name {
+        "defaults" => Some(DEFAULTS_TENANT.into()),
+        name => feature_value(name, tenant_id, feature, now),
     }
 }
 
@@ -668,12 +659,13 @@ async fn write_rules(
 /// Who may set a tenant's rules: its OWNER or ADMIN, or a key with `WEBHOOKS_WRITE` (a tenant
 /// key for its own tenant).
 async fn authorize_write(db: &Database, viewer: &Viewer, tenant_id: Uuid) -> Result<(), AppError> {
-    match viewer.key() {
-        Some(_) => key_may(db, viewer, tenant_id, ApiScope::WebhooksWrite).await,
-        None => match auth::require_member(db, viewer, tenant_id).await? {
-            Role::Owner | Role::Admin => Ok(()),
-            Role::Member => Err(AppError::Forbidden),
-        },
+    let key = auth::api_keys::reaching(db, viewer, tenant_id, ApiScope::WebhooksWrite, "tenant");
+    if key.await?.is_some() {
+        return tenant_exists(db, tenant_id).await;
+    }
+    match auth::require_member(db, viewer, tenant_id).await? {
+        Role::Owner | Role::Admin => Ok(()),
+        Role::Member => Err(AppError::Forbidden),
     }
 }
 
@@ -683,44 +675,22 @@ pub(crate) async fn authorize_read(
     viewer: &Viewer,
     tenant_id: Uuid,
 ) -> Result<(), AppError> {
-    match viewer.key() {
-        Some(_) => key_may(db, viewer, tenant_id, ApiScope::CreditsRead).await,
-        None => auth::require_member(db, viewer, tenant_id)
-            .await
-            .map(|_| ()),
+    let key = auth::api_keys::reaching(db, viewer, tenant_id, ApiScope::CreditsRead, "tenant");
+    if key.await?.is_some() {
+        return tenant_exists(db, tenant_id).await;
     }
+    auth::require_member(db, viewer, tenant_id)
+        .await
+        .map(|_| ())
 }
 
-/// The viewer's key has `scope`, is in force, and reaches the tenant (its own, or any for a
-/// platform key); another tenant, or none, answers as if it did not exist.
-async fn key_may(
-    db: &Database,
-    viewer: &Viewer,
-    tenant_id: Uuid,
-    scope: ApiScope,
-) -> Result<(), AppError> {
-    viewer.standing_id(&[scope])?;
-    if viewer
-        .key()
-        .is_some_and(|key| key.tenant_id.is_some_and(|t| t != tenant_id))
-    {
-        return Err(AppError::NotFound("tenant"));
-    }
-    auth::api_keys::in_force(db, viewer).await?;
-    tenant_exists(db, tenant_id).await
-}
-
+/// `NOT_FOUND` unless the tenant exists (a platform key names any id).
 async fn tenant_exists(db: &Database, tenant_id: Uuid) -> Result<(), AppError> {
-    static SQL: PerBackend =
-        PerBackend::new(|_| "SELECT id FROM tenant WHERE id = :tenant".to_owned());
-    static SHAPE: LazyLock<Shape> = LazyLock::new(|| Shape::default().with("id", ColumnType::Uuid));
-    let statement = SQL
-        .get(db.backend())
-        .bind(|name| (name == "tenant").then(|| tenant_id.into()))?;
-    match db.query_one(&statement, &SHAPE).await? {
-        Some(_) => Ok(()),
-        None => Err(AppError::NotFound("tenant")),
-    }
+    entity::tenant::Entity::find_by_id(tenant_id)
+        .one(&db.read)
+        .await?
+        .map(|_| ())
+        .ok_or(AppError::NotFound("tenant"))
 }
 
 /// A tenant's rules for a feature, and whether they are the platform's.
@@ -743,11 +713,7 @@ pub async fn rules(
 
 async fn read_rules(db: &Database, tenant_id: Uuid, feature: &str) -> Result<Rules, AppError> {
     static SQL: PerBackend = PerBackend::new(|_| {
-        format!(
-            "SELECT x.*, CASE WHEN EXISTS (SELECT 1 FROM credit_alert_setting s \
-             WHERE s.tenant_id = :tenant AND s.feature = :feature) THEN 1 ELSE 0 END AS own \
-             FROM ({RULES_SQL}) x ORDER BY x.kind, x.threshold"
-        )
+        format!("SELECT x.* FROM ({RULES_SQL}) x ORDER BY x.kind, x.threshold")
     });
     static OWN: PerBackend = PerBackend::new(|_| {
         "SELECT 1 AS own FROM credit_alert_setting s WHERE s.tenant_id = :tenant \
@@ -789,15 +755,7 @@ pub async fn set_rules(
                 "at most {MAX_RULES} rules per feature"
             )));
         }
-        for (i, rule) in rules.iter().enumerate() {
-            rule.check()
-                .map_err(|e| AppError::bad_input(format!("rules[{i}]: {e}")))?;
-            if rules[..i].iter().any(|r| r.key() == rule.key()) {
-                return Err(AppError::bad_input(format!(
-                    "rules[{i}]: the same rule twice"
-                )));
-            }
-        }
+        check_all(rules, "rules").map_err(AppError::bad_input)?;
     }
     authorize_write(db, viewer, tenant_id).await?;
     static OWN: PerBackend = PerBackend::new(|_| {

@@ -43,17 +43,28 @@ impl Balance {
         }
     }
 
-    /// How much of what the period offers — the allowance, the grants drawn in it and the
-    /// grants still spendable — is used, in percent (rounded down); `None` when unlimited.
-    pub fn percent_used(&self) -> Option<i64> {
-        let limit = self.limit?;
+    /// What the period has consumed: the allowance used and what grants paid.
+    pub fn consumed(&self) -> i128 {
+        i128::from(self.used) + i128::from(self.grants_used)
+    }
+
+    /// What the period offers — the allowance, the grants drawn in it and the grants still
+    /// spendable; `None` when unlimited or not included. Spends leave it as it is.
+    pub fn offered(&self) -> Option<i128> {
         self.period_start?;
-        let used = i128::from(self.used) + i128::from(self.grants_used);
-        let offered =
-            i128::from(limit) + i128::from(self.grants_used) + i128::from(self.grants_remaining);
-        Some(match offered {
+        Some(
+            i128::from(self.limit?)
+                + i128::from(self.grants_used)
+                + i128::from(self.grants_remaining),
+        )
+    }
+
+    /// How much of what the period offers is consumed, in percent (rounded down); `None` when
+    /// unlimited.
+    pub fn percent_used(&self) -> Option<i64> {
+        Some(match self.offered()? {
             0 => 100,
-            offered => i64::try_from(used * 100 / offered).unwrap_or(i64::MAX),
+            offered => i64::try_from(self.consumed() * 100 / offered).unwrap_or(i64::MAX),
         })
     }
 

@@ -306,16 +306,9 @@ pub async fn authorize(
     platform_admins: &[String],
     tenant_id: Uuid,
 ) -> Result<Actor, AppError> {
-    let actor = match viewer.key() {
-        Some(key) => {
-            viewer.standing_id(&[ApiScope::CreditsGrant])?;
-            if key.tenant_id.is_some_and(|t| t != tenant_id) {
-                // Another tenant answers as if it did not exist.
-                return Err(AppError::NotFound("tenant"));
-            }
-            auth::api_keys::in_force(db, viewer).await?;
-            Actor::ApiKey(key.id)
-        }
+    let key = auth::api_keys::reaching(db, viewer, tenant_id, ApiScope::CreditsGrant, "tenant");
+    let actor = match key.await? {
+        Some(key) => Actor::ApiKey(key),
         None => {
             let user_id = viewer.require()?;
             if !auth::api_keys::is_platform_admin(db, viewer, platform_admins).await? {

@@ -66,19 +66,13 @@ pub struct Refunded {
 
 /// Who may refund a tenant's spends: its OWNER or ADMIN, or an API key with `CREDITS_GRANT`.
 pub async fn authorize(db: &Database, viewer: &Viewer, tenant_id: Uuid) -> Result<Actor, AppError> {
-    match viewer.key() {
-        Some(key) => {
-            viewer.standing_id(&[ApiScope::CreditsGrant])?;
-            if key.tenant_id.is_some_and(|t| t != tenant_id) {
-                return Err(AppError::NotFound("credit"));
-            }
-            auth::api_keys::in_force(db, viewer).await?;
-            Ok(Actor::ApiKey(key.id))
-        }
-        None => match auth::require_member(db, viewer, tenant_id).await? {
-            Role::Owner | Role::Admin => Ok(Actor::User(viewer.require()?)),
-            Role::Member => Err(AppError::Forbidden),
-        },
+    let key = auth::api_keys::reaching(db, viewer, tenant_id, ApiScope::CreditsGrant, "credit");
+    if let Some(key) = key.await? {
+        return Ok(Actor::ApiKey(key));
+    }
+    match auth::require_member(db, viewer, tenant_id).await? {
+        Role::Owner | Role::Admin => Ok(Actor::User(viewer.require()?)),
+        Role::Member => Err(AppError::Forbidden),
     }
 }
 
