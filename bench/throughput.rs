@@ -18,7 +18,11 @@
 //! before/after comparison in one sitting); the table is then only printed, not written.
 //!
 //! PostgreSQL is used when BENCH_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres)
-//! answers; BENCH_DATABASE_URL=none skips it.
+//! answers; BENCH_DATABASE_URL=none skips it, as BENCH_SQLITE=none skips SQLite.
+//!
+//! BENCH_ONLY=a,b runs only the workloads whose names contain one of the comma-separated texts
+//! (`/healthz` always runs); BENCH_ROUNDS=n runs them n times in turn, alternating, for an A/B
+//! of two workloads in the same minutes. Either prints the table without writing it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -219,16 +223,18 @@ fn main() {
         "sqlite://{}?mode=rwc",
         dir.path().join("floor-b.db").display()
     );
-    rt.block_on(run_database(
-        "SQLite",
-        &sqlite,
-        [&sqlite_floor, &sqlite_floor_b],
-        dir.path(),
-        seconds,
-        pinned,
-        &mut rows,
-        &mut notes,
-    ));
+    if std::env::var("BENCH_SQLITE").as_deref() != Ok("none") {
+        rt.block_on(run_database(
+            "SQLite",
+            &sqlite,
+            [&sqlite_floor, &sqlite_floor_b],
+            dir.path(),
+            seconds,
+            pinned,
+            &mut rows,
+            &mut notes,
+        ));
+    }
 
     let pg = std::env::var("BENCH_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
@@ -265,8 +271,14 @@ fn main() {
 
     let table = render(&rows, seconds, pinned, &notes);
     println!("\n{table}");
+    let partial = ["BENCH_ONLY", "BENCH_ROUNDS", "BENCH_SQLITE"]
+        .iter()
+        .any(|v| std::env::var(v).is_ok());
     match std::env::var("BENCH_SERVER_BIN") {
         Ok(bin) => eprintln!("server {bin}: table not written into BENCHMARKS.md"),
+        Err(_) if partial => {
+            eprintln!("BENCH_ONLY/BENCH_ROUNDS: table not written into BENCHMARKS.md")
+        }
         Err(_) => write_into_benchmarks(&table),
     }
 }
@@ -482,9 +494,24 @@ async fn run_database(
             Some(("healthz", health.rps)),
         ),
     ];
-    for (name, bodies, bearer, floor) in workloads {
+    let only: Option<Vec<String>> = std::env::var("BENCH_ONLY")
+        .ok()
+        .map(|s| s.split(',').map(str::to_owned).collect());
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let chosen: Vec<_> = workloads
+        .into_iter()
+        .filter(|(name, ..)| {
+            only.as_ref()
+                .is_none_or(|only| only.iter().any(|o| name.contains(o.as_str())))
+        })
+        .collect();
+    for (name, bodies, bearer, floor) in (0..rounds).flat_map(|_| chosen.iter()) {
+        let (name, bearer, floor) = (*name, *bearer, *floor);
         let (r, cost) = measured(pid, || {
-            wrk(&base, "POST", "/graphql", &bodies, bearer, seconds, pinned)
+            wrk(&base, "POST", "/graphql", bodies, bearer, seconds, pinned)
         });
         eprintln!(
             "{name}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors, {} denied, {:.0} µs CPU and {:.1} context switches per request",

@@ -99,9 +99,14 @@ async fn graphql_post(
         }
     };
     let max_batch = state.config.graphql.max_batch;
-    match serde_json::from_slice::<BatchRequest>(&body) {
-        // serde reads `[]` and `{}` as a request with no query.
+    match parse_batch(&body) {
+        // serde reads `{}` as a request with no query; `[]` is a batch of none.
         Ok(BatchRequest::Single(request)) if request.query.is_empty() => state.reject(
+            StatusCode::BAD_REQUEST,
+            "GRAPHQL_PARSE_FAILED",
+            "the request has no query",
+        ),
+        Ok(BatchRequest::Batch(requests)) if requests.is_empty() => state.reject(
             StatusCode::BAD_REQUEST,
             "GRAPHQL_PARSE_FAILED",
             "the request has no query",
@@ -117,6 +122,17 @@ async fn graphql_post(
             "GRAPHQL_PARSE_FAILED",
             &format!("the body is not a GraphQL request in JSON: {e}"),
         ),
+    }
+}
+
+/// A JSON body as one request or a batch of them. Read straight into its type by the first
+/// character: serde's own `BatchRequest` (an untagged enum) buffers the whole document into an
+/// intermediate tree first and reads the request from that, which costs every request a copy
+/// of its variables.
+fn parse_batch(body: &[u8]) -> serde_json::Result<BatchRequest> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'[') => serde_json::from_slice(body).map(BatchRequest::Batch),
+        _ => serde_json::from_slice(body).map(BatchRequest::Single),
     }
 }
 

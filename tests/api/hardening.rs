@@ -520,3 +520,35 @@ async fn behind_a_proxy_that_adds_its_own_header_line_the_last_address_of_all_li
         Some("RATE_LIMITED")
     );
 }
+
+#[tokio::test]
+async fn a_body_is_one_request_or_a_batch_whatever_its_leading_whitespace() {
+    let app = spawn_app().await;
+    let json = Some("application/json");
+    // One request, and a batch of two — each after whitespace, as some clients send them.
+    let (status, _, body) = post_raw(&app, json, " \n{\"query\":\"{ __typename }\"}").await;
+    assert_eq!(
+        (status, &body["data"]["__typename"]),
+        (200, &json!("Query"))
+    );
+    let batch = "\t[{\"query\":\"{ __typename }\"}, {\"query\":\"{ creditTypes { value } }\"}]";
+    let (status, _, body) = post_raw(&app, json, batch).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body[0]["data"]["__typename"], "Query", "{body}");
+    assert!(body[1]["data"]["creditTypes"].is_array(), "{body}");
+    // Nothing to run: an empty object, an empty batch; and a request of the wrong shape.
+    for empty in ["{}", "[]", " [ ] "] {
+        let (status, _, body) = post_raw(&app, json, empty).await;
+        assert_eq!(status, 400, "{empty}: {body}");
+        assert_eq!(error_code(&body), Some("GRAPHQL_PARSE_FAILED"), "{empty}");
+    }
+    for wrong in [
+        "{\"query\": 7}",
+        "[{\"query\":\"{ __typename }\"}, 7]",
+        "\"{ __typename }\"",
+    ] {
+        let (status, _, body) = post_raw(&app, json, wrong).await;
+        assert_eq!(status, 400, "{wrong}: {body}");
+        assert_eq!(error_code(&body), Some("GRAPHQL_PARSE_FAILED"), "{wrong}");
+    }
+}
