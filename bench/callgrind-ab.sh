@@ -1,0 +1,70 @@
+#!/bin/bash
+# Instructions the server executes per guarded `createTask` on PostgreSQL, counted by callgrind:
+# unlike req/s or CPU time they do not drift with what else the machine does, so two builds can
+# be compared to a per cent or so (see BENCHMARKS.md, "Issue 14: the longer PostgreSQL A/B").
+#
+#   bench/callgrind-ab.sh BIN [REQUESTS] [TENANTS]
+#
+# Starts BIN under `valgrind --tool=callgrind` on a fresh PostgreSQL database (127.0.0.1:5432,
+# user postgres), signs up, makes TENANTS tenants (default 1) with a project each, warms up
+# (every tenant's counter row made), zeroes the counts, sends REQUESTS (default 1000)
+# `createTask`s round-robin over the tenants one after the other, and prints the instructions
+# per request. Needs valgrind, curl, psql and python3.
+set -euo pipefail
+BIN=$1; N=${2:-1000}; TENANTS=${3:-1}
+PORT=$((20000 + RANDOM % 20000))
+DB="tollgate_callgrind_$$"
+DIR=$(mktemp -d)
+trap 'kill "$(cat "$DIR/pid" 2>/dev/null)" 2>/dev/null || true; sleep 2; psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS $DB" >/dev/null 2>&1 || true; rm -rf "$DIR"' EXIT
+psql -q -h 127.0.0.1 -U postgres -c "CREATE DATABASE $DB" >/dev/null
+cat > "$DIR/config.toml" <<'T'
+default_plan = "unlimited"
+[tenants]
+max_per_user = 20000
+[[plans]]
+slug = "unlimited"
+title = "Unlimited"
+[[plans.features]]
+name = "credits"
+title = "Credits"
+type = "UNLIMITED"
+T
+DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB" TOLLGATE_JWT_SECRET=callgrind-secret-callgrind-secret-0 \
+  TOLLGATE_RATE_LIMIT__ENABLED=false RUST_LOG=warn \
+  valgrind --tool=callgrind --callgrind-out-file="$DIR/cg.%p.out" "$BIN" serve \
+  --config "$DIR/config.toml" --addr "127.0.0.1:$PORT" > "$DIR/server.log" 2>&1 &
+echo $! > "$DIR/pid"
+for _ in $(seq 600); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.5; done
+python3 - "$PORT" "$N" "$TENANTS" <<'P'
+import http.client, json, subprocess, sys
+port, n, tenants = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+conn = http.client.HTTPConnection("127.0.0.1", port)
+token = None
+def gql(query):
+    headers = {"content-type": "application/json"}
+    if token:
+        headers["authorization"] = "Bearer " + token
+    conn.request("POST", "/graphql", json.dumps({"query": query}), headers)
+    body = json.loads(conn.getresponse().read())
+    assert "errors" not in body, body
+    return body["data"]
+token = gql('mutation { signUp(input: {email: "cg@example.com", password: "callgrind", name: "C"}) { token } }')["signUp"]["token"]
+projects = []
+for t in range(tenants):
+    tenant = gql('mutation { createTenant(input: {name: "t%d", slug: "t%d"}) { id } }' % (t, t))["createTenant"]["id"]
+    projects.append(gql('mutation { createProject(tenantId: "%s", input: {name: "p"}) { id } }' % tenant)["createProject"]["id"])
+def task(i):
+    gql('mutation { createTask(projectId: "%s", input: {title: "bench"}) { id } }' % projects[i % len(projects)])
+for i in range(max(50, 2 * tenants)):
+    task(i)
+subprocess.run(["callgrind_control", "-z"], check=True, capture_output=True)
+for i in range(n):
+    task(i)
+subprocess.run(["callgrind_control", "-d"], check=True, capture_output=True)
+P
+python3 - "$DIR" "$N" <<'P'
+import glob, re, sys
+for f in glob.glob(sys.argv[1] + "/cg.*.out.1"):
+    total = int(re.search(r"^summary: (\d+)", open(f, errors="replace").read(), re.M).group(1))
+    print(f"{total / int(sys.argv[2]) / 1000:.1f}k instructions per createTask")
+P
