@@ -17,22 +17,12 @@ DB="tollgate_callgrind_$$"
 DIR=$(mktemp -d)
 trap 'kill "$(cat "$DIR/pid" 2>/dev/null)" 2>/dev/null || true; sleep 2; psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS $DB" >/dev/null 2>&1 || true; rm -rf "$DIR"' EXIT
 psql -q -h 127.0.0.1 -U postgres -c "CREATE DATABASE $DB" >/dev/null
-cat > "$DIR/config.toml" <<'T'
-default_plan = "unlimited"
-[tenants]
-max_per_user = 20000
-[[plans]]
-slug = "unlimited"
-title = "Unlimited"
-[[plans.features]]
-name = "credits"
-title = "Credits"
-type = "UNLIMITED"
-T
+# The built-in configuration; new tenants on its UNLIMITED plan, as many as asked for.
 DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB" TOLLGATE_JWT_SECRET=callgrind-secret-callgrind-secret-0 \
+  TOLLGATE_DEFAULT_PLAN=enterprise TOLLGATE_TENANTS__MAX_PER_USER=$((TENANTS + 1)) \
   TOLLGATE_RATE_LIMIT__ENABLED=false RUST_LOG=warn \
   valgrind --tool=callgrind --callgrind-out-file="$DIR/cg.%p.out" "$BIN" serve \
-  --config "$DIR/config.toml" --addr "127.0.0.1:$PORT" > "$DIR/server.log" 2>&1 &
+  --addr "127.0.0.1:$PORT" > "$DIR/server.log" 2>&1 &
 echo $! > "$DIR/pid"
 for _ in $(seq 600); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.5; done
 python3 - "$PORT" "$N" "$TENANTS" <<'P'

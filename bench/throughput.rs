@@ -277,7 +277,9 @@ fn main() {
     match std::env::var("BENCH_SERVER_BIN") {
         Ok(bin) => eprintln!("server {bin}: table not written into BENCHMARKS.md"),
         Err(_) if partial => {
-            eprintln!("BENCH_ONLY/BENCH_ROUNDS: table not written into BENCHMARKS.md")
+            eprintln!(
+                "BENCH_ONLY, BENCH_ROUNDS or BENCH_SQLITE set: table not written into BENCHMARKS.md"
+            )
         }
         Err(_) => write_into_benchmarks(&table),
     }

@@ -100,13 +100,7 @@ async fn graphql_post(
     };
     let max_batch = state.config.graphql.max_batch;
     match parse_batch(&body) {
-        // serde reads `{}` as a request with no query; `[]` is a batch of none.
-        Ok(BatchRequest::Single(request)) if request.query.is_empty() => state.reject(
-            StatusCode::BAD_REQUEST,
-            "GRAPHQL_PARSE_FAILED",
-            "the request has no query",
-        ),
-        Ok(BatchRequest::Batch(requests)) if requests.is_empty() => state.reject(
+        Ok(batch) if runs_nothing(&batch) => state.reject(
             StatusCode::BAD_REQUEST,
             "GRAPHQL_PARSE_FAILED",
             "the request has no query",
@@ -133,6 +127,15 @@ fn parse_batch(body: &[u8]) -> serde_json::Result<BatchRequest> {
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'[') => serde_json::from_slice(body).map(BatchRequest::Batch),
         _ => serde_json::from_slice(body).map(BatchRequest::Single),
+    }
+}
+
+/// Whether a body holds nothing to run: serde reads `{}` as a request with no query, and `[]`
+/// is a batch of none.
+fn runs_nothing(batch: &BatchRequest) -> bool {
+    match batch {
+        BatchRequest::Single(request) => request.query.is_empty(),
+        BatchRequest::Batch(requests) => requests.is_empty(),
     }
 }
 
