@@ -152,7 +152,8 @@ pub async fn consume(
             (e, _) => e,
         })?;
     match spent {
-        // Everything the row holds is known here but its period, which no reader is shown.
+        // Everything the row holds is known here but its period and its number among the
+        // tenant's events, which no reader is shown.
         Spent::Charged { ledger_id, at } => Ok(Consumed {
             credit: credit::Model {
                 id: ledger_id,
@@ -173,6 +174,7 @@ pub async fn consume(
                 grant_id: None,
                 refund_of: None,
                 reason: None,
+                seq: None,
             },
             replayed: false,
         }),

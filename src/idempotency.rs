@@ -64,6 +64,16 @@ pub const CLAIM_SQL: &str = "INSERT INTO idempotency_key (tenant_id, key, operat
      request_hash, resource_id, created_at) VALUES (:tenant, :key, :operation, :hash, :resource, \
      :now) ON CONFLICT (tenant_id, key) DO NOTHING";
 
+/// `CLAIM_SQL` made only when `condition` holds (SQL; the guard's statement makes it depend
+/// on the CTE that locks the tenant's event numbering, so that lock comes first).
+pub fn claim_sql_when(condition: &str) -> String {
+    format!(
+        "INSERT INTO idempotency_key (tenant_id, key, operation, request_hash, resource_id, \
+         created_at) SELECT :tenant, :key, :operation, :hash, :resource, :now WHERE {condition} \
+         ON CONFLICT (tenant_id, key) DO NOTHING"
+    )
+}
+
 /// Undoes a claim of `key` made in the open transaction (its spend was refused).
 pub async fn forget(session: &mut Session, tenant_id: Uuid, key: &str) -> Result<(), AppError> {
     static DELETE: PerBackend = PerBackend::new(|_| {

@@ -17,7 +17,7 @@ use crate::{
     auth::{ApiScope, Viewer},
     clock::Clock,
     consume::{self, Cost},
-    credits::{Actor, IdempotencyKey, PaidTable, Spend, Spent, balance, refunds},
+    credits::{Actor, IdempotencyKey, PaidTable, Spend, Spent, balance, feed, refunds},
     db::{Database, PerBackend, Session, Shape},
     error::AppError,
     idempotency::{self, Fingerprint},
@@ -178,6 +178,7 @@ pub async fn settle(
     let mut session = db.session().await?;
     session.begin().await?;
     let outcome = async {
+        feed::lock(&mut session, tenant_id).await?;
         let (status, confirmed) = match how {
             Settle::Confirm(amount) => (ReservationStatus::Confirmed, Some(amount)),
             Settle::Release => (ReservationStatus::Released, None),
@@ -229,6 +230,7 @@ pub async fn expire(db: &Database, now: DateTime<Utc>, limit: u64) -> Result<u64
     for (tenant_id, id) in due {
         session.begin().await?;
         let outcome = async {
+            feed::lock(&mut session, tenant_id).await?;
             let status = ReservationStatus::Expired;
             let Some(held) = take(&mut session, tenant_id, id, status, None, now, true).await?
             else {

@@ -132,6 +132,7 @@ pub async fn create_tenant(
     }
     .insert(&txn)
     .await?;
+    crate::credits::feed::open(&mut &txn, tenant.id).await?;
     plans::subscribe(&txn, tenant.id, &config.default_plan, now).await?;
     txn.commit().await?;
     tracing::info!(tenant.id = %tenant.id, user.id = %owner, "tenant created");

@@ -20,7 +20,7 @@ use rand::RngCore;
 use sha2::Sha256;
 use uuid::Uuid;
 
-pub use events::{NewEvent, record};
+pub use events::{NewEvent, record, record_numbered};
 pub use sender::spawn_sender;
 
 /// The prefix of an endpoint's signing secret.

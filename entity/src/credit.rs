@@ -40,6 +40,9 @@ pub struct Model {
     pub refund_of: Option<Uuid>,
     /// Why credits were granted, taken back or refunded.
     pub reason: Option<String>,
+    /// Its number among the tenant's credit events (`credit_feed`): 1, 2, 3, … in commit
+    /// order, shared with its alert events.
+    pub seq: Option<i64>,
 }
 
 /// What a ledger row records.

@@ -19,6 +19,9 @@ pub struct Model {
     pub payload: String,
     pub created_at: DateTimeUtc,
     pub dispatched_at: Option<DateTimeUtc>,
+    /// Its number among the tenant's credit events, for an alert event `creditEvents`
+    /// carries (`credit.seq`'s numbering); null for the others.
+    pub seq: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

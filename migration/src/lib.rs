@@ -18,6 +18,7 @@ mod m20261130_000012_credit_grants;
 mod m20261130_000013_usage_adjustments;
 mod m20261130_000014_webhooks;
 mod m20261130_000015_credit_alerts;
+mod m20261201_000016_event_sequence;
 
 pub struct Migrator;
 
@@ -40,6 +41,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000013_usage_adjustments::Migration),
             Box::new(m20261130_000014_webhooks::Migration),
             Box::new(m20261130_000015_credit_alerts::Migration),
+            Box::new(m20261201_000016_event_sequence::Migration),
         ]
     }
 }

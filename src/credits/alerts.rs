@@ -30,6 +30,7 @@ use serde_json::json;
 
 use super::{
     balance::{self, Balance},
+    feed,
     limit::plan_sql,
     usage::feature_value,
 };
@@ -385,7 +386,7 @@ pub async fn reconcile(
             // Told only when its rule still asks and the period is the same.
             if current && rule.is_some_and(|r| r.notify_resolved) {
                 let event = event("credits.threshold_resolved", &resolved, &balance);
-                webhooks::record(tx, &event, now).await?;
+                record(tx, tenant_id, &event, now).await?;
             }
         }
     }
@@ -419,7 +420,7 @@ pub async fn reconcile(
                 AlertKind::Depleted => "credits.depleted",
                 _ => "credits.threshold_reached",
             };
-            webhooks::record(tx, &event(kind, &alert, &balance), now).await?;
+            record(tx, tenant_id, &event(kind, &alert, &balance), now).await?;
         }
     }
     Ok(changed)
@@ -525,6 +526,19 @@ async fn resolve(
     rows.first().map(alert_of).transpose()
 }
 
+/// Records alert event `event` of `tenant_id` under the tenant's next number (`feed`): the
+/// alert events `creditEvents` carries are numbered with the ledger.
+async fn record(
+    tx: &mut impl Tx,
+    tenant_id: Uuid,
+    event: &NewEvent,
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    let seq = feed::next(tx, tenant_id).await?;
+    webhooks::record_numbered(tx, event, now, seq).await?;
+    Ok(())
+}
+
 /// Records the period's first refused spend of `feature` (`credits.limit_reached`), in `tx`'s
 /// open transaction; `false` when the period had one already. `required` and `credit_type`
 /// describe the refused spend.
@@ -541,6 +555,7 @@ pub async fn limit_reached(
         threshold: 0,
         notify_resolved: false,
     };
+    feed::lock(tx, tenant_id).await?;
     let balance = balance::balance(tx, tenant_id, feature, now).await?;
     let Some(period_start) = balance.period_start else {
         return Ok(false);
@@ -553,7 +568,7 @@ pub async fn limit_reached(
         data.insert("creditType".into(), json!(credit_type));
         data.insert("required".into(), json!(required));
     }
-    webhooks::record(tx, &event, now).await?;
+    record(tx, tenant_id, &event, now).await?;
     Ok(true)
 }
 
@@ -573,6 +588,7 @@ pub async fn reconcile_plan(
     });
     static SHAPE: LazyLock<Shape> =
         LazyLock::new(|| Shape::default().with("feature", ColumnType::Text));
+    feed::lock(tx, tenant_id).await?;
     let statement = SQL
         .get(tx.backend())
         .bind(|name| (name == "tenant").then(|| tenant_id.into()))?;
@@ -771,6 +787,7 @@ pub async fn set_rules(
     let txn = db.begin_write().await?;
     let outcome = async {
         let mut tx = &txn;
+        feed::lock(&mut tx, tenant_id).await?;
         let value = value(tenant_id, feature, now);
         let backend = db.backend();
         match &rules {

@@ -5,7 +5,8 @@
 //! plus what expired or was voided, no spend took more from grants than it cost, and none took
 //! from a grant outside its effective time. And for Stripe's outbox: every usage event is of
 //! one ledger row, of the same tenant and of its allowance part, and no ledger row is reported
-//! twice. Read-only; safe on a live database.
+//! twice. Every ledger row and alert event carries its number among its tenant's events, the
+//! numbers 1 to the last one taken, each once. Read-only; safe on a live database.
 
 use std::{collections::BTreeMap, fmt};
 
@@ -86,6 +87,7 @@ pub async fn verify(db: &impl ConnectionTrait, paid: &[&PaidTable]) -> Result<Re
     check_outbox(db, &mut report).await?;
     check_grants(db, &mut report).await?;
     check_reservations(db, &mut report).await?;
+    check_feed(db, &mut report).await?;
     Ok(report)
 }
 
@@ -264,6 +266,59 @@ async fn check_outbox(db: &impl ConnectionTrait, report: &mut Report) -> Result<
     if wrong > 0 {
         report.problems.push(format!(
             "{wrong} ledger rows' standing usage events do not report what stands of them"
+        ));
+    }
+    Ok(())
+}
+
+/// Every ledger row and alert event is numbered, and each tenant's numbers are exactly
+/// 1 to its `credit_feed.last_seq` (`feed`: dense, none twice — an index forbids the same
+/// number twice within a table).
+async fn check_feed(db: &impl ConnectionTrait, report: &mut Report) -> Result<(), DbErr> {
+    let alerts = format!("('{}')", super::feed::ALERT_TYPES.join("', '"));
+    let unnumbered = scalar(
+        db,
+        &format!(
+            "SELECT CAST((SELECT COUNT(*) FROM credit WHERE seq IS NULL) + (SELECT COUNT(*) \
+             FROM webhook_event WHERE type IN {alerts} AND seq IS NULL) AS BIGINT)"
+        ),
+    )
+    .await?;
+    if unnumbered > 0 {
+        report.problems.push(format!(
+            "{unnumbered} ledger rows or alert events have no number among their tenant's events"
+        ));
+    }
+    let numbered = "SELECT tenant_id, seq FROM credit WHERE seq IS NOT NULL UNION ALL \
+                    SELECT tenant_id, seq FROM webhook_event WHERE seq IS NOT NULL";
+    let backend = db.get_database_backend();
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            backend,
+            format!(
+                "SELECT e.tenant_id, CAST(COUNT(*) AS BIGINT) AS events, \
+                 CAST(MIN(e.seq) AS BIGINT) AS first, CAST(MAX(e.seq) AS BIGINT) AS last, \
+                 CAST(COALESCE(MAX(f.last_seq), -1) AS BIGINT) AS committed \
+                 FROM ({numbered}) e LEFT JOIN credit_feed f ON f.tenant_id = e.tenant_id \
+                 GROUP BY e.tenant_id HAVING COUNT(*) <> MAX(e.seq) OR MIN(e.seq) <> 1 \
+                 OR COALESCE(MAX(f.last_seq), -1) <> MAX(e.seq)"
+            ),
+        ))
+        .await?;
+    for row in rows.iter().take(SHOWN) {
+        let tenant: Uuid = row.try_get("", "tenant_id")?;
+        let [events, first, last, committed] =
+            ["events", "first", "last", "committed"].map(|c| row.try_get::<i64>("", c));
+        report.problems.push(format!(
+            "tenant {tenant}'s events are not numbered 1 to its last number: {} events \
+             numbered {}..{}, last number taken {}",
+            events?, first?, last?, committed?
+        ));
+    }
+    if rows.len() > SHOWN {
+        report.problems.push(format!(
+            "… and {} more tenants with misnumbered events",
+            rows.len() - SHOWN
         ));
     }
     Ok(())

@@ -1,32 +1,37 @@
 //! A tenant's credit events, as `creditEvents` streams them: its ledger rows (spends, refunds,
-//! grants, expiries, voids) and its alert events (`credits.threshold_reached`, …), read from
-//! the database after each change commits — nothing is kept in memory that a restart would
-//! lose. Both are keyed by UUIDv7 ids made inside the transaction that commits them, so
-//! `since` reads by the primary key `(tenant_id, id)` from a time on. A transaction commits
-//! a few milliseconds after it made its ids; readers look back `LOOKBACK` before the newest id
-//! they saw, and skip what they sent already, so a row that commits late is still sent.
+//! grants, expiries, voids) and its alert events (`credits.threshold_reached`, …), numbered
+//! 1, 2, 3, … per tenant in the order they commit (`credit.seq`, `webhook_event.seq`).
+//!
+//! Every transaction that writes an event takes the tenant's next number from its
+//! `credit_feed` row (`next`), whose lock it holds until it commits: the numbers are dense,
+//! their order is the commit order, and `credit_feed.last_seq` is the newest number committed.
+//! A reader that reads `last_seq` first and then the events up to it sees every one of them
+//! (`since`); one that resumes after number n misses nothing and gets nothing twice.
+//!
+//! On PostgreSQL that lock is a row lock, and it is taken **first** in every transaction that
+//! may write an event — before a counter, a grant, an idempotency key or an alert row of the
+//! tenant (`lock`; the guard's statement takes it in its first CTE) — so that no two
+//! transactions wait on each other in opposite orders. On SQLite the writer holds the
+//! database's write lock already.
 
 use std::sync::LazyLock;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use entity::credit;
-use sea_orm::{ColumnType, prelude::*};
+use sea_orm::{ColumnType, DatabaseBackend, DbErr, prelude::*};
 use serde_json::Value;
 
 use super::alerts;
 use crate::{
     auth::Viewer,
-    db::{Database, PerBackend, Shape},
+    db::{Database, PerBackend, Shape, Tx},
     error::AppError,
 };
-
-/// How far before the newest event seen a reader looks again for rows that committed late.
-pub const LOOKBACK: Duration = Duration::seconds(5);
 
 /// Rows read at most per query and source.
 pub const PAGE: u64 = 500;
 
-/// The alert events the feed carries, by their webhook type.
+/// The alert events the feed carries, by their webhook type: those numbered with the ledger.
 pub const ALERT_TYPES: [&str; 4] = [
     "credits.threshold_reached",
     "credits.threshold_resolved",
@@ -34,13 +39,78 @@ pub const ALERT_TYPES: [&str; 4] = [
     "credits.limit_reached",
 ];
 
+/// Takes the tenant's next number, as a statement over `:tenant` of the rows of `source`
+/// (one row: the next number; none: nothing taken) returning `last_seq`. Creates the
+/// tenant's row if it has none.
+pub fn next_sql(source: Option<&str>) -> String {
+    let values = match source {
+        Some(source) => format!("SELECT :tenant, 1 FROM {source}"),
+        None => "VALUES (:tenant, 1)".to_owned(),
+    };
+    format!(
+        "INSERT INTO credit_feed (tenant_id, last_seq) {values} ON CONFLICT (tenant_id) \
+         DO UPDATE SET last_seq = credit_feed.last_seq + 1 RETURNING last_seq"
+    )
+}
+
+/// The tenant's next event number, in `tx`'s open transaction (which keeps the tenant's
+/// numbering locked until it ends).
+pub async fn next(tx: &mut impl Tx, tenant_id: Uuid) -> Result<i64, DbErr> {
+    static SQL: PerBackend = PerBackend::new(|_| next_sql(None));
+    static SHAPE: LazyLock<Shape> =
+        LazyLock::new(|| Shape::default().with("last_seq", ColumnType::BigInteger));
+    let statement = SQL
+        .get(tx.backend())
+        .bind(|name| (name == "tenant").then(|| tenant_id.into()))?;
+    let rows = tx.rows(&statement, &SHAPE).await?;
+    let row = rows
+        .first()
+        .ok_or_else(|| DbErr::Custom("the tenant's event number was not taken".to_owned()))?;
+    row.get("last_seq")
+}
+
+/// Starts a new tenant's numbering (in the transaction that creates it): its row exists
+/// before any event, so that `lock` always has a row to lock.
+pub async fn open(tx: &mut impl Tx, tenant_id: Uuid) -> Result<(), DbErr> {
+    static SQL: PerBackend = PerBackend::new(|_| {
+        "INSERT INTO credit_feed (tenant_id, last_seq) VALUES (:tenant, 0) \
+         ON CONFLICT (tenant_id) DO NOTHING"
+            .to_owned()
+    });
+    let statement = SQL
+        .get(tx.backend())
+        .bind(|name| (name == "tenant").then(|| tenant_id.into()))?;
+    tx.run(&statement).await?;
+    Ok(())
+}
+
+/// Locks the tenant's numbering in `tx`'s open transaction before anything else of the
+/// tenant is locked (PostgreSQL; see the module's comment). Creates its row if it has none.
+pub async fn lock(tx: &mut impl Tx, tenant_id: Uuid) -> Result<(), DbErr> {
+    if tx.backend() != DatabaseBackend::Postgres {
+        return Ok(());
+    }
+    static SQL: PerBackend = PerBackend::new(|_| {
+        "INSERT INTO credit_feed (tenant_id, last_seq) VALUES (:tenant, 0) ON CONFLICT (tenant_id) \
+         DO UPDATE SET last_seq = credit_feed.last_seq"
+            .to_owned()
+    });
+    let statement = SQL
+        .get(tx.backend())
+        .bind(|name| (name == "tenant").then(|| tenant_id.into()))?;
+    tx.run(&statement).await?;
+    Ok(())
+}
+
 /// One event of a tenant's feed.
 #[derive(Clone, Debug)]
 pub enum FeedEvent {
     /// A ledger row.
     Ledger(Box<credit::Model>),
-    /// An alert event: its id, webhook type, time and `data` (as its webhook carries it).
+    /// An alert event: its number, id, webhook type, time and `data` (as its webhook
+    /// carries it).
     Alert {
+        seq: i64,
         id: Uuid,
         kind: String,
         at: DateTime<Utc>,
@@ -55,52 +125,83 @@ impl FeedEvent {
             FeedEvent::Alert { id, .. } => *id,
         }
     }
+
+    /// Its number among the tenant's events.
+    pub fn seq(&self) -> i64 {
+        match self {
+            FeedEvent::Ledger(c) => c.seq.unwrap_or_default(),
+            FeedEvent::Alert { seq, .. } => *seq,
+        }
+    }
 }
 
-/// The smallest UUIDv7 of instant `at`: ids at or after it were made at `at` or later.
-pub fn floor(at: DateTime<Utc>) -> Uuid {
-    let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0);
-    let mut bytes = [0u8; 16];
-    bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
-    bytes[6] = 0x70;
-    bytes[8] = 0x80;
-    Uuid::from_bytes(bytes)
+/// What one read of a feed found.
+#[derive(Debug, Default)]
+pub struct Read {
+    /// The events numbered after the number read from, in number order. A number missing
+    /// among them is an event that does not exist (none is ever deleted).
+    pub events: Vec<FeedEvent>,
+    /// The number read through: the next read starts after it.
+    pub through: i64,
+    /// Whether events past `through` had committed already (a page was full).
+    pub more: bool,
 }
 
-/// When UUIDv7 `id` was made.
-pub fn made_at(id: Uuid) -> DateTime<Utc> {
-    let bytes = id.as_bytes();
-    let mut millis = [0u8; 8];
-    millis[2..].copy_from_slice(&bytes[..6]);
-    DateTime::from_timestamp_millis(i64::try_from(u64::from_be_bytes(millis)).unwrap_or(0))
-        .unwrap_or_default()
+/// The newest number of the tenant's committed events (0: none yet), for a member or a key
+/// with `CREDITS_READ`.
+pub async fn newest(db: &Database, viewer: &Viewer, tenant_id: Uuid) -> Result<i64, AppError> {
+    alerts::authorize_read(db, viewer, tenant_id).await?;
+    last_committed(db, tenant_id).await
 }
 
-/// The tenant's events made at `since` or later, in id order, for a member or a key with
-/// `CREDITS_READ`; and, when a source had more than a page, the time to read on from (the
-/// events past it are left for that read).
+async fn last_committed(db: &Database, tenant_id: Uuid) -> Result<i64, AppError> {
+    static SQL: PerBackend = PerBackend::new(|_| {
+        "SELECT last_seq FROM credit_feed WHERE tenant_id = :tenant".to_owned()
+    });
+    static SHAPE: LazyLock<Shape> =
+        LazyLock::new(|| Shape::default().with("last_seq", ColumnType::BigInteger));
+    let statement = SQL
+        .get(db.backend())
+        .bind(|name| (name == "tenant").then(|| tenant_id.into()))?;
+    Ok(match db.query_one(&statement, &SHAPE).await? {
+        Some(row) => row.get("last_seq")?,
+        None => 0,
+    })
+}
+
+/// The tenant's events numbered after `after`, in number order, at most a page of each
+/// source, for a member or a key with `CREDITS_READ`. The newest committed number is read
+/// first: every event up to it has committed, so nothing up to `through` is missed.
 pub async fn since(
     db: &Database,
     viewer: &Viewer,
     tenant_id: Uuid,
-    since: DateTime<Utc>,
-) -> Result<(Vec<FeedEvent>, Option<DateTime<Utc>>), AppError> {
+    after: i64,
+) -> Result<Read, AppError> {
     alerts::authorize_read(db, viewer, tenant_id).await?;
+    let upto = last_committed(db, tenant_id).await?;
+    if upto <= after {
+        return Ok(Read {
+            through: after,
+            ..Read::default()
+        });
+    }
     static LEDGER: PerBackend = PerBackend::new(|_| {
         format!(
-            "SELECT * FROM credit WHERE tenant_id = :tenant AND id >= :floor ORDER BY id LIMIT {PAGE}"
+            "SELECT * FROM credit WHERE tenant_id = :tenant AND seq > :after AND seq <= :upto \
+             ORDER BY seq LIMIT {PAGE}"
         )
     });
     static ALERTS: PerBackend = PerBackend::new(|_| {
         format!(
-            "SELECT id, type, payload, created_at FROM webhook_event WHERE tenant_id = :tenant \
-             AND id >= :floor AND type IN ('{}') ORDER BY id LIMIT {PAGE}",
-            ALERT_TYPES.join("', '")
+            "SELECT seq, id, type, payload, created_at FROM webhook_event \
+             WHERE tenant_id = :tenant AND seq > :after AND seq <= :upto ORDER BY seq LIMIT {PAGE}"
         )
     });
     static LEDGER_SHAPE: LazyLock<Shape> = LazyLock::new(Shape::of::<credit::Entity>);
     static ALERT_SHAPE: LazyLock<Shape> = LazyLock::new(|| {
         Shape::default()
+            .with("seq", ColumnType::BigInteger)
             .with("id", ColumnType::Uuid)
             .with("type", ColumnType::Text)
             .with("payload", ColumnType::Text)
@@ -109,76 +210,62 @@ pub async fn since(
     let value = |name: &str| -> Option<sea_orm::Value> {
         Some(match name {
             "tenant" => tenant_id.into(),
-            "floor" => floor(since).into(),
+            "after" => after.into(),
+            "upto" => upto.into(),
             _ => return None,
         })
     };
     let backend = db.backend();
+    // The last number of each source that filled a page: nothing past the first is complete.
+    let mut cut: Option<i64> = None;
+    let mut full = |count: usize, last: Option<i64>| {
+        if let (true, Some(last)) = (count as u64 >= PAGE, last) {
+            cut = Some(cut.map_or(last, |cut| cut.min(last)));
+        }
+    };
     let mut events = Vec::new();
-    // The last id of each source that filled a page: nothing past the first is complete.
-    let mut cut: Option<Uuid> = None;
     let ledger = db
         .query(&LEDGER.get(backend).bind(value)?, &LEDGER_SHAPE)
         .await?;
-    let full = ledger.len() as u64 >= PAGE;
+    let count = ledger.len();
     for row in ledger {
         events.push(FeedEvent::Ledger(Box::new(row.model::<credit::Entity>()?)));
     }
-    if full {
-        cut = events.last().map(FeedEvent::id);
-    }
+    full(count, events.last().map(FeedEvent::seq));
     let alerts = db
         .query(&ALERTS.get(backend).bind(value)?, &ALERT_SHAPE)
         .await?;
-    let full = alerts.len() as u64 >= PAGE;
+    let count = alerts.len();
     let mut last_alert = None;
     for row in alerts {
         let payload: String = row.get("payload")?;
         let body: Value = serde_json::from_str(&payload)
             .map_err(|e| AppError::Internal(anyhow::anyhow!("an event's payload: {e}")))?;
+        let seq: i64 = row.get("seq")?;
+        last_alert = Some(seq);
         events.push(FeedEvent::Alert {
+            seq,
             id: row.get("id")?,
             kind: row.get("type")?,
             at: row.get("created_at")?,
             data: body["data"].clone(),
         });
-        last_alert = events.last().map(FeedEvent::id);
     }
-    if full {
-        cut = match (cut, last_alert) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-    }
-    events.sort_by_key(FeedEvent::id);
-    let Some(cut) = cut else {
-        return Ok((events, None));
-    };
-    events.retain(|e| e.id() <= cut);
-    // On from the cut's instant: what is read again there is skipped by its id.
-    let next = made_at(cut);
-    // A page made within one millisecond cannot move on by time: take the next one up.
-    let next = if next <= since {
-        since + Duration::milliseconds(1)
-    } else {
-        next
-    };
-    Ok((events, Some(next)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_floor_of_an_instant_sorts_before_every_id_made_then_or_later() {
-        let now = Utc::now();
-        let made = Uuid::now_v7();
-        assert!(floor(now - Duration::milliseconds(1)) <= made);
-        assert!(floor(now + Duration::seconds(1)) > made);
-        assert_eq!(floor(now).get_version_num(), 7);
-        let at = made_at(made);
-        assert!((now - at).num_milliseconds().abs() <= 1, "{now} {at}");
-        assert_eq!(made_at(floor(at)), at);
-    }
+    full(count, last_alert);
+    events.sort_by_key(FeedEvent::seq);
+    Ok(match cut {
+        Some(cut) => {
+            events.retain(|e| e.seq() <= cut);
+            Read {
+                events,
+                through: cut,
+                more: true,
+            }
+        }
+        None => Read {
+            events,
+            through: upto,
+            more: false,
+        },
+    })
 }

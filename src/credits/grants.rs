@@ -23,6 +23,7 @@ use std::sync::LazyLock;
 use super::{
     Actor, alerts,
     balance::{self, Balance},
+    feed,
     limit::plan_sql,
 };
 use crate::{
@@ -374,6 +375,7 @@ pub async fn grant(
     let mut session = db.session().await?;
     session.begin().await?;
     let outcome = async {
+        feed::lock(&mut session, model.tenant_id).await?;
         let claim = idempotency::claim(
             &mut session,
             model.tenant_id,
@@ -442,6 +444,7 @@ pub async fn void(
     let mut session = db.session().await?;
     session.begin().await?;
     let outcome = async {
+        feed::lock(&mut session, tenant_id).await?;
         let Some(before) = close(&mut session, tenant_id, grant_id, GrantStatus::Voided).await?
         else {
             return match find(&mut session, tenant_id, grant_id).await? {
@@ -485,6 +488,7 @@ pub async fn sweep(db: &Database, now: DateTime<Utc>, limit: u64) -> Result<u64,
     for (tenant_id, grant_id) in due {
         session.begin().await?;
         let outcome = async {
+            feed::lock(&mut session, tenant_id).await?;
             let Some(before) =
                 close(&mut session, tenant_id, grant_id, GrantStatus::Expired).await?
             else {
@@ -689,6 +693,7 @@ pub async fn grant_once(
     g: &credit_grant::Model,
 ) -> Result<bool, DbErr> {
     let backend = txn.get_database_backend();
+    feed::lock(&mut &*txn, g.tenant_id).await?;
     if txn
         .execute_raw(insert_statement(backend, g, true)?)
         .await?
@@ -697,7 +702,8 @@ pub async fn grant_once(
     {
         return Ok(false);
     }
-    let movement = movement_statement(backend, g, Movement::Grant, g.amount, g.created_at)?;
+    let seq = feed::next(&mut &*txn, g.tenant_id).await?;
+    let movement = movement_statement(backend, g, Movement::Grant, g.amount, g.created_at, seq)?;
     txn.execute_raw(movement).await?;
     let balance = balance::balance(&mut &*txn, g.tenant_id, &g.feature, g.created_at).await?;
     webhooks::record(&mut &*txn, &granted_event(g, &balance), g.created_at).await?;
@@ -731,9 +737,20 @@ pub async fn claw_back(
          ELSE status END WHERE tenant_id = :tenant AND id = :grant"
             .to_owned()
     });
+    static TENANT: PerBackend = PerBackend::new(|_| {
+        "SELECT tenant_id FROM credit_grant WHERE payment_ref = :payment".to_owned()
+    });
     let backend = txn.get_database_backend();
     let payment = |name: &str| (name == "payment").then(|| payment_ref.into());
-    // The grant's row locked first: refunds and disputes of one payment take turns.
+    // The tenant's event numbering locked first (`feed`), then the grant's row: refunds and
+    // disputes of one payment take turns.
+    let Some(row) = txn
+        .query_one_raw(TENANT.get(backend).bind(payment)?)
+        .await?
+    else {
+        return Ok(None);
+    };
+    feed::lock(&mut &*txn, row.try_get("", "tenant_id")?).await?;
     txn.execute_raw(LOCK.get(backend).bind(payment)?).await?;
     let Some(row) = txn.query_one_raw(FIND.get(backend).bind(payment)?).await? else {
         return Ok(None);
@@ -760,12 +777,14 @@ pub async fn claw_back(
     moved.actor_type = ActorType::System;
     moved.actor_id = None;
     moved.reason = Some(reason.to_owned());
+    let seq = feed::next(&mut &*txn, grant.tenant_id).await?;
     txn.execute_raw(movement_statement(
         backend,
         &moved,
         Movement::Void,
         take,
         now,
+        seq,
     )?)
     .await?;
     alerts::reconcile(&mut &*txn, grant.tenant_id, &grant.feature, now).await?;
@@ -782,7 +801,8 @@ pub(super) async fn movement(
     amount: i64,
     now: DateTime<Utc>,
 ) -> Result<(), AppError> {
-    let statement = movement_statement(session.backend(), g, kind, amount, now)?;
+    let seq = feed::next(session, g.tenant_id).await?;
+    let statement = movement_statement(session.backend(), g, kind, amount, now, seq)?;
     session.execute(&statement).await?;
     Ok(())
 }
@@ -793,12 +813,13 @@ fn movement_statement(
     kind: Movement,
     amount: i64,
     now: DateTime<Utc>,
+    seq: i64,
 ) -> Result<Statement, DbErr> {
     static SQL: PerBackend = PerBackend::new(|_| {
         "INSERT INTO credit (id, tenant_id, user_id, type, amount, object_id, feature, \
-         period_start, created_at, reason, actor_type, actor_id, kind, grant_id) \
+         period_start, created_at, reason, actor_type, actor_id, kind, grant_id, seq) \
          VALUES (:id, :tenant, :user, :type, :amount, :object, :feature, :now, :now, :reason, \
-         :actor_type, :actor_id, :kind, :grant)"
+         :actor_type, :actor_id, :kind, :grant, :seq)"
             .to_owned()
     });
     let user = match g.actor_type {
@@ -820,6 +841,7 @@ fn movement_statement(
             "actor_id" => g.actor_id.into(),
             "kind" => kind.to_value().into(),
             "grant" => g.id.into(),
+            "seq" => seq.into(),
             _ => return None,
         })
     })

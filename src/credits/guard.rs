@@ -12,7 +12,7 @@ use entity::credit::ActorType;
 use sea_orm::{DatabaseBackend, prelude::*};
 
 use super::{
-    FeatureLimitType, Period, alerts, grants,
+    FeatureLimitType, Period, alerts, feed, grants,
     limit::{self, plan_sql},
     usage::{PlanFeatureRow, subscribed_feature},
     usage_events,
@@ -251,15 +251,23 @@ fn spend_sql(backend: DatabaseBackend, requires: Option<&str>) -> String {
     )
 }
 
-/// The ledger row, its period start taken from `period`.
-fn ledger_sql(period: &str) -> String {
+/// The ledger row, its period start taken from `period` and its number among the tenant's
+/// events from `seq`.
+fn ledger_sql(period: &str, seq: &str) -> String {
     format!(
         "INSERT INTO credit (id, tenant_id, user_id, type, amount, object_id, idempotency_key, \
-         feature, period_start, created_at, subject, metadata, actor_type, actor_id) \
+         feature, period_start, created_at, subject, metadata, actor_type, actor_id, seq) \
          SELECT :ledger_id, :tenant, :user, :credit_type, :cost, :object, :key, :feature, {period}, \
-         :now, :subject, :metadata, :actor_type, :actor_id"
+         :now, :subject, :metadata, :actor_type, :actor_id, {seq}"
     )
 }
+
+/// The first CTE of PostgreSQL's guard: the tenant's event numbering locked before anything
+/// else of the tenant (`feed`'s lock order); what comes next depends on it through
+/// `FEED_TAKEN`, a condition that always holds once the lock is taken.
+const FEED_LOCK: &str =
+    "feed AS (SELECT last_seq FROM credit_feed WHERE tenant_id = :tenant FOR UPDATE)";
+const FEED_TAKEN: &str = "(SELECT COUNT(*) FROM feed) >= 0";
 
 fn build(backend: DatabaseBackend, paid: Option<&PaidTable>, metered: bool) -> GuardSql {
     // `INSERT INTO table (columns) … values` for a paid row.
@@ -270,7 +278,6 @@ fn build(backend: DatabaseBackend, paid: Option<&PaidTable>, metered: bool) -> G
         )
     });
     let paid_requires = paid.and_then(|p| p.requires).map(|(sql, _)| sql);
-    let spend = spend_sql(backend, paid_requires);
     match backend {
         DatabaseBackend::Postgres => {
             // The last CTE that inserts: the paid row when there is one, else the ledger's.
@@ -288,7 +295,16 @@ fn build(backend: DatabaseBackend, paid: Option<&PaidTable>, metered: bool) -> G
                 ),
                 false => String::new(),
             };
-            let ledger = ledger_sql("spent.period_start");
+            let ledger = ledger_sql("spent.period_start", "seq.last_seq");
+            // The ledger row's number, taken only when the counter took the cost.
+            let seq = format!("seq AS ({})", feed::next_sql(Some("spent")));
+            let spend = spend_sql(
+                backend,
+                Some(&match paid_requires {
+                    Some(sql) => format!("{sql} AND {FEED_TAKEN}"),
+                    None => FEED_TAKEN.to_owned(),
+                }),
+            );
             // Whether the spend reached the consumption at which an alert rule may start to
             // hold (`alerts`): read off the counter row the spend updated.
             let pending = format!(
@@ -296,8 +312,9 @@ fn build(backend: DatabaseBackend, paid: Option<&PaidTable>, metered: bool) -> G
                 alerts::PENDING_SQL
             );
             let plain = format!(
-                "WITH spent AS ({spend} RETURNING period_start, used, grants_used, alert_at), \
-                 ledger AS ({ledger} FROM spent RETURNING id){paid}{outbox} \
+                "WITH {FEED_LOCK}, \
+                 spent AS ({spend} RETURNING period_start, used, grants_used, alert_at), \
+                 {seq}, ledger AS ({ledger} FROM spent, seq RETURNING id){paid}{outbox} \
                  SELECT CAST(1 AS BIGINT) AS created, {pending} FROM {last}"
             );
             // The same, spending only when this statement claims the key: one round trip
@@ -311,12 +328,12 @@ fn build(backend: DatabaseBackend, paid: Option<&PaidTable>, metered: bool) -> G
                 }),
             );
             let keyed = format!(
-                "WITH claim AS ({} RETURNING 1), \
+                "WITH {FEED_LOCK}, claim AS ({} RETURNING 1), \
                  spent AS ({keyed_spend} RETURNING period_start, used, grants_used, alert_at), \
-                 ledger AS ({ledger} FROM spent RETURNING id){paid}{outbox} \
+                 {seq}, ledger AS ({ledger} FROM spent, seq RETURNING id){paid}{outbox} \
                  SELECT CAST((SELECT COUNT(*) FROM claim) AS BIGINT) AS claimed, \
                  CAST((SELECT COUNT(*) FROM {last}) AS BIGINT) AS created, {pending}",
-                idempotency::CLAIM_SQL
+                idempotency::claim_sql_when(FEED_TAKEN)
             );
             GuardSql::Postgres {
                 plain: Sql::new(backend, &plain),
@@ -326,9 +343,12 @@ fn build(backend: DatabaseBackend, paid: Option<&PaidTable>, metered: bool) -> G
         _ => GuardSql::Sqlite {
             spend: Sql::new(
                 backend,
-                &format!("{spend} RETURNING period_start, used, grants_used, alert_at"),
+                &format!(
+                    "{} RETURNING period_start, used, grants_used, alert_at",
+                    spend_sql(backend, paid_requires)
+                ),
             ),
-            ledger: Sql::new(backend, &ledger_sql(":period")),
+            ledger: Sql::new(backend, &ledger_sql(":period", ":seq")),
             paid: insert
                 .map(|(into, values)| Sql::new(backend, &format!("{into} VALUES ({values})"))),
             outbox: Sql::new(backend, &usage_events::spend_event_sql("1 = 1")),
@@ -354,7 +374,7 @@ fn slow(backend: DatabaseBackend, paid: Option<&PaidTable>) -> Slow {
                 ),
             )
         }),
-        ledger: Sql::new(backend, &ledger_sql(&period)),
+        ledger: Sql::new(backend, &ledger_sql(&period, ":seq")),
         outbox: Sql::new(backend, &usage_events::spend_event_sql("1 = 1")),
     }
 }
@@ -597,8 +617,10 @@ async fn run(
                 row.get("grants_used")?,
                 row.get("alert_at")?,
             );
+            let seq = feed::next(session, binding.spend.tenant_id).await?;
             let value = |name: &str| match name {
                 "period" => Some(period.clone().into()),
+                "seq" => Some(seq.into()),
                 name => value(name),
             };
             session.execute(&ledger.bind(value)?).await?;
@@ -665,7 +687,12 @@ async fn beyond_allowance(
         return Err(AppError::NotFound(missing));
     }
     let pending = grants::draw(session, &allocation, &value).await?;
-    session.execute(&slow.ledger.bind(value)?).await?;
+    let seq = feed::next(session, spend.tenant_id).await?;
+    let ledger = slow.ledger.bind(|name| match name {
+        "seq" => Some(seq.into()),
+        name => value(name),
+    })?;
+    session.execute(&ledger).await?;
     if pending {
         alerts::reconcile(session, spend.tenant_id, &spend.credit_type.feature, now).await?;
     }

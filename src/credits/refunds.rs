@@ -22,7 +22,7 @@ use entity::{
 use sea_orm::{ColumnType, DatabaseBackend, prelude::*};
 
 use super::{
-    Actor, Period, alerts, balance,
+    Actor, Period, alerts, balance, feed,
     grants::{self, BURN_ORDER_SQL},
     limit::plan_sql,
     usage_events,
@@ -108,6 +108,7 @@ pub async fn refund(
     let mut session = db.session().await?;
     session.begin().await?;
     let outcome = async {
+        feed::lock(&mut session, request.tenant_id).await?;
         let claim = idempotency::claim(
             &mut session,
             request.tenant_id,
@@ -320,6 +321,7 @@ async fn give_back(
         }
     }
     let reason = request.reason.clone();
+    let seq = feed::next(session, tenant_id).await?;
     let refund = credit::Model {
         id: refund_id,
         tenant_id,
@@ -342,6 +344,7 @@ async fn give_back(
         grant_id: None,
         refund_of: Some(spend.id),
         reason: reason.clone(),
+        seq: Some(seq),
     };
     insert_row(session, &refund).await?;
     let allowance: i64 = returned
@@ -551,8 +554,8 @@ async fn insert_row(session: &mut Session, c: &credit::Model) -> Result<(), AppE
     static SQL: PerBackend = PerBackend::new(|_| {
         "INSERT INTO credit (id, tenant_id, user_id, type, amount, object_id, idempotency_key, \
          feature, period_start, created_at, subject, actor_type, actor_id, kind, refund_of, \
-         reason) VALUES (:id, :tenant, :user, :type, :amount, :object, :key, :feature, :period, \
-         :now, :subject, :actor_type, :actor_id, 'REFUND', :refund_of, :reason)"
+         reason, seq) VALUES (:id, :tenant, :user, :type, :amount, :object, :key, :feature, \
+         :period, :now, :subject, :actor_type, :actor_id, 'REFUND', :refund_of, :reason, :seq)"
             .to_owned()
     });
     let statement = SQL.get(session.backend()).bind(|name| {
@@ -572,6 +575,7 @@ async fn insert_row(session: &mut Session, c: &credit::Model) -> Result<(), AppE
             "actor_id" => c.actor_id.into(),
             "refund_of" => c.refund_of.into(),
             "reason" => c.reason.as_deref().into(),
+            "seq" => c.seq.into(),
             _ => return None,
         })
     })?;

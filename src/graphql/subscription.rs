@@ -1,9 +1,8 @@
 //! Subscription resolvers: the live balance, over WebSocket (`GET /graphql/ws`).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use async_graphql::{Context, ErrorExtensions, ID, Json, ResultExt, Subscription};
-use chrono::{DateTime, Utc};
 use futures::{Stream, stream};
 use tokio::sync::broadcast::error::RecvError;
 
@@ -16,7 +15,7 @@ use crate::{
     error::AppError,
     graphql::{
         state,
-        types::{Credit, CreditEvent, CreditEventType, PlanFeatureUsage, parse_id},
+        types::{Credit, CreditEvent, CreditEventType, PlanFeatureUsage, Sequence, parse_id},
         viewer,
     },
     live::Change,
@@ -63,47 +62,37 @@ impl Subscription {
 
     /// A tenant's credit events, live, in the order they committed on any replica: ledger
     /// rows (spends, refunds, grants, expiries, voids) and alert events (thresholds reached
-    /// and resolved, depleted, limit reached); `types` to choose. Each has a `sequence` (1,
-    /// 2, 3, … within the subscription). `after`: an event id seen before (say, before a
-    /// reconnect) — the events after it are sent first, and those of the few seconds before
-    /// it again (skip ids already handled). Members (and API keys with `CREDITS_READ`); a
-    /// member removed meanwhile gets `FORBIDDEN` and the subscription ends.
+    /// and resolved, depleted, limit reached); `types` to choose. Each has the tenant's
+    /// `sequence` number (1, 2, 3, …, the same for every subscriber). Without `after`, the
+    /// events from now on; with `after` (a sequence number seen before, say before a
+    /// reconnect, or 0 for all), every event after it first — nothing missed, nothing twice.
+    /// Members (and API keys with `CREDITS_READ`); a member removed meanwhile gets
+    /// `FORBIDDEN` and the subscription ends.
     async fn credit_events(
         &self,
         ctx: &Context<'_>,
         tenant_id: ID,
         types: Option<Vec<CreditEventType>>,
-        after: Option<ID>,
+        after: Option<Sequence>,
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<CreditEvent>>> {
         let state = state(ctx)?.clone();
         let viewer = viewer(ctx).clone();
         let tenant = parse_id(&tenant_id, "tenantId").extend()?;
-        let after = after.map(|a| parse_id(&a, "after")).transpose().extend()?;
         // Listening before the first read: nothing between the two is missed.
         let changes = state.changes.subscribe();
-        let now = state.clock.now().max(chrono::Utc::now());
-        let mut feed = Feed {
+        // Checks the viewer may read the tenant's events, whether or not it starts from now.
+        let newest = feed::newest(&state.db, &viewer, tenant).await.extend()?;
+        let feed = Feed {
             state,
             viewer,
             tenant,
             types,
             changes,
-            since: now - feed::LOOKBACK,
-            seen: BTreeMap::new(),
+            after: after.map_or(newest, |after| after.0),
             ready: VecDeque::new(),
-            sequence: 0,
-            read_now: after.is_some(),
+            more: after.is_some(),
             done: false,
         };
-        match after {
-            Some(after) => feed.since = feed::made_at(after) - feed::LOOKBACK,
-            None => {
-                // What is there already is not news: read it once, to skip it.
-                feed.read().await.extend()?;
-                feed.sequence = 0;
-                feed.ready.clear();
-            }
-        }
         Ok(stream::unfold(feed, |mut feed| async move {
             let item = feed.next().await?;
             Some((item, feed))
@@ -122,14 +111,12 @@ struct Feed {
     tenant: uuid::Uuid,
     types: Option<Vec<CreditEventType>>,
     changes: tokio::sync::broadcast::Receiver<Change>,
-    /// Read from here on (moves to the newest event seen, less `feed::LOOKBACK`).
-    since: DateTime<Utc>,
-    /// What was sent (or found already there at the start), by id: skipped when read again.
-    seen: BTreeMap<uuid::Uuid, DateTime<Utc>>,
+    /// The number read through: the next read is of the events after it.
+    after: i64,
     ready: VecDeque<CreditEvent>,
-    sequence: i32,
-    /// Read at once (the first read), before waiting for a change.
-    read_now: bool,
+    /// Read again at once, before waiting for a change: the first read of a resumed feed,
+    /// or after a full page.
+    more: bool,
     done: bool,
 }
 
@@ -142,7 +129,7 @@ impl Feed {
             if self.done {
                 return None;
             }
-            if !self.read_now {
+            if !self.more {
                 loop {
                     match self.changes.recv().await {
                         Ok(change) if !change.concerns(self.tenant) => continue,
@@ -154,7 +141,6 @@ impl Feed {
                 tokio::time::sleep(EVENTS_EVERY).await;
                 while self.changes.try_recv().is_ok() {}
             }
-            self.read_now = false;
             if let Err(e) = self.read().await {
                 // Refused (a removed member, a revoked key): say why, then end.
                 self.done = true;
@@ -163,63 +149,43 @@ impl Feed {
         }
     }
 
-    /// Reads what is new since `since`, page by page, into `ready`.
+    /// Reads a page of what committed after `after` into `ready`.
     async fn read(&mut self) -> Result<(), AppError> {
-        loop {
-            let (events, more) =
-                feed::since(&self.state.db, &self.viewer, self.tenant, self.since).await?;
-            for event in events {
-                let id = event.id();
-                if self.seen.contains_key(&id) {
-                    continue;
+        let read = feed::since(&self.state.db, &self.viewer, self.tenant, self.after).await?;
+        for event in read.events {
+            let (sequence, id) = (Sequence(event.seq()), event.id());
+            let (kind, at, feature, credit, data) = match event {
+                FeedEvent::Ledger(c) => (
+                    CreditEventType::of_movement(&c.movement),
+                    c.created_at,
+                    Some(c.feature.clone()),
+                    Some(Credit::from(*c)),
+                    None,
+                ),
+                FeedEvent::Alert { kind, at, data, .. } => {
+                    let Some(kind) = CreditEventType::of_alert(&kind) else {
+                        continue;
+                    };
+                    let feature = data["feature"].as_str().map(str::to_owned);
+                    (kind, at, feature, None, Some(Json(data)))
                 }
-                let at = match &event {
-                    FeedEvent::Ledger(c) => c.created_at,
-                    FeedEvent::Alert { at, .. } => *at,
-                };
-                self.seen.insert(id, at);
-                let (kind, feature, credit, data) = match event {
-                    FeedEvent::Ledger(c) => (
-                        CreditEventType::of_movement(&c.movement),
-                        Some(c.feature.clone()),
-                        Some(Credit::from(*c)),
-                        None,
-                    ),
-                    FeedEvent::Alert { kind, data, .. } => {
-                        let Some(kind) = CreditEventType::of_alert(&kind) else {
-                            continue;
-                        };
-                        let feature = data["feature"].as_str().map(str::to_owned);
-                        (kind, feature, None, Some(Json(data)))
-                    }
-                };
-                if self.types.as_ref().is_some_and(|t| !t.contains(&kind)) {
-                    continue;
-                }
-                self.sequence += 1;
-                self.ready.push_back(CreditEvent {
-                    sequence: self.sequence,
-                    id: ID(id.to_string()),
-                    kind,
-                    at,
-                    feature,
-                    credit,
-                    data,
-                });
+            };
+            if self.types.as_ref().is_some_and(|t| !t.contains(&kind)) {
+                continue;
             }
-            // Look back from the newest id seen, for rows that commit late; forget what is
-            // older than that.
-            if let Some((newest, _)) = self.seen.last_key_value() {
-                let newest_at = feed::made_at(*newest);
-                self.since = self.since.max(newest_at - feed::LOOKBACK);
-            }
-            let since = self.since;
-            self.seen.retain(|id, _| feed::made_at(*id) >= since);
-            match more {
-                Some(next) => self.since = next,
-                None => return Ok(()),
-            }
+            self.ready.push_back(CreditEvent {
+                sequence,
+                id: ID(id.to_string()),
+                kind,
+                at,
+                feature,
+                credit,
+                data,
+            });
         }
+        self.after = read.through;
+        self.more = read.more;
+        Ok(())
     }
 }
 

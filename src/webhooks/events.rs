@@ -52,7 +52,8 @@ impl NewEvent {
     }
 
     /// The statement recording it as event `id`, already dispatched when `dispatched` (a
-    /// test or replay, whose delivery is made with it).
+    /// test or replay, whose delivery is made with it); `seq`: its number among the tenant's
+    /// credit events, for one `creditEvents` carries.
     fn insert(
         &self,
         backend: DatabaseBackend,
@@ -60,10 +61,11 @@ impl NewEvent {
         now: DateTime<Utc>,
         dispatched: bool,
         external_id: Option<&str>,
+        seq: Option<i64>,
     ) -> Result<Statement, DbErr> {
         static SQL: PerBackend = PerBackend::new(|_| {
-            "INSERT INTO webhook_event (id, tenant_id, type, payload, created_at, dispatched_at) \
-             VALUES (:id, :tenant, :type, :payload, :now, :dispatched)"
+            "INSERT INTO webhook_event (id, tenant_id, type, payload, created_at, dispatched_at, \
+             seq) VALUES (:id, :tenant, :type, :payload, :now, :dispatched, :seq)"
                 .to_owned()
         });
         let payload = self.payload(now, external_id);
@@ -75,6 +77,7 @@ impl NewEvent {
                 "payload" => payload.as_str().into(),
                 "now" => now.into(),
                 "dispatched" => dispatched.then_some(now).into(),
+                "seq" => seq.into(),
                 _ => return None,
             })
         })
@@ -91,7 +94,18 @@ fn external_id_sql(backend: DatabaseBackend, tenant: Uuid) -> Result<Statement, 
 
 /// Records `event` in `tx`'s open transaction; returns its id.
 pub async fn record(tx: &mut impl Tx, event: &NewEvent, now: DateTime<Utc>) -> Result<Uuid, DbErr> {
-    record_as(tx, event, now, false).await
+    record_as(tx, event, now, false, None).await
+}
+
+/// Records `event` as number `seq` of its tenant's credit events (`credits::feed`: an alert
+/// event `creditEvents` carries).
+pub async fn record_numbered(
+    tx: &mut impl Tx,
+    event: &NewEvent,
+    now: DateTime<Utc>,
+    seq: i64,
+) -> Result<Uuid, DbErr> {
+    record_as(tx, event, now, false, Some(seq)).await
 }
 
 /// Records `event` as already dispatched (its one delivery is made by the caller).
@@ -100,7 +114,7 @@ pub(super) async fn record_dispatched(
     event: &NewEvent,
     now: DateTime<Utc>,
 ) -> Result<Uuid, DbErr> {
-    record_as(tx, event, now, true).await
+    record_as(tx, event, now, true, None).await
 }
 
 async fn record_as(
@@ -108,6 +122,7 @@ async fn record_as(
     event: &NewEvent,
     now: DateTime<Utc>,
     dispatched: bool,
+    seq: Option<i64>,
 ) -> Result<Uuid, DbErr> {
     static SHAPE: std::sync::LazyLock<Shape> =
         std::sync::LazyLock::new(|| Shape::default().with("external_id", ColumnType::Text));
@@ -124,7 +139,7 @@ async fn record_as(
         None => None,
     };
     let id = Uuid::now_v7();
-    let insert = event.insert(backend, id, now, dispatched, external_id.as_deref())?;
+    let insert = event.insert(backend, id, now, dispatched, external_id.as_deref(), seq)?;
     tx.run(&insert).await?;
     Ok(id)
 }

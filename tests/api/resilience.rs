@@ -64,6 +64,31 @@ async fn verify_passes_on_sound_books_and_names_what_is_broken() {
 }
 
 #[tokio::test]
+async fn verify_names_a_tenant_whose_events_are_not_numbered_one_to_the_last() {
+    let app = spawn_app_with_plan(FeatureLimitType::Monthly, 100).await;
+    let (token, tenant) = app.owner_with_tenant("acme").await;
+    let project = app.project_id(&token, &tenant).await;
+    app.create_task(&token, &project, "t").await;
+    let (sound, report) = verify(&app);
+    assert!(sound, "{report}");
+    // A number skipped: the project's spend renumbered past the task's.
+    sea_orm::ConnectionTrait::execute_unprepared(
+        &app.db().await,
+        "UPDATE credit SET seq = seq + 10 WHERE seq = 1",
+    )
+    .await
+    .expect("tampered");
+    let (sound, report) = verify(&app);
+    assert!(!sound, "{report}");
+    assert!(
+        report.contains(&format!(
+            "tenant {tenant}'s events are not numbered 1 to its last number: 2 events numbered 2..11, last number taken 2"
+        )),
+        "{report}"
+    );
+}
+
+#[tokio::test]
 async fn verify_finds_resources_without_exactly_one_ledger_row() {
     let app = spawn_app_with_plan(FeatureLimitType::Unlimited, 0).await;
     let (token, tenant) = app.owner_with_tenant("acme").await;

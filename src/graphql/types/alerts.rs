@@ -195,14 +195,45 @@ impl CreditEventType {
     }
 }
 
+/// The number of one of a tenant's credit events: 1, 2, 3, … per tenant, in the order the
+/// events committed, never reused. A JSON number (a whole number up to 2^53 − 1, beyond
+/// GraphQL's 32-bit `Int`: a busy tenant passes 2^31 events).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Sequence(pub i64);
+
+/// The largest number a JSON reader holds exactly (2^53 − 1).
+const MAX_SEQUENCE: i64 = (1 << 53) - 1;
+
+#[async_graphql::Scalar]
+impl async_graphql::ScalarType for Sequence {
+    fn parse(value: async_graphql::Value) -> async_graphql::InputValueResult<Self> {
+        match &value {
+            async_graphql::Value::Number(n) => n
+                .as_i64()
+                .filter(|n| (0..=MAX_SEQUENCE).contains(n))
+                .map(Sequence)
+                .ok_or_else(|| {
+                    async_graphql::InputValueError::custom(
+                        "a sequence number is a whole number from 0 to 2^53 - 1",
+                    )
+                }),
+            _ => Err(async_graphql::InputValueError::expected_type(value)),
+        }
+    }
+
+    fn to_value(&self) -> async_graphql::Value {
+        async_graphql::Value::Number(self.0.into())
+    }
+}
+
 /// One of a tenant's credit events, live.
 #[derive(SimpleObject, Clone, Debug)]
 pub struct CreditEvent {
-    /// 1, 2, 3, … within this subscription, in the order the events committed: a number
-    /// skipped is an event missed.
-    pub sequence: i32,
-    /// The ledger row's or the alert event's id (UUIDv7: time-ordered; resume after it with
-    /// `creditEvents(after:)`).
+    /// Its number among the tenant's events (1, 2, 3, … in the order they committed, the
+    /// same for every subscriber, on every replica): a number skipped is an event missed —
+    /// unless `types` left it out. Resume after it with `creditEvents(after:)`.
+    pub sequence: Sequence,
+    /// The ledger row's or the alert event's id.
     pub id: ID,
     /// What happened.
     #[graphql(name = "type")]
