@@ -39,6 +39,16 @@ pub const ALERT_TYPES: [&str; 4] = [
     "credits.limit_reached",
 ];
 
+/// Statement `sql` bound to its one parameter, `:tenant`.
+fn of_tenant(
+    sql: &PerBackend,
+    backend: DatabaseBackend,
+    tenant_id: Uuid,
+) -> Result<sea_orm::Statement, DbErr> {
+    sql.get(backend)
+        .bind(|name| (name == "tenant").then(|| tenant_id.into()))
+}
+
 /// Takes the tenant's next number, as a statement over `:tenant` of the rows of `source`
 /// (one row: the next number; none: nothing taken) returning `last_seq`. Creates the
 /// tenant's row if it has none.
@@ -59,9 +69,7 @@ pub async fn next(tx: &mut impl Tx, tenant_id: Uuid) -> Result<i64, DbErr> {
     static SQL: PerBackend = PerBackend::new(|_| next_sql(None));
     static SHAPE: LazyLock<Shape> =
         LazyLock::new(|| Shape::default().with("last_seq", ColumnType::BigInteger));
-    let statement = SQL
-        .get(tx.backend())
-        .bind(|name| (name == "tenant").then(|| tenant_id.into()))?;
+    let statement = of_tenant(&SQL, tx.backend(), tenant_id)?;
     let rows = tx.rows(&statement, &SHAPE).await?;
     let row = rows
         .first()
@@ -77,9 +85,7 @@ pub async fn open(tx: &mut impl Tx, tenant_id: Uuid) -> Result<(), DbErr> {
          ON CONFLICT (tenant_id) DO NOTHING"
             .to_owned()
     });
-    let statement = SQL
-        .get(tx.backend())
-        .bind(|name| (name == "tenant").then(|| tenant_id.into()))?;
+    let statement = of_tenant(&SQL, tx.backend(), tenant_id)?;
     tx.run(&statement).await?;
     Ok(())
 }
@@ -95,9 +101,7 @@ pub async fn lock(tx: &mut impl Tx, tenant_id: Uuid) -> Result<(), DbErr> {
          DO UPDATE SET last_seq = credit_feed.last_seq"
             .to_owned()
     });
-    let statement = SQL
-        .get(tx.backend())
-        .bind(|name| (name == "tenant").then(|| tenant_id.into()))?;
+    let statement = of_tenant(&SQL, tx.backend(), tenant_id)?;
     tx.run(&statement).await?;
     Ok(())
 }
@@ -160,9 +164,7 @@ async fn last_committed(db: &Database, tenant_id: Uuid) -> Result<i64, AppError>
     });
     static SHAPE: LazyLock<Shape> =
         LazyLock::new(|| Shape::default().with("last_seq", ColumnType::BigInteger));
-    let statement = SQL
-        .get(db.backend())
-        .bind(|name| (name == "tenant").then(|| tenant_id.into()))?;
+    let statement = of_tenant(&SQL, db.backend(), tenant_id)?;
     Ok(match db.query_one(&statement, &SHAPE).await? {
         Some(row) => row.get("last_seq")?,
         None => 0,

@@ -4,8 +4,8 @@
 //! bad token closed with 4401; another tenant refused; a removed member's stream ended; too
 //! many connections closed with 4429; changes still heard after the PostgreSQL listener's
 //! connection is cut. And the tenant's event feed (`creditEvents`): ledger and alert events in
-//! commit order with the tenant's sequence numbers, resumed after a number, filtered by type, from another
-//! replica.
+//! commit order with the tenant's sequence numbers, resumed after a number (from 0: page after
+//! page), filtered by type, from another replica.
 
 use std::{path::Path, process::Stdio, time::Duration};
 
@@ -15,7 +15,9 @@ use tokio::{
     process::{Child, ChildStdout, Command},
 };
 
-use crate::helpers::spawn_app_with;
+use entity::plan_feature::FeatureLimitType;
+
+use crate::helpers::{spawn_app_with, spawn_app_with_plan};
 
 const BALANCE: &str = "subscription($t: ID!) { creditBalance(tenantId: $t) { used remaining \
     grantsRemaining available } }";
@@ -435,4 +437,41 @@ async fn credit_events_from_another_replica_arrive_within_a_second() {
         (&json!("SPEND"), &json!(there))
     );
     assert_eq!(event["sequence"], 2);
+}
+
+#[tokio::test]
+async fn a_feed_resumed_from_the_start_pages_through_every_event_once_in_order() {
+    let app = spawn_app_with_plan(FeatureLimitType::Unlimited, 0).await;
+    let (owner, tenant) = app.owner_with_tenant("pages").await;
+    // More events than one read takes (`feed::PAGE`, 500).
+    let count = 520;
+    for chunk in (0..count).collect::<Vec<_>>().chunks(40) {
+        let spends = chunk.iter().map(|i| {
+            let (app, owner, tenant) = (&app, &owner, &tenant);
+            async move { consume(app, &app.address, owner, tenant, 1, &format!("k{i}")).await }
+        });
+        for spent in futures::future::join_all(spends).await {
+            spent.unwrap();
+        }
+    }
+    let vars = json!({ "t": tenant, "after": 0 });
+    let mut feed = Subscriber::document(
+        &app.address,
+        &bearer(&owner),
+        EVENTS,
+        vars,
+        count + 1,
+        false,
+    )
+    .await;
+    let mut sequences = Vec::new();
+    for _ in 0..count {
+        sequences.push(feed.event(START, &[]).await["sequence"].as_i64().unwrap());
+    }
+    assert_eq!(sequences, (1..=count as i64).collect::<Vec<_>>());
+    // Then the live ones, numbered on.
+    consume(&app, &app.address, &owner, &tenant, 1, "after")
+        .await
+        .unwrap();
+    assert_eq!(feed.event(START, &[]).await["sequence"], json!(count + 1));
 }
