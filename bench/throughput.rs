@@ -117,12 +117,39 @@ struct Row {
 struct Cost {
     cpu_us: f64,
     switches: f64,
+    /// PostgreSQL's CPU time per request: all its processes (backends, WAL writer,
+    /// checkpointer, …); NaN on SQLite, whose work is the server's own.
+    database_cpu_us: f64,
 }
 
 const NO_COST: Cost = Cost {
     cpu_us: f64::NAN,
     switches: f64::NAN,
+    database_cpu_us: f64::NAN,
 };
+
+/// CPU time (clock ticks) of every `postgres` process on the machine so far.
+fn postgres_usage() -> u64 {
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    processes
+        .flatten()
+        .filter(|p| {
+            std::fs::read_to_string(p.path().join("comm")).is_ok_and(|c| c.trim() == "postgres")
+        })
+        .filter_map(|p| std::fs::read_to_string(p.path().join("stat")).ok())
+        .map(|stat| {
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map_or("", |(_, rest)| rest)
+                .split_whitespace()
+                .collect();
+            let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+            field(14).unwrap_or(0) + field(15).unwrap_or(0)
+        })
+        .sum()
+}
 
 /// CPU time (clock ticks) and context switches of all a process's threads so far.
 fn process_usage(pid: u32) -> (u64, u64) {
@@ -164,15 +191,23 @@ fn clock_ticks() -> f64 {
         .unwrap_or(100.0)
 }
 
-/// The server's cost per request of `run` (which answers how many requests it made).
-fn measured(pid: u32, run: impl FnOnce() -> WrkResult) -> (WrkResult, Cost) {
+/// The server's cost per request of `run` (which answers how many requests it made), and
+/// PostgreSQL's when `postgres`.
+fn measured(pid: u32, postgres: bool, run: impl FnOnce() -> WrkResult) -> (WrkResult, Cost) {
+    let database = postgres.then(postgres_usage);
     let (ticks, switches) = process_usage(pid);
     let result = run();
     let (ticks_after, switches_after) = process_usage(pid);
+    let database_after = postgres.then(postgres_usage);
     let n = result.requests.max(1.0);
+    let per_request = |ticks: u64| ticks as f64 * 1e6 / clock_ticks() / n;
     let cost = Cost {
-        cpu_us: (ticks_after - ticks) as f64 * 1e6 / clock_ticks() / n,
+        cpu_us: per_request(ticks_after - ticks),
         switches: (switches_after - switches) as f64 / n,
+        database_cpu_us: match (database, database_after) {
+            (Some(before), Some(after)) => per_request(after.saturating_sub(before)),
+            _ => f64::NAN,
+        },
     };
     (result, cost)
 }
@@ -400,7 +435,8 @@ async fn run_database(
     let spread: Vec<String> = many.iter().map(|p| create_task(p)).collect();
 
     let pid = server.id();
-    let (health, cost) = measured(pid, || {
+    let postgres = label == "PostgreSQL";
+    let (health, cost) = measured(pid, postgres, || {
         wrk(&base, "GET", "/healthz", &[], None, seconds, pinned)
     });
     rows.push(Row {
@@ -512,12 +548,19 @@ async fn run_database(
         .collect();
     for (name, bodies, bearer, floor) in (0..rounds).flat_map(|_| chosen.iter()) {
         let (name, bearer, floor) = (*name, *bearer, *floor);
-        let (r, cost) = measured(pid, || {
+        let (r, cost) = measured(pid, postgres, || {
             wrk(&base, "POST", "/graphql", bodies, bearer, seconds, pinned)
         });
         eprintln!(
-            "{name}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors, {} denied, {:.0} µs CPU and {:.1} context switches per request",
-            r.rps, r.p50_ms, r.p99_ms, r.errors, r.denied, cost.cpu_us, cost.switches
+            "{name}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors, {} denied, {:.0} µs CPU and {:.1} context switches per request, {:.0} µs PostgreSQL CPU",
+            r.rps,
+            r.p50_ms,
+            r.p99_ms,
+            r.errors,
+            r.denied,
+            cost.cpu_us,
+            cost.switches,
+            cost.database_cpu_us
         );
         rows.push(Row {
             cost,
@@ -1118,12 +1161,12 @@ fn render(rows: &[Row], seconds: u64, pinned: bool, notes: &[String]) -> String 
     writeln!(t, "Run: {}.\n", Utc::now().format("%Y-%m-%d %H:%M UTC")).unwrap();
     writeln!(
         t,
-        "| database | workload | req/s | p50 ms | p99 ms | errors | denied | ratio to floor | server CPU µs/req | context switches/req |"
+        "| database | workload | req/s | p50 ms | p99 ms | errors | denied | ratio to floor | server CPU µs/req | context switches/req | PostgreSQL CPU µs/req |"
     )
     .unwrap();
     writeln!(
         t,
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |"
     )
     .unwrap();
     for r in rows {
@@ -1146,7 +1189,7 @@ fn render(rows: &[Row], seconds: u64, pinned: bool, notes: &[String]) -> String 
         };
         writeln!(
             t,
-            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.database,
             r.workload,
             r.rps,
@@ -1156,7 +1199,8 @@ fn render(rows: &[Row], seconds: u64, pinned: bool, notes: &[String]) -> String 
             r.denied,
             ratio,
             per(r.cost.cpu_us, 0),
-            per(r.cost.switches, 1)
+            per(r.cost.switches, 1),
+            per(r.cost.database_cpu_us, 0)
         )
         .unwrap();
     }

@@ -271,9 +271,9 @@ async fn check_outbox(db: &impl ConnectionTrait, report: &mut Report) -> Result<
     Ok(())
 }
 
-/// Every ledger row and alert event is numbered, and each tenant's numbers are exactly
-/// 1 to its `credit_feed.last_seq` (`feed`: dense, none twice — an index forbids the same
-/// number twice within a table).
+/// Every ledger row and alert event is numbered, and each tenant's numbers are exactly 1 to
+/// the last one taken (`feed`: dense, none twice — an index forbids the same number twice
+/// within a table; on PostgreSQL the last one taken is `credit_feed.last_seq`).
 async fn check_feed(db: &impl ConnectionTrait, report: &mut Report) -> Result<(), DbErr> {
     let alerts = format!("('{}')", super::feed::ALERT_TYPES.join("', '"));
     let unnumbered = scalar(
@@ -292,16 +292,21 @@ async fn check_feed(db: &impl ConnectionTrait, report: &mut Report) -> Result<()
     let numbered = "SELECT tenant_id, seq FROM credit WHERE seq IS NOT NULL UNION ALL \
                     SELECT tenant_id, seq FROM webhook_event WHERE seq IS NOT NULL";
     let backend = db.get_database_backend();
+    // The last number taken: PostgreSQL keeps it (`credit_feed`); SQLite's is the highest.
+    let committed = match backend {
+        DatabaseBackend::Postgres => "COALESCE(MAX(f.last_seq), -1)",
+        _ => "MAX(e.seq)",
+    };
     let rows = db
         .query_all_raw(Statement::from_string(
             backend,
             format!(
                 "SELECT e.tenant_id, CAST(COUNT(*) AS BIGINT) AS events, \
                  CAST(MIN(e.seq) AS BIGINT) AS first, CAST(MAX(e.seq) AS BIGINT) AS last, \
-                 CAST(COALESCE(MAX(f.last_seq), -1) AS BIGINT) AS committed \
+                 CAST({committed} AS BIGINT) AS committed \
                  FROM ({numbered}) e LEFT JOIN credit_feed f ON f.tenant_id = e.tenant_id \
                  GROUP BY e.tenant_id HAVING COUNT(*) <> MAX(e.seq) OR MIN(e.seq) <> 1 \
-                 OR COALESCE(MAX(f.last_seq), -1) <> MAX(e.seq)"
+                 OR {committed} <> MAX(e.seq)"
             ),
         ))
         .await?;

@@ -2,17 +2,20 @@
 //! grants, expiries, voids) and its alert events (`credits.threshold_reached`, …), numbered
 //! 1, 2, 3, … per tenant in the order they commit (`credit.seq`, `webhook_event.seq`).
 //!
-//! Every transaction that writes an event takes the tenant's next number from its
-//! `credit_feed` row (`next`), whose lock it holds until it commits: the numbers are dense,
-//! their order is the commit order, and `credit_feed.last_seq` is the newest number committed.
-//! A reader that reads `last_seq` first and then the events up to it sees every one of them
-//! (`since`); one that resumes after number n misses nothing and gets nothing twice.
+//! Every transaction that writes an event takes the tenant's next number (`next`) under a lock
+//! it holds until it commits: the numbers are dense, their order is the commit order, and the
+//! newest number committed (`last_committed`) tells a reader how far everything has committed.
+//! A reader that reads it first and then the events up to it sees every one of them (`since`);
+//! one that resumes after number n misses nothing and gets nothing twice.
 //!
-//! On PostgreSQL that lock is a row lock, and it is taken **first** in every transaction that
-//! may write an event — before a counter, a grant, an idempotency key or an alert row of the
-//! tenant (`lock`; the guard's statement takes it in its first CTE) — so that no two
-//! transactions wait on each other in opposite orders. On SQLite the writer holds the
-//! database's write lock already.
+//! On PostgreSQL the number comes from the tenant's `credit_feed` row, whose row lock is taken
+//! **first** in every transaction that may write an event — before a counter, a grant, an
+//! idempotency key or an alert row of the tenant (`lock`; the guard's statement takes it in
+//! its first CTE) — so that no two transactions wait on each other in opposite orders. On
+//! SQLite every write transaction holds the database's write lock from its start (`BEGIN
+//! IMMEDIATE`), so the next number is one past the highest the tenant's events carry, read
+//! from the `(tenant_id, seq)` indexes (`SQLITE_NEXT`): no row to write on the hot path, and
+//! `credit_feed` is not kept.
 
 use std::sync::LazyLock;
 
@@ -63,10 +66,18 @@ pub fn next_sql(source: Option<&str>) -> String {
     )
 }
 
+/// SQLite's next number of tenant `:tenant`, as an expression: one past the highest its
+/// ledger rows and alert events carry (two seeks to the end of an index).
+pub const SQLITE_NEXT: &str = "MAX(COALESCE((SELECT MAX(seq) FROM credit WHERE tenant_id = :tenant), 0), \
+     COALESCE((SELECT MAX(seq) FROM webhook_event WHERE tenant_id = :tenant), 0)) + 1";
+
 /// The tenant's next event number, in `tx`'s open transaction (which keeps the tenant's
 /// numbering locked until it ends).
 pub async fn next(tx: &mut impl Tx, tenant_id: Uuid) -> Result<i64, DbErr> {
-    static SQL: PerBackend = PerBackend::new(|_| next_sql(None));
+    static SQL: PerBackend = PerBackend::new(|backend| match backend {
+        DatabaseBackend::Postgres => next_sql(None),
+        _ => format!("SELECT {SQLITE_NEXT} AS last_seq"),
+    });
     static SHAPE: LazyLock<Shape> =
         LazyLock::new(|| Shape::default().with("last_seq", ColumnType::BigInteger));
     let statement = of_tenant(&SQL, tx.backend(), tenant_id)?;
@@ -77,9 +88,12 @@ pub async fn next(tx: &mut impl Tx, tenant_id: Uuid) -> Result<i64, DbErr> {
     row.get("last_seq")
 }
 
-/// Starts a new tenant's numbering (in the transaction that creates it): its row exists
-/// before any event, so that `lock` always has a row to lock.
+/// Starts a new tenant's numbering (in the transaction that creates it): on PostgreSQL its
+/// row exists before any event, so that `lock` always has a row to lock.
 pub async fn open(tx: &mut impl Tx, tenant_id: Uuid) -> Result<(), DbErr> {
+    if tx.backend() != DatabaseBackend::Postgres {
+        return Ok(());
+    }
     static SQL: PerBackend = PerBackend::new(|_| {
         "INSERT INTO credit_feed (tenant_id, last_seq) VALUES (:tenant, 0) \
          ON CONFLICT (tenant_id) DO NOTHING"
@@ -158,9 +172,13 @@ pub async fn newest(db: &Database, viewer: &Viewer, tenant_id: Uuid) -> Result<i
     last_committed(db, tenant_id).await
 }
 
+/// The newest number of the tenant's committed events: every event up to it has committed.
 async fn last_committed(db: &Database, tenant_id: Uuid) -> Result<i64, AppError> {
-    static SQL: PerBackend = PerBackend::new(|_| {
-        "SELECT last_seq FROM credit_feed WHERE tenant_id = :tenant".to_owned()
+    static SQL: PerBackend = PerBackend::new(|backend| match backend {
+        DatabaseBackend::Postgres => {
+            "SELECT last_seq FROM credit_feed WHERE tenant_id = :tenant".to_owned()
+        }
+        _ => format!("SELECT {SQLITE_NEXT} - 1 AS last_seq"),
     });
     static SHAPE: LazyLock<Shape> =
         LazyLock::new(|| Shape::default().with("last_seq", ColumnType::BigInteger));

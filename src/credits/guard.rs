@@ -171,7 +171,8 @@ enum GuardSql {
     Postgres { plain: Sql, keyed: Sql },
     /// Statements run one after the other on the writer's own thread (no round trip is a
     /// hand-off): the counter upsert, returning its period when it wrote its row, then —
-    /// only then — the ledger row in that period (`:period`), the paid row and, for a metered
+    /// only then — the ledger row in that period (`:period`, numbered `feed::SQLITE_NEXT`), the
+    /// paid row and, for a metered
     /// type, the outbox row.
     Sqlite {
         spend: Sql,
@@ -252,13 +253,21 @@ fn spend_sql(backend: DatabaseBackend, requires: Option<&str>) -> String {
 }
 
 /// The ledger row, its period start taken from `period` and its number among the tenant's
-/// events from `seq`.
-fn ledger_sql(period: &str, seq: &str) -> String {
+/// events from `seq`: selected `from` rows of other CTEs, else one row of values (SQLite's
+/// `seq` reads `credit`, and an `INSERT … SELECT` reading its own table would first copy
+/// the row into a temporary table).
+fn ledger_sql(period: &str, seq: &str, from: Option<&str>) -> String {
+    let values = format!(
+        ":ledger_id, :tenant, :user, :credit_type, :cost, :object, :key, :feature, {period}, \
+         :now, :subject, :metadata, :actor_type, :actor_id, {seq}"
+    );
+    let row = match from {
+        Some(from) => format!("SELECT {values} FROM {from}"),
+        None => format!("VALUES ({values})"),
+    };
     format!(
         "INSERT INTO credit (id, tenant_id, user_id, type, amount, object_id, idempotency_key, \
-         feature, period_start, created_at, subject, metadata, actor_type, actor_id, seq) \
-         SELECT :ledger_id, :tenant, :user, :credit_type, :cost, :object, :key, :feature, {period}, \
-         :now, :subject, :metadata, :actor_type, :actor_id, {seq}"
+         feature, period_start, created_at, subject, metadata, actor_type, actor_id, seq) {row}"
     )
 }
 
@@ -295,7 +304,7 @@ fn build(backend: DatabaseBackend, paid: Option<&PaidTable>, metered: bool) -> G
                 ),
                 false => String::new(),
             };
-            let ledger = ledger_sql("spent.period_start", "seq.last_seq");
+            let ledger = ledger_sql("spent.period_start", "seq.last_seq", Some("spent, seq"));
             // The ledger row's number, taken only when the counter took the cost.
             let seq = format!("seq AS ({})", feed::next_sql(Some("spent")));
             let spend = spend_sql(
@@ -314,7 +323,7 @@ fn build(backend: DatabaseBackend, paid: Option<&PaidTable>, metered: bool) -> G
             let plain = format!(
                 "WITH {FEED_LOCK}, \
                  spent AS ({spend} RETURNING period_start, used, grants_used, alert_at), \
-                 {seq}, ledger AS ({ledger} FROM spent, seq RETURNING id){paid}{outbox} \
+                 {seq}, ledger AS ({ledger} RETURNING id){paid}{outbox} \
                  SELECT CAST(1 AS BIGINT) AS created, {pending} FROM {last}"
             );
             // The same, spending only when this statement claims the key: one round trip
@@ -330,7 +339,7 @@ fn build(backend: DatabaseBackend, paid: Option<&PaidTable>, metered: bool) -> G
             let keyed = format!(
                 "WITH {FEED_LOCK}, claim AS ({} RETURNING 1), \
                  spent AS ({keyed_spend} RETURNING period_start, used, grants_used, alert_at), \
-                 {seq}, ledger AS ({ledger} FROM spent, seq RETURNING id){paid}{outbox} \
+                 {seq}, ledger AS ({ledger} RETURNING id){paid}{outbox} \
                  SELECT CAST((SELECT COUNT(*) FROM claim) AS BIGINT) AS claimed, \
                  CAST((SELECT COUNT(*) FROM {last}) AS BIGINT) AS created, {pending}",
                 idempotency::claim_sql_when(FEED_TAKEN)
@@ -348,7 +357,7 @@ fn build(backend: DatabaseBackend, paid: Option<&PaidTable>, metered: bool) -> G
                     spend_sql(backend, paid_requires)
                 ),
             ),
-            ledger: Sql::new(backend, &ledger_sql(":period", ":seq")),
+            ledger: Sql::new(backend, &ledger_sql(":period", feed::SQLITE_NEXT, None)),
             paid: insert
                 .map(|(into, values)| Sql::new(backend, &format!("{into} VALUES ({values})"))),
             outbox: Sql::new(backend, &usage_events::spend_event_sql("1 = 1")),
@@ -374,7 +383,7 @@ fn slow(backend: DatabaseBackend, paid: Option<&PaidTable>) -> Slow {
                 ),
             )
         }),
-        ledger: Sql::new(backend, &ledger_sql(&period, ":seq")),
+        ledger: Sql::new(backend, &ledger_sql(&period, ":seq", None)),
         outbox: Sql::new(backend, &usage_events::spend_event_sql("1 = 1")),
     }
 }
@@ -617,10 +626,8 @@ async fn run(
                 row.get("grants_used")?,
                 row.get("alert_at")?,
             );
-            let seq = feed::next(session, binding.spend.tenant_id).await?;
             let value = |name: &str| match name {
                 "period" => Some(period.clone().into()),
-                "seq" => Some(seq.into()),
                 name => value(name),
             };
             session.execute(&ledger.bind(value)?).await?;
