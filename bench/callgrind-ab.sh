@@ -6,6 +6,7 @@
 #   bench/callgrind-ab.sh BIN [REQUESTS] [TENANTS]
 #   CG_DATABASE=sqlite bench/callgrind-ab.sh BIN [REQUESTS] [TENANTS]
 #   CG_CLIENTS=32 bench/callgrind-ab.sh BIN [REQUESTS] [TENANTS]
+#   CG_WORKLOAD=consume bench/callgrind-ab.sh BIN [REQUESTS] [TENANTS]
 #
 # Starts BIN under `valgrind --tool=callgrind` on a fresh PostgreSQL database (127.0.0.1:5432,
 # user postgres) — or, with CG_DATABASE=sqlite, a fresh SQLite file, whose work is then counted
@@ -13,7 +14,9 @@
 # (every tenant's counter row made), zeroes the counts, sends REQUESTS (default 1000)
 # `createTask`s round-robin over the tenants one after the other (or from CG_CLIENTS clients
 # at once, so that the guard writer batches them as under load), and prints the instructions
-# per request. On PostgreSQL it also prints the CPU time all `postgres` processes spent per
+# per request. CG_WORKLOAD=keyed sends each `createTask` with a new idempotency key (in
+# variables); CG_WORKLOAD=consume sends `consumeCredits` of 1 with a tenant API key and a new
+# idempotency key each, as the throughput bench does. On PostgreSQL it also prints the CPU time all `postgres` processes spent per
 # request meanwhile (clock ticks from /proc: coarser, and moved by anything else PostgreSQL
 # serves). Needs valgrind, curl, psql and python3.
 set -euo pipefail
@@ -36,10 +39,10 @@ DATABASE_URL="$URL" TOLLGATE_JWT_SECRET=callgrind-secret-callgrind-secret-0 \
   --addr "127.0.0.1:$PORT" > "$DIR/server.log" 2>&1 &
 echo $! > "$DIR/pid"
 for _ in $(seq 600); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.5; done
-python3 - "$PORT" "$N" "$TENANTS" "$URL" "${CG_CLIENTS:-1}" <<'P'
+python3 - "$PORT" "$N" "$TENANTS" "$URL" "${CG_CLIENTS:-1}" "${CG_WORKLOAD:-task}" <<'P'
 import http.client, json, os, subprocess, sys, threading
 port, n, tenants = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-clients = int(sys.argv[5])
+clients, workload = int(sys.argv[5]), sys.argv[6]
 postgres = sys.argv[4].startswith("postgres:")
 def postgres_ticks():
     ticks = 0
@@ -54,26 +57,40 @@ def postgres_ticks():
     return ticks
 local = threading.local()
 token = None
-def gql(query):
+def gql(query, variables=None, bearer=None):
     if not hasattr(local, "conn"):
         local.conn = http.client.HTTPConnection("127.0.0.1", port)
     conn = local.conn
     headers = {"content-type": "application/json"}
-    if token:
-        headers["authorization"] = "Bearer " + token
-    conn.request("POST", "/graphql", json.dumps({"query": query}), headers)
+    if bearer or token:
+        headers["authorization"] = "Bearer " + (bearer or token)
+    body = {"query": query}
+    if variables is not None:
+        body["variables"] = variables
+    conn.request("POST", "/graphql", json.dumps(body), headers)
     body = json.loads(conn.getresponse().read())
     assert "errors" not in body, body
     return body["data"]
 token = gql('mutation { signUp(input: {email: "cg@example.com", password: "callgrind", name: "C"}) { token } }')["signUp"]["token"]
-projects = []
+projects, keys = [], []
 for t in range(tenants):
     tenant = gql('mutation { createTenant(input: {name: "t%d", slug: "t%d"}) { id } }' % (t, t))["createTenant"]["id"]
-    projects.append(gql('mutation { createProject(tenantId: "%s", input: {name: "p"}) { id } }' % tenant)["createProject"]["id"])
+    projects.append((tenant, gql('mutation { createProject(tenantId: "%s", input: {name: "p"}) { id } }' % tenant)["createProject"]["id"]))
+    if workload == "consume":
+        keys.append(gql('mutation { createApiKey(tenantId: "%s", name: "cg", scopes: [CREDITS_CONSUME]) { secret } }' % tenant)["createApiKey"]["secret"])
 def task(i):
-    gql('mutation { createTask(projectId: "%s", input: {title: "bench"}) { id } }' % projects[i % len(projects)])
+    tenant, project = projects[i % len(projects)]
+    if workload == "consume":
+        gql("mutation($i: ConsumeCreditsInput!) { consumeCredits(input: $i) { credit { id } } }",
+            {"i": {"tenantId": tenant, "amount": 1, "objectId": "job", "idempotencyKey": "k%d" % i}},
+            keys[i % len(keys)])
+    elif workload == "keyed":
+        gql('mutation($p: ID!, $k: String) { createTask(projectId: $p, input: {title: "bench"}, idempotencyKey: $k) { id } }',
+            {"p": project, "k": "k%d" % i})
+    else:
+        gql('mutation { createTask(projectId: "%s", input: {title: "bench"}) { id } }' % project)
 for i in range(max(50, 2 * tenants)):
-    task(i)
+    task(n + i)  # keys the timed requests do not use
 subprocess.run(["callgrind_control", "-z"], check=True, capture_output=True)
 before = postgres_ticks()
 def client(c):
@@ -88,7 +105,7 @@ spent = postgres_ticks() - before
 subprocess.run(["callgrind_control", "-d"], check=True, capture_output=True)
 if postgres:
     hz = int(subprocess.run(["getconf", "CLK_TCK"], capture_output=True, text=True).stdout)
-    print(f"{spent * 1e6 / hz / n:.0f} µs PostgreSQL CPU per createTask")
+    print(f"{spent * 1e6 / hz / n:.0f} µs PostgreSQL CPU per request")
 P
 # CG_KEEP=DIR keeps the profile (for callgrind_annotate).
 if [ -n "${CG_KEEP:-}" ]; then mkdir -p "$CG_KEEP"; cp "$DIR"/cg.*.out.1 "$CG_KEEP"/; fi
@@ -96,5 +113,5 @@ python3 - "$DIR" "$N" <<'P'
 import glob, re, sys
 for f in glob.glob(sys.argv[1] + "/cg.*.out.1"):
     total = int(re.search(r"^summary: (\d+)", open(f, errors="replace").read(), re.M).group(1))
-    print(f"{total / int(sys.argv[2]) / 1000:.1f}k instructions per createTask")
+    print(f"{total / int(sys.argv[2]) / 1000:.1f}k instructions per request")
 P
