@@ -139,16 +139,20 @@ fn postgres_usage() -> u64 {
             std::fs::read_to_string(p.path().join("comm")).is_ok_and(|c| c.trim() == "postgres")
         })
         .filter_map(|p| std::fs::read_to_string(p.path().join("stat")).ok())
-        .map(|stat| {
-            let fields: Vec<&str> = stat
-                .rsplit_once(')')
-                .map_or("", |(_, rest)| rest)
-                .split_whitespace()
-                .collect();
-            let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
-            field(14).unwrap_or(0) + field(15).unwrap_or(0)
-        })
+        .map(|stat| stat_ticks(&stat))
         .sum()
+}
+
+/// The CPU time (clock ticks, user and system) a `/proc/…/stat` line reports.
+fn stat_ticks(stat: &str) -> u64 {
+    // After the `(comm)` field: state is field 3, utime 14 and stime 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+    field(14).unwrap_or(0) + field(15).unwrap_or(0)
 }
 
 /// CPU time (clock ticks) and context switches of all a process's threads so far.
@@ -161,14 +165,7 @@ fn process_usage(pid: u32) -> (u64, u64) {
     for task in tasks.flatten() {
         let dir = task.path();
         if let Ok(stat) = std::fs::read_to_string(dir.join("stat")) {
-            // After the `(comm)` field: state is field 3, utime 14 and stime 15.
-            let fields: Vec<&str> = stat
-                .rsplit_once(')')
-                .map_or("", |(_, rest)| rest)
-                .split_whitespace()
-                .collect();
-            let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
-            ticks += field(14).unwrap_or(0) + field(15).unwrap_or(0);
+            ticks += stat_ticks(&stat);
         }
         if let Ok(status) = std::fs::read_to_string(dir.join("status")) {
             switches += status
