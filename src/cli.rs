@@ -101,6 +101,13 @@ impl Cli {
             }
             Command::Verify => {
                 let db = Database::connect(&config).await?;
+                // Read-only: it checks the database as it is, and says so when it is behind.
+                let pending = startup::pending_migrations(&db).await?;
+                if pending > 0 {
+                    anyhow::bail!(
+                        "the database has {pending} migration(s) not applied yet: run `tollgate migrate` (or start the server) first"
+                    );
+                }
                 let report = crate::credits::verify(&db.read, &crate::projects::PAID).await?;
                 print!("{report}");
                 if !report.is_clean() {

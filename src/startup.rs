@@ -323,6 +323,14 @@ fn sqlite_path(url: &str) -> Option<&str> {
     (!path.is_empty() && !path.contains(":memory:")).then_some(path)
 }
 
+/// How many migrations the database has not had yet.
+pub async fn pending_migrations(db: &Database) -> anyhow::Result<usize> {
+    Ok(Migrator::get_pending_migrations(&db.write)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read the applied migrations: {e}"))?
+        .len())
+}
+
 /// Applies pending migrations.
 pub async fn migrate(db: &Database) -> anyhow::Result<()> {
     Migrator::up(&db.write, None)

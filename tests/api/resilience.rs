@@ -229,3 +229,24 @@ async fn three_replicas_on_one_database_never_overspend() {
     assert!(sound, "{report}");
     assert_eq!(app.scalar("SELECT COUNT(*) FROM task").await, 98);
 }
+
+#[tokio::test]
+async fn verify_on_a_database_not_migrated_says_to_migrate_first() {
+    let app = spawn_app_with_plan(FeatureLimitType::Monthly, 100).await;
+    let config = app.write_config("");
+    let empty = std::path::Path::new(&config).with_file_name("not-migrated.db");
+    let out = app
+        .command(&["verify"])
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}?mode=rwc", empty.display()),
+        )
+        .output()
+        .expect("tollgate runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("migration(s) not applied yet: run `tollgate migrate`"),
+        "{stderr}"
+    );
+}
