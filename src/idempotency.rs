@@ -58,19 +58,19 @@ pub fn retention(config: &crate::config::Config) -> Duration {
 }
 
 /// Claims a key when it is new (`:tenant`, `:key`, `:operation`, `:hash`, `:resource`,
-/// `:now`); does nothing when the tenant has it already. The guard runs it inside its own
-/// statement on PostgreSQL.
-pub const CLAIM_SQL: &str = "INSERT INTO idempotency_key (tenant_id, key, operation, \
-     request_hash, resource_id, created_at) VALUES (:tenant, :key, :operation, :hash, :resource, \
-     :now) ON CONFLICT (tenant_id, key) DO NOTHING";
-
-/// `CLAIM_SQL` made only when `condition` holds (SQL; the guard's statement makes it depend
-/// on the CTE that locks the tenant's event numbering, so that lock comes first).
-pub fn claim_sql_when(condition: &str) -> String {
+/// `:now`); does nothing when the tenant has it already. With `condition` (SQL), only when it
+/// holds: the guard runs the claim inside its own statement on PostgreSQL, made to depend on
+/// the CTE that locks the tenant's event numbering, so that lock comes first.
+pub fn claim_sql(condition: Option<&str>) -> String {
+    let row = match condition {
+        Some(condition) => {
+            format!("SELECT :tenant, :key, :operation, :hash, :resource, :now WHERE {condition}")
+        }
+        None => "VALUES (:tenant, :key, :operation, :hash, :resource, :now)".to_owned(),
+    };
     format!(
         "INSERT INTO idempotency_key (tenant_id, key, operation, request_hash, resource_id, \
-         created_at) SELECT :tenant, :key, :operation, :hash, :resource, :now WHERE {condition} \
-         ON CONFLICT (tenant_id, key) DO NOTHING"
+         created_at) {row} ON CONFLICT (tenant_id, key) DO NOTHING"
     )
 }
 
@@ -107,7 +107,7 @@ pub async fn claim(
     now: DateTime<Utc>,
     retention: Duration,
 ) -> Result<Claim, AppError> {
-    static INSERT: PerBackend = PerBackend::new(|_| CLAIM_SQL.to_owned());
+    static INSERT: PerBackend = PerBackend::new(|_| claim_sql(None));
     static EXISTING: PerBackend = PerBackend::new(|_| {
         "SELECT operation, request_hash, resource_id, created_at FROM idempotency_key \
          WHERE tenant_id = :tenant AND key = :key"

@@ -132,7 +132,8 @@ pub async fn create_tenant(
     }
     .insert(&txn)
     .await?;
-    crate::credits::feed::open(&mut &txn, tenant.id).await?;
+    // The tenant's event numbering (`credits::feed`), made with it.
+    crate::credits::feed::lock(&mut &txn, tenant.id).await?;
     plans::subscribe(&txn, tenant.id, &config.default_plan, now).await?;
     txn.commit().await?;
     tracing::info!(tenant.id = %tenant.id, user.id = %owner, "tenant created");

@@ -88,24 +88,10 @@ pub async fn next(tx: &mut impl Tx, tenant_id: Uuid) -> Result<i64, DbErr> {
     row.get("last_seq")
 }
 
-/// Starts a new tenant's numbering (in the transaction that creates it): on PostgreSQL its
-/// row exists before any event, so that `lock` always has a row to lock.
-pub async fn open(tx: &mut impl Tx, tenant_id: Uuid) -> Result<(), DbErr> {
-    if tx.backend() != DatabaseBackend::Postgres {
-        return Ok(());
-    }
-    static SQL: PerBackend = PerBackend::new(|_| {
-        "INSERT INTO credit_feed (tenant_id, last_seq) VALUES (:tenant, 0) \
-         ON CONFLICT (tenant_id) DO NOTHING"
-            .to_owned()
-    });
-    let statement = of_tenant(&SQL, tx.backend(), tenant_id)?;
-    tx.run(&statement).await?;
-    Ok(())
-}
-
 /// Locks the tenant's numbering in `tx`'s open transaction before anything else of the
-/// tenant is locked (PostgreSQL; see the module's comment). Creates its row if it has none.
+/// tenant is locked (PostgreSQL; see the module's comment). Creates its row if it has none:
+/// the transaction that creates a tenant calls it too, so that the guard's statement, which
+/// only locks the row, always finds one.
 pub async fn lock(tx: &mut impl Tx, tenant_id: Uuid) -> Result<(), DbErr> {
     if tx.backend() != DatabaseBackend::Postgres {
         return Ok(());

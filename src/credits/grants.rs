@@ -28,7 +28,7 @@ use super::{
 };
 use crate::{
     auth::{self, ApiScope, Viewer},
-    db::{Database, PerBackend, Session, Shape},
+    db::{Database, PerBackend, Session, Shape, Tx},
     error::AppError,
     idempotency::{self, Claim, Fingerprint},
     webhooks,
@@ -702,9 +702,7 @@ pub async fn grant_once(
     {
         return Ok(false);
     }
-    let seq = feed::next(&mut &*txn, g.tenant_id).await?;
-    let movement = movement_statement(backend, g, Movement::Grant, g.amount, g.created_at, seq)?;
-    txn.execute_raw(movement).await?;
+    movement(&mut &*txn, g, Movement::Grant, g.amount, g.created_at).await?;
     let balance = balance::balance(&mut &*txn, g.tenant_id, &g.feature, g.created_at).await?;
     webhooks::record(&mut &*txn, &granted_event(g, &balance), g.created_at).await?;
     alerts::reconcile(&mut &*txn, g.tenant_id, &g.feature, g.created_at).await?;
@@ -777,44 +775,21 @@ pub async fn claw_back(
     moved.actor_type = ActorType::System;
     moved.actor_id = None;
     moved.reason = Some(reason.to_owned());
-    let seq = feed::next(&mut &*txn, grant.tenant_id).await?;
-    txn.execute_raw(movement_statement(
-        backend,
-        &moved,
-        Movement::Void,
-        take,
-        now,
-        seq,
-    )?)
-    .await?;
+    movement(&mut &*txn, &moved, Movement::Void, take, now).await?;
     alerts::reconcile(&mut &*txn, grant.tenant_id, &grant.feature, now).await?;
     Ok(Some(take))
 }
 
-/// A ledger row recording a grant's movement of `amount` credits (creation, expiry, void),
-/// by the grant's actor. Its period is the movement's own time: it counts against no
-/// allowance.
+/// Records, in `tx`'s open transaction, a ledger row of a grant's movement of `amount`
+/// credits (creation, expiry, void), by the grant's actor, under the tenant's next event
+/// number (`feed`). Its period is the movement's own time: it counts against no allowance.
 pub(super) async fn movement(
-    session: &mut Session,
+    tx: &mut impl Tx,
     g: &credit_grant::Model,
     kind: Movement,
     amount: i64,
     now: DateTime<Utc>,
-) -> Result<(), AppError> {
-    let seq = feed::next(session, g.tenant_id).await?;
-    let statement = movement_statement(session.backend(), g, kind, amount, now, seq)?;
-    session.execute(&statement).await?;
-    Ok(())
-}
-
-fn movement_statement(
-    backend: DatabaseBackend,
-    g: &credit_grant::Model,
-    kind: Movement,
-    amount: i64,
-    now: DateTime<Utc>,
-    seq: i64,
-) -> Result<Statement, DbErr> {
+) -> Result<(), DbErr> {
     static SQL: PerBackend = PerBackend::new(|_| {
         "INSERT INTO credit (id, tenant_id, user_id, type, amount, object_id, feature, \
          period_start, created_at, reason, actor_type, actor_id, kind, grant_id, seq) \
@@ -826,7 +801,8 @@ fn movement_statement(
         ActorType::User => g.actor_id,
         _ => None,
     };
-    SQL.get(backend).bind(|name| {
+    let seq = feed::next(tx, g.tenant_id).await?;
+    let statement = SQL.get(tx.backend()).bind(|name| {
         Some(match name {
             "id" => Uuid::now_v7().into(),
             "tenant" => g.tenant_id.into(),
@@ -844,7 +820,9 @@ fn movement_statement(
             "seq" => seq.into(),
             _ => return None,
         })
-    })
+    })?;
+    tx.run(&statement).await?;
+    Ok(())
 }
 
 /// The credit type a grant's movements are recorded under.

@@ -171,9 +171,8 @@ enum GuardSql {
     Postgres { plain: Sql, keyed: Sql },
     /// Statements run one after the other on the writer's own thread (no round trip is a
     /// hand-off): the counter upsert, returning its period when it wrote its row, then —
-    /// only then — the ledger row in that period (`:period`, numbered `feed::SQLITE_NEXT`), the
-    /// paid row and, for a metered
-    /// type, the outbox row.
+    /// only then — the ledger row in that period (`:period`, numbered `feed::SQLITE_NEXT`),
+    /// the paid row and, for a metered type, the outbox row.
     Sqlite {
         spend: Sql,
         ledger: Sql,
@@ -342,7 +341,7 @@ fn build(backend: DatabaseBackend, paid: Option<&PaidTable>, metered: bool) -> G
                  {seq}, ledger AS ({ledger} RETURNING id){paid}{outbox} \
                  SELECT CAST((SELECT COUNT(*) FROM claim) AS BIGINT) AS claimed, \
                  CAST((SELECT COUNT(*) FROM {last}) AS BIGINT) AS created, {pending}",
-                idempotency::claim_sql_when(FEED_TAKEN)
+                idempotency::claim_sql(Some(FEED_TAKEN))
             );
             GuardSql::Postgres {
                 plain: Sql::new(backend, &plain),
