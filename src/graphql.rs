@@ -1,6 +1,7 @@
-//! The GraphQL schema: its type, the builder (shared by the server and `print-schema`), the
-//! state resolvers reach through the context, and the extension that gives parse and
-//! validation errors their `extensions.code`.
+//! The GraphQL schema: its type, the builder (shared by the server and `print-schema`) and
+//! the state resolvers reach through the context. Its extensions: `observe` (metrics, logs)
+//! and `limits` (limits, cached parses and validations, and the `extensions.code` of parse and
+//! validation errors).
 
 mod limits;
 pub mod loaders;
@@ -9,15 +10,9 @@ mod observe;
 mod query;
 mod subscription;
 pub mod types;
+mod validated;
 
-use std::sync::Arc;
-
-use async_graphql::{
-    Context, ErrorExtensions, Schema, SchemaBuilder, ServerError, ServerResult, ValidationResult,
-    Variables,
-    extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextValidation},
-    parser::types::ExecutableDocument,
-};
+use async_graphql::{Context, ErrorExtensions, Schema, SchemaBuilder, ServerError};
 
 use crate::{auth::Viewer, error::AppError, state::AppState};
 
@@ -86,7 +81,7 @@ impl Schemas {
 }
 
 fn builder() -> SchemaBuilder<Query, Mutation, Subscription> {
-    Schema::build(Query, Mutation, Subscription).extension(ErrorCodes)
+    Schema::build(Query, Mutation, Subscription)
 }
 
 /// The configured limits and the state resolvers reach.
@@ -127,43 +122,6 @@ pub(crate) fn webhook_caller<'a>(
         platform_admins: &state.config.platform_admins,
         settings: &state.config.webhooks,
     })
-}
-
-/// Puts Apollo's codes on the errors async-graphql raises before execution.
-struct ErrorCodes;
-
-impl ExtensionFactory for ErrorCodes {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(ErrorCodes)
-    }
-}
-
-#[async_trait::async_trait]
-impl Extension for ErrorCodes {
-    async fn parse_query(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        query: &str,
-        variables: &Variables,
-        next: NextParseQuery<'_>,
-    ) -> ServerResult<ExecutableDocument> {
-        next.run(ctx, query, variables)
-            .await
-            .map_err(|e| with_code(e, "GRAPHQL_PARSE_FAILED"))
-    }
-
-    async fn validation(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        next: NextValidation<'_>,
-    ) -> Result<ValidationResult, Vec<ServerError>> {
-        next.run(ctx).await.map_err(|errors| {
-            errors
-                .into_iter()
-                .map(|e| with_code(e, "GRAPHQL_VALIDATION_FAILED"))
-                .collect()
-        })
-    }
 }
 
 /// Sets `extensions.code` on an error that has none.

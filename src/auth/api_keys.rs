@@ -84,17 +84,21 @@ fn hash(secret: &str) -> String {
     format!("{:x}", Sha256::digest(secret.as_bytes()))
 }
 
+fn digest(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
 /// What a refusal says when the key was revoked since the request began.
 pub const REVOKED: &str = "invalid, revoked or expired API key";
 
-/// Keys already looked up, by their secret's hash: what a key is (its id, tenant, scopes and
+/// Keys already looked up, by their secret's SHA-256: what a key is (its id, tenant, scopes and
 /// expiry) never changes, so a request with a known key costs no database call. Whether it
 /// was **revoked** is never decided here: every tenant read checks it in its own query
 /// (`KEY_STANDING`), the credits guard in its own statement, and the few other writes a key
 /// may make check it themselves (`in_force`). At most `KNOWN_MAX` keys are kept (then the
 /// cache starts over).
 #[derive(Default)]
-pub struct Known(Bounded<String, KnownKey, KNOWN_MAX>);
+pub struct Known(Bounded<[u8; 32], KnownKey, KNOWN_MAX>);
 
 #[derive(Clone)]
 struct KnownKey {
@@ -117,10 +121,12 @@ pub async fn authenticate(db: &Database, known: &Known, secret: &str) -> Result<
         PerBackend::new(|_| "SELECT * FROM api_key WHERE secret_hash = :hash".to_owned());
     static SHAPE: LazyLock<Shape> = LazyLock::new(Shape::of::<api_key::Entity>);
     let now = Utc::now();
-    let secret_hash = hash(secret);
-    let mut key = match known.0.get(&secret_hash) {
-        Some(key) => key,
+    let digest = digest(secret);
+    let (mut key, looked_up) = match known.0.get(&digest) {
+        Some(key) => (key, false),
         None => {
+            // (Hashed again on this rare path: the cache's key needs no text.)
+            let secret_hash = hash(secret);
             let statement = SQL
                 .get(db.backend())
                 .bind(|name| (name == "hash").then(|| secret_hash.as_str().into()))?;
@@ -134,13 +140,14 @@ pub async fn authenticate(db: &Database, known: &Known, secret: &str) -> Result<
             if row.revoked_at.is_some() {
                 return Err(INVALID);
             }
-            KnownKey {
+            let key = KnownKey {
                 id: row.id,
                 tenant_id: row.tenant_id,
                 scopes: scopes_of(&row),
                 expires_at: row.expires_at,
                 used_at: row.last_used_at,
-            }
+            };
+            (key, true)
         }
     };
     if key.expires_at.is_some_and(|at| at <= now) {
@@ -150,9 +157,11 @@ pub async fn authenticate(db: &Database, known: &Known, secret: &str) -> Result<
     if record_use {
         key.used_at = Some(now);
     }
-    let viewer = Viewer::with_key(key.id, key.tenant_id, key.scopes.clone());
     let id = key.id;
-    known.0.insert(secret_hash, key);
+    let viewer = Viewer::with_key(key.id, key.tenant_id, key.scopes.clone());
+    if looked_up || record_use {
+        known.0.insert(digest, key);
+    }
     if record_use {
         // Coarse on purpose: one write per key every few minutes per process, never on the
         // request's path.

@@ -8,21 +8,31 @@
 //!   `BAD_USER_INPUT` (PostgreSQL refuses NUL, SQLite stores it: both must answer alike).
 //!
 //! Depth and complexity are the schema's own `limit_depth` / `limit_complexity`.
+//!
+//! The same extension keeps parsed documents and validation results (`validated`), and puts
+//! Apollo's codes on the errors async-graphql raises before execution: one extension, as
+//! async-graphql passes every hook of every field through each extension in turn.
 
 use std::{collections::HashMap, sync::Arc};
 
 use async_graphql::{
-    Name, Positioned, ServerError, ServerResult, Value, Variables,
-    extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery},
+    Name, Positioned, Request, ServerError, ServerResult, ValidationResult, Value, Variables,
+    extensions::{
+        Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextPrepareRequest,
+        NextValidation,
+    },
     parser::types::{ExecutableDocument, FragmentDefinition, Selection, SelectionSet},
 };
 
+use super::{validated, with_code};
 use crate::{cache::Bounded, config::GraphqlSettings};
 
 #[derive(Clone)]
 pub struct Limits {
     /// Documents already parsed, by their text (shared by every request of the schema).
     parsed: Arc<Parsed>,
+    /// Documents already validated (shared likewise).
+    validated: Arc<validated::Known>,
     max_query_bytes: usize,
     max_aliases: usize,
     max_root_fields: usize,
@@ -35,6 +45,7 @@ impl Limits {
     pub fn new(settings: &GraphqlSettings) -> Self {
         Limits {
             parsed: Arc::default(),
+            validated: Arc::default(),
             max_query_bytes: settings.max_query_bytes,
             max_aliases: settings.max_aliases,
             max_root_fields: settings.max_root_fields,
@@ -311,12 +322,31 @@ impl Parsed {
 
 impl ExtensionFactory for Limits {
     fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(self.clone())
+        Arc::new(LimitsRequest {
+            limits: self.clone(),
+            validation: validated::Pending::default(),
+        })
     }
 }
 
+/// The extension as one request meets it.
+struct LimitsRequest {
+    limits: Limits,
+    validation: validated::Pending,
+}
+
 #[async_trait::async_trait]
-impl Extension for Limits {
+impl Extension for LimitsRequest {
+    async fn prepare_request(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        request: Request,
+        next: NextPrepareRequest<'_>,
+    ) -> ServerResult<Request> {
+        self.validation.named(request.operation_name.as_deref());
+        next.run(ctx, request).await
+    }
+
     async fn parse_query(
         &self,
         ctx: &ExtensionContext<'_>,
@@ -324,30 +354,34 @@ impl Extension for Limits {
         variables: &Variables,
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
-        let refused =
-            |message: String, code| super::with_code(ServerError::new(message, None), code);
-        if let Some(message) = nesting_error(query, variables, self.max_nesting) {
+        let limits = &self.limits;
+        let refused = |message: String, code| with_code(ServerError::new(message, None), code);
+        if let Some(message) = nesting_error(query, variables, limits.max_nesting) {
             return Err(refused(message, "GRAPHQL_PARSE_FAILED"));
         }
-        if query.len() > self.max_query_bytes {
+        if query.len() > limits.max_query_bytes {
             return Err(refused(
                 format!(
                     "the document is {} bytes; at most {} are accepted",
                     query.len(),
-                    self.max_query_bytes
+                    limits.max_query_bytes
                 ),
                 "GRAPHQL_VALIDATION_FAILED",
             ));
         }
-        let document = match self.parsed.get(query) {
+        let document = match limits.parsed.get(query) {
             Some(document) => document,
             None => {
-                let document = next.run(ctx, query, variables).await?;
-                self.parsed.keep(query, &document);
+                let document = next
+                    .run(ctx, query, variables)
+                    .await
+                    .map_err(|e| with_code(e, "GRAPHQL_PARSE_FAILED"))?;
+                limits.parsed.keep(query, &document);
                 document
             }
         };
-        self.check(&document)
+        limits
+            .check(&document)
             .map_err(|m| refused(m, "GRAPHQL_VALIDATION_FAILED"))?;
         if has_control_text(&document, variables) {
             return Err(refused(
@@ -355,7 +389,26 @@ impl Extension for Limits {
                 "BAD_USER_INPUT",
             ));
         }
+        let registry = &ctx.schema_env.registry;
+        self.validation
+            .parsed(&limits.validated, registry, query, variables, &document);
         Ok(document)
+    }
+
+    async fn validation(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        next: NextValidation<'_>,
+    ) -> Result<ValidationResult, Vec<ServerError>> {
+        self.validation
+            .validate(&self.limits.validated, ctx, next)
+            .await
+            .map_err(|errors| {
+                errors
+                    .into_iter()
+                    .map(|e| with_code(e, "GRAPHQL_VALIDATION_FAILED"))
+                    .collect()
+            })
     }
 }
 

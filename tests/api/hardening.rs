@@ -552,3 +552,101 @@ async fn a_body_is_one_request_or_a_batch_whatever_its_leading_whitespace() {
         assert_eq!(error_code(&body), Some("GRAPHQL_PARSE_FAILED"), "{wrong}");
     }
 }
+
+/// A document's validation is kept once it passes (`graphql/validated.rs`): a later request
+/// with the same text must still get exactly the answer a never-seen document gets, whatever
+/// its variables hold. Each case runs the warmed document and the same document made new by
+/// a trailing comment (which moves no error location), and compares their errors.
+#[tokio::test]
+async fn a_document_validated_before_answers_new_variables_as_a_new_document_would() {
+    let app = spawn_app().await;
+    let (token, tenant) = app.owner_with_tenant("kept").await;
+    let project = app.project_id(&token, &tenant).await;
+    let task =
+        "mutation($p: ID!, $i: CreateTaskInput!) { createTask(projectId: $p, input: $i) { id } }";
+    let in_literal =
+        "mutation($p: ID!, $t: String!) { createTask(projectId: $p, input: {title: $t}) { id } }";
+    let defaulted = "mutation($p: ID = \"nope\", $i: CreateTaskInput!) { createTask(projectId: $p, input: $i) { id } }";
+    let key = "mutation($t: ID, $s: [ApiScope!]!) { createApiKey(tenantId: $t, name: \"k\", scopes: $s) { apiKey { id } } }";
+    let page = "query($t: ID!, $n: Int) { creditHistory(tenantId: $t, first: $n) { nodes { id type amount createdAt user { id email } } } }";
+    let named = "query Types { creditTypes { value } }";
+    // Warm every document with variables that pass.
+    for (query, variables) in [
+        (task, json!({ "p": project, "i": { "title": "a" } })),
+        (in_literal, json!({ "p": project, "t": "a" })),
+        (defaulted, json!({ "p": project, "i": { "title": "a" } })),
+        (key, json!({ "t": tenant, "s": ["CREDITS_READ"] })),
+        (page, json!({ "t": tenant, "n": 5 })),
+    ] {
+        let body = app.gql(Some(&token), query, variables).await;
+        assert!(body.get("errors").is_none(), "{query}: {body}");
+    }
+    let named_body = app.gql(Some(&token), named, json!({})).await;
+    assert!(named_body.get("errors").is_none(), "{named_body}");
+    // Left out, a variable leaves its whole literal unchecked by validation: the unknown
+    // field is found only when the input is read.
+    let half_checked = "mutation($p: ID!, $t: String) { createTask(projectId: $p, input: {title: $t, bogus: 1}) { id } }";
+    let body = app
+        .gql(Some(&token), half_checked, json!({ "p": project }))
+        .await;
+    assert_eq!(error_code(&body), Some("BAD_USER_INPUT"), "{body}");
+
+    let cases = [
+        // Values of the wrong type, unknown fields, missing ones, null where none may be.
+        (task, json!({ "p": project, "i": { "title": 5 } }), true),
+        (task, json!({ "p": project, "i": {} }), true),
+        (
+            task,
+            json!({ "p": project, "i": { "title": "b", "bogus": 1 } }),
+            true,
+        ),
+        (task, json!({ "p": project, "i": "b" }), true),
+        (task, json!({ "p": null, "i": { "title": "b" } }), true),
+        (task, json!({ "p": [project], "i": { "title": "b" } }), true),
+        (task, json!({ "p": project }), true),
+        (task, json!({ "p": project, "i": { "title": "b" } }), false),
+        // A variable inside a literal: checked once substituted.
+        (in_literal, json!({ "p": project, "t": 5 }), true),
+        (in_literal, json!({ "p": project, "t": "b" }), false),
+        (half_checked, json!({ "p": project, "t": "b" }), true),
+        // A nullable variable with a default stands where null is not allowed.
+        (defaulted, json!({ "p": null, "i": { "title": "b" } }), true),
+        // Enums, and a single value for a list.
+        (key, json!({ "t": tenant, "s": ["NOPE"] }), true),
+        (key, json!({ "t": tenant, "s": "CREDITS_READ" }), false),
+        (key, json!({ "t": tenant, "s": [] }), true),
+        // A page's size is the request's complexity: 1,000 rows of 7 fields is too much.
+        (page, json!({ "t": tenant, "n": 1000 }), true),
+        (page, json!({ "t": tenant, "n": 7 }), false),
+    ];
+    for (n, (query, variables, refused)) in cases.into_iter().enumerate() {
+        let warmed = app.gql(Some(&token), query, variables.clone()).await;
+        let unseen = format!("{query}\n# unseen {n}");
+        let new = app.gql(Some(&token), &unseen, variables.clone()).await;
+        assert_eq!(warmed["errors"], new["errors"], "{query} with {variables}");
+        assert_eq!(
+            warmed.get("errors").is_some(),
+            refused,
+            "{query} with {variables}: {warmed}"
+        );
+    }
+    // The one operation asked for by another name.
+    let asked = |query: String| {
+        let app = &app;
+        async move {
+            app.client
+                .post(format!("{}/graphql", app.address))
+                .json(&json!({ "query": query, "operationName": "Other" }))
+                .send()
+                .await
+                .expect("sent")
+                .json::<Value>()
+                .await
+                .expect("JSON")
+        }
+    };
+    let warmed = asked(named.to_owned()).await;
+    let new = asked(format!("{named}\n# unseen")).await;
+    assert!(warmed.get("errors").is_some(), "{warmed}");
+    assert_eq!(warmed["errors"], new["errors"]);
+}

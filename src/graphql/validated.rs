@@ -1,0 +1,304 @@
+//! Validation once per document, not once per request. async-graphql validates every request
+//! in full (twenty-two rules walked over the document, then its complexity and depth): a
+//! tenth of a guarded request's instructions, for clients that send the same few documents
+//! over and over.
+//!
+//! A document's validation depends on nothing but its text, the operation run and the
+//! values of its variables. So the first request of a document is validated in full, as
+//! ever; when that passes, the result is kept with what the document declares of its
+//! variables. A later request with the same text is then checked only for what can differ:
+//! its variables' values, each against the type the document declares for it. Only
+//! documents for which that check is the whole of what the values change are kept:
+//! - one operation (so which operation runs cannot change);
+//! - every argument that uses a variable is that variable alone (`input: $i`, not
+//!   `input: {title: $t}`: validation checks a literal holding a variable only once the
+//!   variable is substituted);
+//! - no variable is an argument of a field whose complexity is computed from its arguments
+//!   (`first: $n` of a page: the result's complexity would depend on the value).
+//!
+//! The check is stricter than async-graphql's, never looser: whatever it does not accept
+//! (a missing or null value, a type it does not know) is validated in full, so every error a
+//! client sees is async-graphql's own.
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError},
+};
+
+use async_graphql::{
+    Name, ServerError, ValidationResult, Value, Variables,
+    extensions::{ExtensionContext, NextValidation},
+    parser::types::{DocumentOperations, ExecutableDocument, Selection, SelectionSet},
+    registry::{MetaType, MetaTypeName, Registry},
+};
+
+use crate::cache::Bounded;
+
+/// Results of documents validated before, shared by every request of one schema.
+#[derive(Default)]
+pub struct Known {
+    /// Passed documents, by their text.
+    passed: Bounded<String, Arc<Passed>, KNOWN_MAX>,
+    /// Fields whose complexity is computed from their arguments (by name, in any type).
+    computed_complexity: OnceLock<HashSet<String>>,
+}
+
+const KNOWN_MAX: usize = 256;
+/// Longer documents are validated every time (they are rare, and the cache stays small).
+const KNOWN_MAX_BYTES: usize = 2048;
+
+/// A document that passed validation, and what a later request must bring to pass again.
+struct Passed {
+    result: ValidationResult,
+    /// The operation's name, when it has one.
+    operation: Option<Name>,
+    variables: Vec<Declared>,
+}
+
+/// A variable as the document declares it.
+struct Declared {
+    name: Name,
+    /// Its type as written (`ConsumeCreditsInput!`, `[ID!]`).
+    ty: String,
+    has_default: bool,
+}
+
+/// One request's way through: the operation it names, then what its document and variables
+/// allow.
+#[derive(Default)]
+pub struct Pending(Mutex<State>);
+
+#[derive(Default)]
+struct State {
+    operation_name: Option<String>,
+    /// The kept result, when the request's variables conform to the document's declarations.
+    reused: Option<ValidationResult>,
+    /// The document's shape when it may be kept once it passes.
+    candidate: Option<(String, Passed)>,
+}
+
+impl Pending {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The operation the request asks for by name.
+    pub fn named(&self, operation_name: Option<&str>) {
+        self.state().operation_name = operation_name.map(str::to_owned);
+    }
+
+    /// Once the document is parsed: whether its kept result holds for these variables, or
+    /// whether it may be kept once it passes.
+    pub fn parsed(
+        &self,
+        known: &Known,
+        registry: &Registry,
+        query: &str,
+        variables: &Variables,
+        document: &ExecutableDocument,
+    ) {
+        let mut state = self.state();
+        match known.passed.get(query) {
+            Some(passed) => {
+                let same_operation = state.operation_name.is_none()
+                    || state.operation_name.as_deref() == passed.operation.as_deref();
+                if same_operation && conforms(registry, &passed.variables, variables) {
+                    state.reused = Some(passed.result);
+                }
+            }
+            None if query.len() <= KNOWN_MAX_BYTES => {
+                let computed = known
+                    .computed_complexity
+                    .get_or_init(|| computed_complexity(registry));
+                state.candidate = keepable(document, computed).map(|p| (query.to_owned(), p));
+            }
+            None => {}
+        }
+    }
+
+    /// The kept result, or async-graphql's validation (kept when it passes and may be).
+    pub async fn validate(
+        &self,
+        known: &Known,
+        ctx: &ExtensionContext<'_>,
+        next: NextValidation<'_>,
+    ) -> Result<ValidationResult, Vec<ServerError>> {
+        let (reused, candidate) = {
+            let mut state = self.state();
+            (state.reused.take(), state.candidate.take())
+        };
+        if let Some(result) = reused {
+            return Ok(result);
+        }
+        let result = next.run(ctx).await?;
+        if let Some((query, mut passed)) = candidate {
+            passed.result = result;
+            known.passed.insert(query, Arc::new(passed));
+        }
+        Ok(result)
+    }
+}
+
+/// The document's declarations when its validation may be reused (see the module's
+/// comment); its `result` is filled in once it has passed.
+fn keepable(document: &ExecutableDocument, computed: &HashSet<String>) -> Option<Passed> {
+    let (name, operation) = match &document.operations {
+        DocumentOperations::Single(operation) => (None, operation),
+        DocumentOperations::Multiple(operations) if operations.len() == 1 => {
+            let (name, operation) = operations.iter().next()?;
+            (Some(name.clone()), operation)
+        }
+        DocumentOperations::Multiple(_) => return None,
+    };
+    let sets = std::iter::once(&operation.node.selection_set.node).chain(
+        document
+            .fragments
+            .values()
+            .map(|f| &f.node.selection_set.node),
+    );
+    for set in sets {
+        if !variables_kept_apart(set, computed) {
+            return None;
+        }
+    }
+    let variables = operation
+        .node
+        .variable_definitions
+        .iter()
+        .map(|d| Declared {
+            name: d.node.name.node.clone(),
+            ty: d.node.var_type.node.to_string(),
+            has_default: d.node.default_value.is_some(),
+        })
+        .collect();
+    Some(Passed {
+        result: ValidationResult {
+            cache_control: Default::default(),
+            complexity: 0,
+            depth: 0,
+        },
+        operation: name,
+        variables,
+    })
+}
+
+/// Whether every argument (of fields and directives) that uses a variable is that variable
+/// alone, and no field in `computed` takes one.
+fn variables_kept_apart(set: &SelectionSet, computed: &HashSet<String>) -> bool {
+    use async_graphql::{Positioned, parser::types::Directive};
+    use async_graphql_value::Value as Literal;
+    fn holds_variable(value: &Literal) -> bool {
+        match value {
+            Literal::Variable(_) => true,
+            Literal::List(items) => items.iter().any(holds_variable),
+            Literal::Object(fields) => fields.values().any(holds_variable),
+            _ => false,
+        }
+    }
+    let apart = |arguments: &[(Positioned<Name>, Positioned<Literal>)]| {
+        arguments
+            .iter()
+            .all(|(_, v)| matches!(v.node, Literal::Variable(_)) || !holds_variable(&v.node))
+    };
+    let directives_apart =
+        |directives: &[Positioned<Directive>]| directives.iter().all(|d| apart(&d.node.arguments));
+    set.items.iter().all(|item| match &item.node {
+        Selection::Field(f) => {
+            let field = &f.node;
+            let takes_variable = field.arguments.iter().any(|(_, v)| holds_variable(&v.node));
+            apart(&field.arguments)
+                && !(takes_variable && computed.contains(field.name.node.as_str()))
+                && directives_apart(&field.directives)
+                && variables_kept_apart(&field.selection_set.node, computed)
+        }
+        Selection::InlineFragment(f) => {
+            directives_apart(&f.node.directives)
+                && variables_kept_apart(&f.node.selection_set.node, computed)
+        }
+        Selection::FragmentSpread(s) => directives_apart(&s.node.directives),
+    })
+}
+
+/// The names of fields, in any type, whose complexity is computed from their arguments.
+fn computed_complexity(registry: &Registry) -> HashSet<String> {
+    registry
+        .types
+        .values()
+        .filter_map(|ty| match ty {
+            MetaType::Object { fields, .. } | MetaType::Interface { fields, .. } => Some(fields),
+            _ => None,
+        })
+        .flat_map(|fields| fields.values())
+        .filter(|f| f.compute_complexity.is_some())
+        .map(|f| f.name.clone())
+        .collect()
+}
+
+/// Whether every declared variable's value is one its type accepts. A value left out, or
+/// null, conforms only where validation could not be told apart from a full one.
+fn conforms(registry: &Registry, declared: &[Declared], variables: &Variables) -> bool {
+    declared.iter().all(|d| match variables.get(&d.name) {
+        // Left out: the default (checked with the document), or an error at execution.
+        None => d.has_default || !MetaTypeName::create(&d.ty).is_non_null(),
+        // Null in a nullable variable: fine where the variable cannot stand in a non-null
+        // position, i.e. without a default.
+        Some(Value::Null) => !d.has_default && !MetaTypeName::create(&d.ty).is_non_null(),
+        Some(value) => value_conforms(registry, &d.ty, value),
+    })
+}
+
+/// Whether `value` is one that type `ty` (as written) accepts as input.
+fn value_conforms(registry: &Registry, ty: &str, value: &Value) -> bool {
+    match MetaTypeName::create(ty) {
+        MetaTypeName::NonNull(inner) => {
+            !matches!(value, Value::Null) && value_conforms(registry, inner, value)
+        }
+        MetaTypeName::List(item) => match value {
+            Value::List(items) => items.iter().all(|v| value_conforms(registry, item, v)),
+            Value::Null => true,
+            // A single value stands for a list of one.
+            other => value_conforms(registry, item, other),
+        },
+        MetaTypeName::Named(name) => {
+            if matches!(value, Value::Null) {
+                return true;
+            }
+            match registry.types.get(name) {
+                Some(MetaType::Scalar { is_valid, .. }) => {
+                    is_valid.as_ref().is_none_or(|f| f(value))
+                }
+                Some(MetaType::Enum { enum_values, .. }) => match value {
+                    Value::Enum(v) => enum_values.contains_key(v.as_str()),
+                    Value::String(v) => enum_values.contains_key(v.as_str()),
+                    _ => false,
+                },
+                Some(MetaType::InputObject {
+                    input_fields,
+                    oneof,
+                    ..
+                }) => {
+                    let Value::Object(given) = value else {
+                        return false;
+                    };
+                    if *oneof
+                        && (given.len() != 1 || given.values().any(|v| matches!(v, Value::Null)))
+                    {
+                        return false;
+                    }
+                    // Every given field is one of the type's and conforms to it, and every
+                    // field that must be given is.
+                    given.iter().all(|(name, v)| {
+                        input_fields
+                            .get(name.as_str())
+                            .is_some_and(|field| value_conforms(registry, &field.ty, v))
+                    }) && input_fields.values().all(|field| {
+                        field.default_value.is_some()
+                            || !MetaTypeName::create(&field.ty).is_non_null()
+                            || given.contains_key(field.name.as_str())
+                    })
+                }
+                _ => false,
+            }
+        }
+    }
+}
