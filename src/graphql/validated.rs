@@ -29,7 +29,7 @@ use async_graphql::{
     Name, ServerError, ValidationResult, Value, Variables,
     extensions::{ExtensionContext, NextValidation},
     parser::types::{DocumentOperations, ExecutableDocument, Selection, SelectionSet},
-    registry::{MetaType, MetaTypeName, Registry},
+    registry::{MetaType, MetaTypeName, Registry, ScalarValidatorFn},
 };
 
 use crate::cache::Bounded;
@@ -55,13 +55,38 @@ struct Passed {
     variables: Vec<Declared>,
 }
 
-/// A variable as the document declares it.
+/// A variable as the document declares it, its type resolved against the schema.
 struct Declared {
     name: Name,
-    /// Its type as written (`ConsumeCreditsInput!`, `[ID!]`).
-    ty: String,
+    expected: Expected,
     has_default: bool,
 }
+
+/// An input type, resolved once: what a value must be to conform.
+enum Expected {
+    NonNull(Box<Expected>),
+    List(Box<Expected>),
+    /// A scalar, and its own check when it has one.
+    Scalar(Option<ScalarValidatorFn>),
+    Enum(HashSet<String>),
+    Input {
+        fields: Vec<InputField>,
+        /// How many of them must be given.
+        required: usize,
+        oneof: bool,
+    },
+}
+
+struct InputField {
+    name: String,
+    expected: Expected,
+    /// Non-null without a default: it must be given.
+    required: bool,
+}
+
+/// How deep input objects may nest in a declared type for the document to be kept (a
+/// recursive input type would otherwise never end).
+const MAX_INPUT_DEPTH: usize = 8;
 
 /// One request's way through: the operation it names, then what its document and variables
 /// allow.
@@ -102,7 +127,7 @@ impl Pending {
             Some(passed) => {
                 let same_operation = state.operation_name.is_none()
                     || state.operation_name.as_deref() == passed.operation.as_deref();
-                if same_operation && conforms(registry, &passed.variables, variables) {
+                if same_operation && conforms(&passed.variables, variables) {
                     state.reused = Some(passed.result);
                 }
             }
@@ -110,7 +135,8 @@ impl Pending {
                 let computed = known
                     .computed_complexity
                     .get_or_init(|| computed_complexity(registry));
-                state.candidate = keepable(document, computed).map(|p| (query.to_owned(), p));
+                state.candidate =
+                    keepable(registry, document, computed).map(|p| (query.to_owned(), p));
             }
             None => {}
         }
@@ -141,7 +167,11 @@ impl Pending {
 
 /// The document's declarations when its validation may be reused (see the module's
 /// comment); its `result` is filled in once it has passed.
-fn keepable(document: &ExecutableDocument, computed: &HashSet<String>) -> Option<Passed> {
+fn keepable(
+    registry: &Registry,
+    document: &ExecutableDocument,
+    computed: &HashSet<String>,
+) -> Option<Passed> {
     let (name, operation) = match &document.operations {
         DocumentOperations::Single(operation) => (None, operation),
         DocumentOperations::Multiple(operations) if operations.len() == 1 => {
@@ -165,12 +195,14 @@ fn keepable(document: &ExecutableDocument, computed: &HashSet<String>) -> Option
         .node
         .variable_definitions
         .iter()
-        .map(|d| Declared {
-            name: d.node.name.node.clone(),
-            ty: d.node.var_type.node.to_string(),
-            has_default: d.node.default_value.is_some(),
+        .map(|d| {
+            Some(Declared {
+                name: d.node.name.node.clone(),
+                expected: expected(registry, &d.node.var_type.node.to_string(), 0)?,
+                has_default: d.node.default_value.is_some(),
+            })
         })
-        .collect();
+        .collect::<Option<_>>()?;
     Some(Passed {
         result: ValidationResult {
             cache_control: Default::default(),
@@ -234,71 +266,101 @@ fn computed_complexity(registry: &Registry) -> HashSet<String> {
         .collect()
 }
 
-/// Whether every declared variable's value is one its type accepts. A value left out, or
-/// null, conforms only where validation could not be told apart from a full one.
-fn conforms(registry: &Registry, declared: &[Declared], variables: &Variables) -> bool {
-    declared.iter().all(|d| match variables.get(&d.name) {
-        // Left out: the default (checked with the document), or an error at execution.
-        None => d.has_default || !MetaTypeName::create(&d.ty).is_non_null(),
-        // Null in a nullable variable: fine where the variable cannot stand in a non-null
-        // position, i.e. without a default.
-        Some(Value::Null) => !d.has_default && !MetaTypeName::create(&d.ty).is_non_null(),
-        Some(value) => value_conforms(registry, &d.ty, value),
+/// Type `ty` (as written) resolved against the schema; `None` for a type it does not have or
+/// that is not an input, or input objects nested deeper than `MAX_INPUT_DEPTH`.
+fn expected(registry: &Registry, ty: &str, depth: usize) -> Option<Expected> {
+    let inner = |ty, depth| expected(registry, ty, depth).map(Box::new);
+    Some(match MetaTypeName::create(ty) {
+        MetaTypeName::NonNull(ty) => Expected::NonNull(inner(ty, depth)?),
+        MetaTypeName::List(ty) => Expected::List(inner(ty, depth)?),
+        MetaTypeName::Named(name) => match registry.types.get(name)? {
+            MetaType::Scalar { is_valid, .. } => Expected::Scalar(is_valid.clone()),
+            MetaType::Enum { enum_values, .. } => {
+                Expected::Enum(enum_values.keys().cloned().collect())
+            }
+            MetaType::InputObject {
+                input_fields,
+                oneof,
+                ..
+            } if depth < MAX_INPUT_DEPTH => {
+                let fields: Vec<InputField> = input_fields
+                    .values()
+                    .map(|f| {
+                        Some(InputField {
+                            name: f.name.clone(),
+                            expected: expected(registry, &f.ty, depth + 1)?,
+                            required: f.default_value.is_none()
+                                && MetaTypeName::create(&f.ty).is_non_null(),
+                        })
+                    })
+                    .collect::<Option<_>>()?;
+                Expected::Input {
+                    required: fields.iter().filter(|f| f.required).count(),
+                    fields,
+                    oneof: *oneof,
+                }
+            }
+            _ => return None,
+        },
     })
 }
 
-/// Whether `value` is one that type `ty` (as written) accepts as input.
-fn value_conforms(registry: &Registry, ty: &str, value: &Value) -> bool {
-    match MetaTypeName::create(ty) {
-        MetaTypeName::NonNull(inner) => {
-            !matches!(value, Value::Null) && value_conforms(registry, inner, value)
+/// Whether every declared variable's value is one its type accepts. A value left out, or
+/// null, conforms only where validation could not be told apart from a full one.
+fn conforms(declared: &[Declared], variables: &Variables) -> bool {
+    declared.iter().all(|d| {
+        let nullable = !matches!(d.expected, Expected::NonNull(_));
+        match variables.get(&d.name) {
+            // Left out: the default (checked with the document), or an error at execution.
+            None => d.has_default || nullable,
+            // Null in a nullable variable: fine where the variable cannot stand in a non-null
+            // position, i.e. without a default.
+            Some(Value::Null) => !d.has_default && nullable,
+            Some(value) => d.expected.accepts(value),
         }
-        MetaTypeName::List(item) => match value {
-            Value::List(items) => items.iter().all(|v| value_conforms(registry, item, v)),
-            Value::Null => true,
+    })
+}
+
+impl Expected {
+    /// Whether `value` is one this type accepts as input.
+    fn accepts(&self, value: &Value) -> bool {
+        match (self, value) {
+            (Expected::NonNull(_), Value::Null) => false,
+            (Expected::NonNull(inner), value) => inner.accepts(value),
+            (_, Value::Null) => true,
+            (Expected::List(item), Value::List(items)) => items.iter().all(|v| item.accepts(v)),
             // A single value stands for a list of one.
-            other => value_conforms(registry, item, other),
-        },
-        MetaTypeName::Named(name) => {
-            if matches!(value, Value::Null) {
-                return true;
-            }
-            match registry.types.get(name) {
-                Some(MetaType::Scalar { is_valid, .. }) => {
-                    is_valid.as_ref().is_none_or(|f| f(value))
-                }
-                Some(MetaType::Enum { enum_values, .. }) => match value {
-                    Value::Enum(v) => enum_values.contains_key(v.as_str()),
-                    Value::String(v) => enum_values.contains_key(v.as_str()),
-                    _ => false,
-                },
-                Some(MetaType::InputObject {
-                    input_fields,
+            (Expected::List(item), value) => item.accepts(value),
+            (Expected::Scalar(check), value) => check.as_ref().is_none_or(|f| f(value)),
+            (Expected::Enum(values), Value::Enum(v)) => values.contains(v.as_str()),
+            (Expected::Enum(values), Value::String(v)) => values.contains(v.as_str()),
+            (Expected::Enum(_), _) => false,
+            (
+                Expected::Input {
+                    fields,
+                    required,
                     oneof,
-                    ..
-                }) => {
-                    let Value::Object(given) = value else {
-                        return false;
-                    };
-                    if *oneof
-                        && (given.len() != 1 || given.values().any(|v| matches!(v, Value::Null)))
-                    {
-                        return false;
-                    }
-                    // Every given field is one of the type's and conforms to it, and every
-                    // field that must be given is.
-                    given.iter().all(|(name, v)| {
-                        input_fields
-                            .get(name.as_str())
-                            .is_some_and(|field| value_conforms(registry, &field.ty, v))
-                    }) && input_fields.values().all(|field| {
-                        field.default_value.is_some()
-                            || !MetaTypeName::create(&field.ty).is_non_null()
-                            || given.contains_key(field.name.as_str())
-                    })
+                },
+                Value::Object(given),
+            ) => {
+                if *oneof && (given.len() != 1 || given.values().any(|v| matches!(v, Value::Null)))
+                {
+                    return false;
                 }
-                _ => false,
+                // Every given field is one of the type's and conforms to it, and every field
+                // that must be given is.
+                let mut given_required = 0;
+                given.iter().all(|(name, v)| {
+                    fields
+                        .iter()
+                        .find(|f| f.name == name.as_str())
+                        .is_some_and(|f| {
+                            given_required += usize::from(f.required);
+                            f.expected.accepts(v)
+                        })
+                }) && given_required == *required
             }
+            (Expected::Input { .. }, _) => false,
         }
     }
 }
