@@ -16,9 +16,9 @@
 //! - no variable is an argument of a field whose complexity is computed from its arguments
 //!   (`first: $n` of a page: the result's complexity would depend on the value).
 //!
-//! The check is stricter than async-graphql's, never looser: whatever it does not accept
-//! (a missing or null value, a type it does not know) is validated in full, so every error a
-//! client sees is async-graphql's own.
+//! The check is stricter than async-graphql's, never looser: whatever it does not accept (a
+//! required value left out, a null where a default would stand in, any value of the wrong
+//! shape) is validated in full, so every error a client sees is async-graphql's own.
 
 use std::{
     collections::HashSet,
