@@ -32,6 +32,24 @@ use crate::{
 };
 use tokens::Identity;
 
+/// SHA-256 of `bytes` in lower-case hex: how secrets are stored (API keys, invitation tokens)
+/// and how a guarded request is fingerprinted (`idempotency`).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    lower_hex(&Sha256::digest(bytes))
+}
+
+/// `bytes` in lower-case hex, two digits each.
+pub fn lower_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(2 * bytes.len());
+    for byte in bytes {
+        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+    }
+    text
+}
+
 /// The caller of one request: nobody, the user a verified token names, or an API key. The
 /// token is checked here (signature, expiry, issuer, audience); the user's row is checked by
 /// the database in the same query that reads what the request asks for (`tenancy`), so a
@@ -205,5 +223,20 @@ pub async fn me(db: &Database, viewer: &Viewer) -> Result<Option<user::Model>, A
     match db.query_one(&statement, &SHAPE).await? {
         Some(row) => Ok(Some(row.model::<user::Entity>()?)),
         None => Err(viewer.user_gone()),
+    }
+}
+
+#[cfg(test)]
+mod digest_tests {
+    use super::sha256_hex;
+
+    /// Stored secrets (API keys, invitation tokens) are compared by this text: it must stay
+    /// SHA-256's standard lower-case hex (FIPS 180-2's "abc" example).
+    #[test]
+    fn secrets_hash_to_standard_lower_case_hex() {
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

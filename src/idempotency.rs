@@ -9,7 +9,6 @@ use std::sync::LazyLock;
 use chrono::{DateTime, Duration, Utc};
 use entity::idempotency_key;
 use sea_orm::{ColumnType, EntityTrait, QueryFilter, prelude::*};
-use sha2::{Digest, Sha256};
 
 use crate::{
     db::{Database, PerBackend, Session, Shape},
@@ -26,7 +25,7 @@ impl Fingerprint {
     /// `parts` are the request's normalized inputs, in a fixed order.
     pub fn new(operation: &'static str, parts: &[&str]) -> Self {
         // SHA-256 of the operation, then each part with its length before it (so ("ab", "c")
-        // and ("a", "bc") differ), as lower-case hex. Gathered first: one pass of the hasher.
+        // and ("a", "bc") differ). Gathered first: one pass of the hasher.
         let mut input =
             Vec::with_capacity(operation.len() + parts.iter().map(|p| 8 + p.len()).sum::<usize>());
         input.extend_from_slice(operation.as_bytes());
@@ -34,13 +33,10 @@ impl Fingerprint {
             input.extend_from_slice(&(part.len() as u64).to_be_bytes());
             input.extend_from_slice(part.as_bytes());
         }
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mut hash = String::with_capacity(64);
-        for byte in Sha256::digest(&input) {
-            hash.push(char::from(DIGITS[usize::from(byte >> 4)]));
-            hash.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+        Fingerprint {
+            operation,
+            hash: crate::auth::sha256_hex(&input),
         }
-        Fingerprint { operation, hash }
     }
 }
 

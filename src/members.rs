@@ -18,7 +18,6 @@ use sea_orm::{
     TransactionTrait, prelude::*, sea_query::Expr,
 };
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use crate::{
     auth::{self, Viewer},
@@ -30,10 +29,6 @@ use crate::{
 
 /// What an invitation's token starts with.
 const TOKEN_PREFIX: &str = "tg_inv_";
-
-fn hash(token: &str) -> String {
-    format!("{:x}", Sha256::digest(token.as_bytes()))
-}
 
 /// A member and their user.
 pub type Member = (tenant_user::Model, user::Model);
@@ -81,7 +76,7 @@ pub async fn invite(
         id: Set(Uuid::now_v7()),
         email: Set(email),
         role: Set(role),
-        token_hash: Set(hash(&token)),
+        token_hash: Set(auth::sha256_hex(token.as_bytes())),
         invited_by: Set(invited_by),
         created_at: Set(now),
         expires_at: Set(now + Duration::hours(ttl)),
@@ -149,7 +144,7 @@ pub async fn accept(
         ))?;
     let now = Utc::now();
     let found = invitation::Entity::find()
-        .filter(invitation::Column::TokenHash.eq(hash(token.trim())))
+        .filter(invitation::Column::TokenHash.eq(auth::sha256_hex(token.trim().as_bytes())))
         .one(&db.write)
         .await?
         .filter(|i| i.accepted_at.is_none() && i.revoked_at.is_none())

@@ -80,10 +80,6 @@ pub struct NewApiKey {
     pub expires_at: Option<DateTime<Utc>>,
 }
 
-fn hash(secret: &str) -> String {
-    format!("{:x}", Sha256::digest(secret.as_bytes()))
-}
-
 fn digest(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
@@ -125,8 +121,7 @@ pub async fn authenticate(db: &Database, known: &Known, secret: &str) -> Result<
     let (mut key, looked_up) = match known.0.get(&digest) {
         Some(key) => (key, false),
         None => {
-            // (Hashed again on this rare path: the cache's key needs no text.)
-            let secret_hash = hash(secret);
+            let secret_hash = super::lower_hex(&digest);
             let statement = SQL
                 .get(db.backend())
                 .bind(|name| (name == "hash").then(|| secret_hash.as_str().into()))?;
@@ -310,7 +305,7 @@ async fn insert(
         tenant_id: Set(request.tenant_id),
         name: Set(name.to_owned()),
         prefix: Set(secret.chars().take(SECRET_PREFIX.len() + 4).collect()),
-        secret_hash: Set(hash(&secret)),
+        secret_hash: Set(super::sha256_hex(secret.as_bytes())),
         scopes: Set(scopes.join(",")),
         created_by: Set(created_by),
         created_at: Set(Utc::now()),
