@@ -40,6 +40,7 @@ impl MigrationTrait for Migration {
                 .await?;
         }
         let db = manager.get_connection();
+        let postgres = manager.get_database_backend() == DatabaseBackend::Postgres;
         for sql in [
             format!(
                 "CREATE TABLE credit_feed_backfill AS SELECT tenant_id, id, \
@@ -59,7 +60,6 @@ impl MigrationTrait for Migration {
                 .to_owned(),
             "DROP TABLE credit_feed_backfill".to_owned(),
         ] {
-            let postgres = manager.get_database_backend() == DatabaseBackend::Postgres;
             if sql.starts_with("INSERT INTO credit_feed") && !postgres {
                 // SQLite keeps no `credit_feed` rows.
                 continue;
