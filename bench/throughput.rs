@@ -20,8 +20,8 @@
 //! PostgreSQL is used when BENCH_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres)
 //! answers; BENCH_DATABASE_URL=none skips it, as BENCH_SQLITE=none skips SQLite.
 //!
-//! BENCH_ONLY=a,b runs only the workloads whose names contain one of the comma-separated texts
-//! (`/healthz` always runs); BENCH_ROUNDS=n runs them n times in turn, alternating, for an A/B
+//! BENCH_ONLY='a|b' runs only the workloads whose names contain one of the `|`-separated texts
+//! (names hold commas; `/healthz` always runs); BENCH_ROUNDS=n runs them n times in turn, alternating, for an A/B
 //! of two workloads in the same minutes. Either prints the table without writing it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -531,7 +531,7 @@ async fn run_database(
     ];
     let only: Option<Vec<String>> = std::env::var("BENCH_ONLY")
         .ok()
-        .map(|s| s.split(',').map(str::to_owned).collect());
+        .map(|s| s.split('|').map(str::to_owned).collect());
     let rounds: usize = std::env::var("BENCH_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())

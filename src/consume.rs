@@ -328,10 +328,11 @@ fn credit_type(state: &AppState, cost: &Cost) -> Result<CreditTypeConfig, AppErr
                     "feature must be 1 to {MAX_REFERENCE} characters"
                 )));
             }
+            // Not a catalogue entry: nothing shows a name or a description of it.
             Ok(CreditTypeConfig {
                 value: EXPLICIT_CREDIT_TYPE.to_owned(),
-                name: "Explicit amount".to_owned(),
-                description: format!("An amount of {feature} the caller named."),
+                name: String::new(),
+                description: String::new(),
                 amount: *amount,
                 feature: feature.clone(),
                 meter: None,

@@ -151,6 +151,24 @@ impl Writer {
     }
 }
 
+/// Before a batch on the writer's own thread: the threads that woke it may still be handling
+/// requests whose spends are on their way (on a core they share with the writer, it took the
+/// core from them as it woke). The writer lets them run first and takes what they queued
+/// meanwhile, so that one commit serves those spends too. Where they run on other cores, the
+/// yield returns at once.
+fn gather(queue: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>, max_batch: usize) {
+    if batch.len() >= max_batch {
+        return;
+    }
+    std::thread::yield_now();
+    while batch.len() < max_batch {
+        match queue.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
+    }
+}
+
 struct Running {
     db: Database,
     session: Session,
@@ -164,6 +182,7 @@ impl Running {
         while queue.recv_many(&mut batch, max_batch).await > 0 {
             if on_own_thread {
                 self.db.hand_off();
+                gather(&mut queue, &mut batch, max_batch);
             }
             // One lock order for every batch on every replica: no deadlocks between batches.
             batch.sort_by_key(|(spend, _)| spend.tenant_id);

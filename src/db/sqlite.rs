@@ -17,7 +17,7 @@ use std::{
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{
     Connection, OpenFlags,
-    types::{Value as Sqlite, ValueRef},
+    types::{ToSqlOutput, Value as Sqlite, ValueRef},
 };
 use sea_orm::{
     ColumnTrait, ColumnType, DbErr, EntityTrait, IdenStatic, Iterable, Statement, Value,
@@ -215,27 +215,38 @@ pub(super) fn run(
     Ok(out)
 }
 
-/// A sea-orm value as sqlx-sqlite binds it.
-fn bind(value: &Value) -> Result<Sqlite, DbErr> {
+/// A sea-orm value as sqlx-sqlite binds it. Text and blobs are bound from the value itself,
+/// not from a copy: SQLite copies them once as it binds (`SQLITE_TRANSIENT`).
+fn bind(value: &Value) -> Result<ToSqlOutput<'_>, DbErr> {
+    let owned = |v: Sqlite| ToSqlOutput::Owned(v);
     Ok(match value {
-        Value::Bool(v) => v.map_or(Sqlite::Null, |b| Sqlite::Integer(i64::from(b))),
-        Value::TinyInt(v) => v.map_or(Sqlite::Null, |n| Sqlite::Integer(n.into())),
-        Value::SmallInt(v) => v.map_or(Sqlite::Null, |n| Sqlite::Integer(n.into())),
-        Value::Int(v) => v.map_or(Sqlite::Null, |n| Sqlite::Integer(n.into())),
-        Value::BigInt(v) => v.map_or(Sqlite::Null, Sqlite::Integer),
-        Value::TinyUnsigned(v) => v.map_or(Sqlite::Null, |n| Sqlite::Integer(n.into())),
-        Value::SmallUnsigned(v) => v.map_or(Sqlite::Null, |n| Sqlite::Integer(n.into())),
-        Value::Unsigned(v) => v.map_or(Sqlite::Null, |n| Sqlite::Integer(n.into())),
-        Value::Double(v) => v.map_or(Sqlite::Null, Sqlite::Real),
-        Value::String(v) => v.clone().map_or(Sqlite::Null, Sqlite::Text),
-        Value::Bytes(v) => v.clone().map_or(Sqlite::Null, Sqlite::Blob),
-        Value::Uuid(v) => v.map_or(Sqlite::Null, |u| Sqlite::Blob(u.as_bytes().to_vec())),
-        Value::ChronoDateTimeUtc(v) => v.map_or(Sqlite::Null, |t| {
+        Value::Bool(v) => owned(v.map_or(Sqlite::Null, |b| Sqlite::Integer(i64::from(b)))),
+        Value::TinyInt(v) => owned(v.map_or(Sqlite::Null, |n| Sqlite::Integer(n.into()))),
+        Value::SmallInt(v) => owned(v.map_or(Sqlite::Null, |n| Sqlite::Integer(n.into()))),
+        Value::Int(v) => owned(v.map_or(Sqlite::Null, |n| Sqlite::Integer(n.into()))),
+        Value::BigInt(v) => owned(v.map_or(Sqlite::Null, Sqlite::Integer)),
+        Value::TinyUnsigned(v) => owned(v.map_or(Sqlite::Null, |n| Sqlite::Integer(n.into()))),
+        Value::SmallUnsigned(v) => owned(v.map_or(Sqlite::Null, |n| Sqlite::Integer(n.into()))),
+        Value::Unsigned(v) => owned(v.map_or(Sqlite::Null, |n| Sqlite::Integer(n.into()))),
+        Value::Double(v) => owned(v.map_or(Sqlite::Null, Sqlite::Real)),
+        Value::String(v) => ToSqlOutput::Borrowed(
+            v.as_deref()
+                .map_or(ValueRef::Null, |t| ValueRef::Text(t.as_bytes())),
+        ),
+        Value::Bytes(v) => {
+            ToSqlOutput::Borrowed(v.as_deref().map_or(ValueRef::Null, ValueRef::Blob))
+        }
+        Value::Uuid(v) => ToSqlOutput::Borrowed(
+            v.as_ref()
+                .map_or(ValueRef::Null, |u| ValueRef::Blob(u.as_bytes())),
+        ),
+        Value::ChronoDateTimeUtc(v) => owned(v.map_or(Sqlite::Null, |t| {
             Sqlite::Text(t.to_rfc3339_opts(SecondsFormat::AutoSi, false))
-        }),
-        Value::Json(v) => v
-            .as_ref()
-            .map_or(Sqlite::Null, |j| Sqlite::Text(j.to_string())),
+        })),
+        Value::Json(v) => owned(
+            v.as_ref()
+                .map_or(Sqlite::Null, |j| Sqlite::Text(j.to_string())),
+        ),
         other => {
             return Err(DbErr::Custom(format!("no SQLite binding for {other:?}")));
         }
