@@ -14,6 +14,10 @@
 //! barely move when the machine is busy) and its peak RSS, runs `tollgate verify` after each
 //! database, and writes the table into BENCHMARKS.md between the throughput markers.
 //!
+//! BENCH_THREADS=1 prints, under each workload's line, the same CPU time (user and system)
+//! and context switches (voluntary and involuntary) per request for each of the server's
+//! threads.
+//!
 //! BENCH_SERVER_BIN=path/to/tollgate runs another build of the server (an older commit's, for a
 //! before/after comparison in one sitting); the table is then only printed, not written.
 //!
@@ -145,6 +149,12 @@ fn postgres_usage() -> u64 {
 
 /// The CPU time (clock ticks, user and system) a `/proc/…/stat` line reports.
 fn stat_ticks(stat: &str) -> u64 {
+    let (user, system) = stat_times(stat);
+    user + system
+}
+
+/// The user and system CPU time (clock ticks) a `/proc/…/stat` line reports.
+fn stat_times(stat: &str) -> (u64, u64) {
     // After the `(comm)` field: state is field 3, utime 14 and stime 15.
     let fields: Vec<&str> = stat
         .rsplit_once(')')
@@ -152,30 +162,47 @@ fn stat_ticks(stat: &str) -> u64 {
         .split_whitespace()
         .collect();
     let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
-    field(14).unwrap_or(0) + field(15).unwrap_or(0)
+    (field(14).unwrap_or(0), field(15).unwrap_or(0))
 }
 
-/// CPU time (clock ticks) and context switches of all a process's threads so far.
-fn process_usage(pid: u32) -> (u64, u64) {
-    let mut ticks = 0;
-    let mut switches = 0;
+/// One thread's CPU time (clock ticks) and context switches so far.
+#[derive(Default)]
+struct ThreadUsage {
+    name: String,
+    user: u64,
+    system: u64,
+    voluntary: u64,
+    involuntary: u64,
+}
+
+/// Every thread of a process, by thread id.
+fn thread_usage(pid: u32) -> std::collections::BTreeMap<String, ThreadUsage> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return (0, 0);
+        return Default::default();
     };
-    for task in tasks.flatten() {
-        let dir = task.path();
-        if let Ok(stat) = std::fs::read_to_string(dir.join("stat")) {
-            ticks += stat_ticks(&stat);
-        }
-        if let Ok(status) = std::fs::read_to_string(dir.join("status")) {
-            switches += status
-                .lines()
-                .filter(|l| l.contains("ctxt_switches:"))
-                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .sum::<u64>();
-        }
-    }
-    (ticks, switches)
+    let switches = |status: &str, key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    tasks
+        .flatten()
+        .map(|task| {
+            let dir = task.path();
+            let read = |file: &str| std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+            let (user, system) = stat_times(&read("stat"));
+            let status = read("status");
+            let usage = ThreadUsage {
+                name: read("comm").trim().to_owned(),
+                user,
+                system,
+                voluntary: switches(&status, "voluntary_ctxt_switches:"),
+                involuntary: switches(&status, "nonvoluntary_ctxt_switches:"),
+            };
+            (task.file_name().to_string_lossy().into_owned(), usage)
+        })
+        .collect()
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux).
@@ -189,24 +216,65 @@ fn clock_ticks() -> f64 {
 }
 
 /// The server's cost per request of `run` (which answers how many requests it made), and
-/// PostgreSQL's when `postgres`.
-fn measured(pid: u32, postgres: bool, run: impl FnOnce() -> WrkResult) -> (WrkResult, Cost) {
+/// PostgreSQL's when `postgres`; with BENCH_THREADS, the server's per thread, a line each
+/// (empty otherwise).
+fn measured(
+    pid: u32,
+    postgres: bool,
+    run: impl FnOnce() -> WrkResult,
+) -> (WrkResult, Cost, String) {
     let database = postgres.then(postgres_usage);
-    let (ticks, switches) = process_usage(pid);
+    let before = thread_usage(pid);
     let result = run();
-    let (ticks_after, switches_after) = process_usage(pid);
+    let after = thread_usage(pid);
     let database_after = postgres.then(postgres_usage);
     let n = result.requests.max(1.0);
     let per_request = |ticks: u64| ticks as f64 * 1e6 / clock_ticks() / n;
+    // Each thread's use during the run (threads that ended meanwhile are not counted).
+    let spent: Vec<ThreadUsage> = after
+        .into_iter()
+        .map(|(tid, a)| {
+            let b = before.get(&tid);
+            let since = |now: u64, then: fn(&ThreadUsage) -> u64| now - b.map_or(0, then);
+            ThreadUsage {
+                user: since(a.user, |t| t.user),
+                system: since(a.system, |t| t.system),
+                voluntary: since(a.voluntary, |t| t.voluntary),
+                involuntary: since(a.involuntary, |t| t.involuntary),
+                name: a.name,
+            }
+        })
+        .collect();
+    let mut threads = String::new();
+    if std::env::var("BENCH_THREADS").is_ok() {
+        for t in spent
+            .iter()
+            .filter(|t| t.user + t.system + t.voluntary + t.involuntary > 0)
+        {
+            let _ = writeln!(
+                threads,
+                "    {}: user {:.1} µs, system {:.1} µs, {:.3} voluntary and {:.3} involuntary context switches per request",
+                t.name,
+                per_request(t.user),
+                per_request(t.system),
+                t.voluntary as f64 / n,
+                t.involuntary as f64 / n
+            );
+        }
+    }
     let cost = Cost {
-        cpu_us: per_request(ticks_after - ticks),
-        switches: (switches_after - switches) as f64 / n,
+        cpu_us: per_request(spent.iter().map(|t| t.user + t.system).sum()),
+        switches: spent
+            .iter()
+            .map(|t| t.voluntary + t.involuntary)
+            .sum::<u64>() as f64
+            / n,
         database_cpu_us: match (database, database_after) {
             (Some(before), Some(after)) => per_request(after.saturating_sub(before)),
             _ => f64::NAN,
         },
     };
-    (result, cost)
+    (result, cost, threads)
 }
 
 /// The server binary: this build's, or BENCH_SERVER_BIN.
@@ -433,7 +501,7 @@ async fn run_database(
 
     let pid = server.id();
     let postgres = label == "PostgreSQL";
-    let (health, cost) = measured(pid, postgres, || {
+    let (health, cost, _) = measured(pid, postgres, || {
         wrk(&base, "GET", "/healthz", &[], None, seconds, pinned)
     });
     rows.push(Row {
@@ -545,7 +613,7 @@ async fn run_database(
         .collect();
     for (name, bodies, bearer, floor) in (0..rounds).flat_map(|_| chosen.iter()) {
         let (name, bearer, floor) = (*name, *bearer, *floor);
-        let (r, cost) = measured(pid, postgres, || {
+        let (r, cost, threads) = measured(pid, postgres, || {
             wrk(&base, "POST", "/graphql", bodies, bearer, seconds, pinned)
         });
         eprintln!(
@@ -559,6 +627,7 @@ async fn run_database(
             cost.switches,
             cost.database_cpu_us
         );
+        eprint!("{threads}");
         rows.push(Row {
             cost,
             database: label,
