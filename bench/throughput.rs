@@ -7,12 +7,13 @@
 //! Builds in release (cargo's bench profile), starts `tollgate serve` pinned to core 0, drives
 //! it with wrk (installed from Debian's packages if missing) pinned to core 1, 32 connections,
 //! and measures in the same run the floors each workload is compared with: `GET /healthz` (the
-//! HTTP floor) and the raw guard floor, the writes of a guarded `createTask` through the same
+//! HTTP floor) and the raw guard floors, the writes of a guarded `createTask` through the same
 //! driver without HTTP or GraphQL (one transaction per guard, and batched as the server
-//! batches). Reports req/s, p50, p99, errors, the server's CPU time and context switches per
-//! request (summed over /proc/PID/task/*/ before and after each workload: unlike req/s they
-//! barely move when the machine is busy) and its peak RSS, runs `tollgate verify` after each
-//! database, and writes the table into BENCHMARKS.md between the throughput markers.
+//! batches), and those of a `consumeCredits` with an API key (batched). Reports req/s, p50,
+//! p99, errors, the server's CPU time and context switches per request (summed over
+//! /proc/PID/task/*/ before and after each workload: unlike req/s they barely move when the
+//! machine is busy) and its peak RSS, runs `tollgate verify` after each database, and writes
+//! the table into BENCHMARKS.md between the throughput markers.
 //!
 //! BENCH_THREADS=1 prints, under each workload's line, the same CPU time (user and system)
 //! and context switches (voluntary and involuntary) per request for each of the server's
@@ -43,15 +44,15 @@ use std::{
 };
 
 use chrono::Utc;
-use entity::{plan, project, task, tenant, tenant_subscription, tenant_user, user};
+use entity::{api_key, plan, project, task, tenant, tenant_subscription, tenant_user, user};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, Database as SeaDatabase, EntityTrait,
     QueryFilter,
 };
 use serde_json::json;
 use tollgate::{
-    config::Config,
-    credits::{Spend, Statements, Writer},
+    config::{CREDITS_FEATURE, Config, CreditTypeConfig, EXPLICIT_CREDIT_TYPE},
+    credits::{Actor, IdempotencyKey, Paid, Spend, Statements, Writer},
     db::Database,
     projects::TASK,
 };
@@ -284,12 +285,12 @@ fn server_bin() -> String {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    // Re-entry: `throughput floor <url> <txn|batch> <seconds>`, run pinned by the parent.
+    // Re-entry: `throughput floor <url> <txn|batch|consume> <seconds>`, run pinned by the parent.
     if args.get(1).map(String::as_str) == Some("floor") {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let rps = rt.block_on(raw_floor(
             &args[2],
-            &args[3] == "batch",
+            &args[3],
             args[4].parse().expect("seconds"),
         ));
         println!("FLOOR {rps:.1}");
@@ -323,11 +324,15 @@ fn main() {
         "sqlite://{}?mode=rwc",
         dir.path().join("floor-b.db").display()
     );
+    let sqlite_floor_c = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("floor-c.db").display()
+    );
     if std::env::var("BENCH_SQLITE").as_deref() != Ok("none") {
         rt.block_on(run_database(
             "SQLite",
             &sqlite,
-            [&sqlite_floor, &sqlite_floor_b],
+            [&sqlite_floor, &sqlite_floor_b, &sqlite_floor_c],
             dir.path(),
             seconds,
             pinned,
@@ -341,7 +346,7 @@ fn main() {
     if pg != "none" {
         let dbs = rt.block_on(async {
             let mut made = Vec::new();
-            for suffix in ["server", "floor", "floorb"] {
+            for suffix in ["server", "floor", "floorb", "floorc"] {
                 let name = format!("tollgate_throughput_{}_{suffix}", std::process::id());
                 made.push(common::create_pg_database(&pg, &name).await?);
             }
@@ -352,7 +357,7 @@ fn main() {
                 rt.block_on(run_database(
                     "PostgreSQL",
                     &dbs[0].0,
-                    [&dbs[1].0, &dbs[2].0],
+                    [&dbs[1].0, &dbs[2].0, &dbs[3].0],
                     dir.path(),
                     seconds,
                     pinned,
@@ -402,7 +407,7 @@ fn ensure_wrk() {
 async fn run_database(
     label: &'static str,
     url: &str,
-    floor_urls: [&String; 2],
+    floor_urls: [&String; 3],
     dir: &Path,
     seconds: u64,
     pinned: bool,
@@ -413,8 +418,10 @@ async fn run_database(
     // The raw guard floors, pinned to the server's core, each on a database of its own.
     let floor_txn = run_floor(floor_urls[0], "txn", seconds, pinned);
     let floor_batch = run_floor(floor_urls[1], "batch", seconds, pinned);
+    let floor_consume = run_floor(floor_urls[2], "consume", seconds, pinned);
     eprintln!(
-        "raw guard floor: {floor_txn:.0}/s one transaction per guard, {floor_batch:.0}/s batched"
+        "raw guard floor: {floor_txn:.0}/s one transaction per guard, {floor_batch:.0}/s batched; \
+         consumeCredits' writes {floor_consume:.0}/s batched"
     );
 
     let config_path = dir.join(format!("bench-{label}.toml"));
@@ -640,28 +647,26 @@ async fn run_database(
             floor,
         });
     }
-    rows.push(Row {
-        database: label,
-        workload: "raw guard, one transaction per guard".into(),
-        cost: NO_COST,
-        rps: floor_txn,
-        p50_ms: f64::NAN,
-        p99_ms: f64::NAN,
-        errors: 0,
-        denied: 0,
-        floor: None,
-    });
-    rows.push(Row {
-        database: label,
-        workload: "raw guard, batched as the server batches".into(),
-        cost: NO_COST,
-        rps: floor_batch,
-        p50_ms: f64::NAN,
-        p99_ms: f64::NAN,
-        errors: 0,
-        denied: 0,
-        floor: None,
-    });
+    for (workload, rps) in [
+        ("raw guard, one transaction per guard", floor_txn),
+        ("raw guard, batched as the server batches", floor_batch),
+        (
+            "raw guard, `consumeCredits`' writes (an API key's, a new idempotency key each), batched",
+            floor_consume,
+        ),
+    ] {
+        rows.push(Row {
+            database: label,
+            workload: workload.into(),
+            cost: NO_COST,
+            rps,
+            p50_ms: f64::NAN,
+            p99_ms: f64::NAN,
+            errors: 0,
+            denied: 0,
+            floor: None,
+        });
+    }
 
     if label == "PostgreSQL" {
         match fanout(
@@ -1073,9 +1078,11 @@ fn run_floor(url: &str, mode: &str, seconds: u64, pinned: bool) -> f64 {
         .unwrap_or_else(|| panic!("floor said: {stdout}"))
 }
 
-/// The writes of a guarded `createTask` on an UNLIMITED plan, through the server's own code
-/// and driver, `CONNECTIONS` callers at once, without HTTP or GraphQL.
-async fn raw_floor(url: &str, batched: bool, seconds: u64) -> f64 {
+/// The writes of a guarded `createTask` on an UNLIMITED plan (`mode` `txn`: one transaction
+/// per guard; `batch`: batched as the server batches), or those of a `consumeCredits` with an
+/// API key (`consume`: an explicit amount, a new idempotency key each, batched), through the
+/// server's own code and driver, `CONNECTIONS` callers at once, without HTTP or GraphQL.
+async fn raw_floor(url: &str, mode: &str, seconds: u64) -> f64 {
     let mut config = Config::defaults().expect("built-in configuration");
     config.database_url = url.to_owned();
     common::on_unlimited_plan(&mut config);
@@ -1134,15 +1141,42 @@ async fn raw_floor(url: &str, batched: bool, seconds: u64) -> f64 {
     .insert(&db.write)
     .await
     .expect("project");
-    let credit_type = config
-        .credit_type(tollgate::projects::TASK.credit_type)
-        .expect("the task credit type");
+    // The key `consumeCredits` spends with: the guard checks that it is still in force.
+    let api_key = api_key::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        tenant_id: Set(Some(tenant.id)),
+        name: Set("floor".into()),
+        prefix: Set("tg_sk_floo".into()),
+        secret_hash: Set("unused".into()),
+        scopes: Set("CREDITS_CONSUME".into()),
+        created_by: Set(Some(user.id)),
+        created_at: Set(now),
+        expires_at: Set(None),
+        revoked_at: Set(None),
+        last_used_at: Set(None),
+    }
+    .insert(&db.write)
+    .await
+    .expect("api key");
+    let credit_type = match mode {
+        "consume" => CreditTypeConfig {
+            value: EXPLICIT_CREDIT_TYPE.to_owned(),
+            name: String::new(),
+            description: String::new(),
+            amount: 1,
+            feature: CREDITS_FEATURE.to_owned(),
+            meter: None,
+        },
+        _ => config
+            .credit_type(tollgate::projects::TASK.credit_type)
+            .expect("the task credit type"),
+    };
+    let retention = tollgate::idempotency::retention(&config);
     let metrics = tollgate::metrics::Metrics::new().expect("metrics");
     // Unbatched: one transaction per guard.
-    let max_batch = if batched {
-        config.database.max_batch
-    } else {
-        1
+    let max_batch = match mode {
+        "txn" => 1,
+        _ => config.database.max_batch,
     };
     let statements = Statements::build(db.backend(), &tollgate::projects::PAID);
     // As in the server: every charged spend is published to the live balance's fan-out.
@@ -1158,31 +1192,13 @@ async fn raw_floor(url: &str, batched: bool, seconds: u64) -> f64 {
     for _ in 0..CONNECTIONS {
         let writer = Arc::clone(&writer);
         let (credit_type, project) = (credit_type.clone(), project.clone());
-        let user_id = user.id;
+        let (user_id, key_id, consume) = (user.id, api_key.id, mode == "consume");
         callers.push(tokio::spawn(async move {
             let mut done = 0u64;
             while Instant::now() < deadline {
-                let id = Uuid::now_v7();
-                let spend = Spend {
-                    tenant_id: project.tenant_id,
-                    user_id: Some(user_id),
-                    credit_type: credit_type.clone(),
-                    paid: TASK
-                        .row(&task::Model {
-                            id,
-                            tenant_id: project.tenant_id,
-                            project_id: project.id,
-                            title: "floor".into(),
-                            created_by: user_id,
-                            created_at: Utc::now(),
-                            deleted_at: None,
-                        })
-                        .expect("the task's row"),
-                    actor: tollgate::credits::Actor::User(user_id),
-                    subject: None,
-                    metadata: None,
-                    key: None,
-                    at: Utc::now(),
+                let spend = match consume {
+                    true => consume_spend(project.tenant_id, key_id, &credit_type, retention),
+                    false => task_spend(&project, user_id, &credit_type),
                 };
                 writer.submit(spend).await.expect("guard");
                 done += 1;
@@ -1195,6 +1211,60 @@ async fn raw_floor(url: &str, batched: bool, seconds: u64) -> f64 {
         total += c.await.expect("caller");
     }
     total as f64 / started.elapsed().as_secs_f64()
+}
+
+/// A guarded `createTask`'s spend, as the server makes it.
+fn task_spend(project: &project::Model, user_id: Uuid, credit_type: &CreditTypeConfig) -> Spend {
+    Spend {
+        tenant_id: project.tenant_id,
+        user_id: Some(user_id),
+        credit_type: credit_type.clone(),
+        paid: TASK
+            .row(&task::Model {
+                id: Uuid::now_v7(),
+                tenant_id: project.tenant_id,
+                project_id: project.id,
+                title: "floor".into(),
+                created_by: user_id,
+                created_at: Utc::now(),
+                deleted_at: None,
+            })
+            .expect("the task's row"),
+        actor: Actor::User(user_id),
+        subject: None,
+        metadata: None,
+        key: None,
+        at: Utc::now(),
+    }
+}
+
+/// The spend of the `consumeCredits` the benchmark sends (an explicit amount, `objectId`
+/// "job", a new idempotency key), as the server makes it for an API key.
+fn consume_spend(
+    tenant_id: Uuid,
+    key_id: Uuid,
+    credit_type: &CreditTypeConfig,
+    retention: chrono::Duration,
+) -> Spend {
+    let fingerprint =
+        tollgate::consume::fingerprint(tenant_id, None, credit_type, Some("job"), None, "");
+    Spend {
+        tenant_id,
+        user_id: None,
+        credit_type: credit_type.clone(),
+        paid: Paid::Action {
+            object_id: Some("job".to_owned()),
+        },
+        actor: Actor::ApiKey(key_id),
+        subject: None,
+        metadata: None,
+        key: Some(IdempotencyKey {
+            value: Uuid::now_v7().to_string(),
+            fingerprint,
+            retention,
+        }),
+        at: Utc::now(),
+    }
 }
 
 fn peak_rss_mb(pid: u32) -> f64 {

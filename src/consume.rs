@@ -106,18 +106,13 @@ pub async fn consume(
         Some(_) => return Err(AppError::bad_input("metadata must be a JSON object")),
     };
     let key = idempotency::check_key(Some(request.idempotency_key))?.unwrap_or_default();
-    let fingerprint = Fingerprint::new(
-        "consumeCredits",
-        &[
-            &request.tenant_id.to_string(),
-            &user_id.map(|id| id.to_string()).unwrap_or_default(),
-            &credit_type.value,
-            &credit_type.amount.to_string(),
-            &credit_type.feature,
-            object_id.as_deref().unwrap_or(""),
-            subject.as_deref().unwrap_or(""),
-            &metadata_text,
-        ],
+    let fingerprint = fingerprint(
+        request.tenant_id,
+        user_id,
+        &credit_type,
+        object_id.as_deref(),
+        subject.as_deref(),
+        &metadata_text,
     );
     let spend = Spend {
         tenant_id: request.tenant_id,
@@ -194,6 +189,31 @@ pub async fn consume(
             })
         }
     }
+}
+
+/// What a `consumeCredits` asked for, to tell a replay of its key from a reuse: everything
+/// it spends and records (`metadata` as its JSON text, empty when none).
+pub fn fingerprint(
+    tenant_id: Uuid,
+    user_id: Option<Uuid>,
+    credit_type: &CreditTypeConfig,
+    object_id: Option<&str>,
+    subject: Option<&str>,
+    metadata: &str,
+) -> Fingerprint {
+    Fingerprint::new(
+        "consumeCredits",
+        &[
+            &tenant_id.to_string(),
+            &user_id.map(|id| id.to_string()).unwrap_or_default(),
+            &credit_type.value,
+            &credit_type.amount.to_string(),
+            &credit_type.feature,
+            object_id.unwrap_or(""),
+            subject.unwrap_or(""),
+            metadata,
+        ],
+    )
 }
 
 /// Who spends: a user as themselves; a key (scope `CREDITS_CONSUME`) for the member it names,

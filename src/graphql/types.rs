@@ -31,7 +31,6 @@ pub use resources::*;
 pub use teams::*;
 pub use webhooks::*;
 
-/// Saturates a stored 64-bit count into GraphQL's 32-bit `Int`.
 /// How many items a list without a page size counts as in a request's complexity
 /// (`User.memberships`: as many as `tenants.max_per_user` allows by default).
 pub const LIST_COMPLEXITY: usize = 20;
@@ -42,6 +41,7 @@ pub fn page_complexity(first: Option<i32>, child_complexity: usize) -> usize {
     1 + rows.max(1).saturating_mul(child_complexity)
 }
 
+/// Saturates a stored 64-bit count into GraphQL's 32-bit `Int`.
 fn int(value: i64) -> i32 {
     i32::try_from(value).unwrap_or(if value < 0 { i32::MIN } else { i32::MAX })
 }
