@@ -26,6 +26,7 @@ pub struct Metrics {
     errors: IntCounterVec,
     credits: IntCounterVec,
     stripe: IntCounterVec,
+    webhooks: IntCounterVec,
     outbox: IntGaugeVec,
     pool: IntGaugeVec,
     statements: IntCounter,
@@ -70,6 +71,13 @@ impl Metrics {
             ),
             &["outcome"],
         )?;
+        let webhooks = IntCounterVec::new(
+            Opts::new(
+                "webhook_deliveries_total",
+                "Webhook delivery attempts made by this process, by outcome (delivered, retry, failed, dropped)",
+            ),
+            &["outcome"],
+        )?;
         let outbox = IntGaugeVec::new(
             Opts::new(
                 "usage_events",
@@ -95,6 +103,7 @@ impl Metrics {
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(credits.clone()))?;
         registry.register(Box::new(stripe.clone()))?;
+        registry.register(Box::new(webhooks.clone()))?;
         registry.register(Box::new(outbox.clone()))?;
         registry.register(Box::new(pool.clone()))?;
         registry.register(Box::new(statements.clone()))?;
@@ -106,6 +115,7 @@ impl Metrics {
             errors,
             credits,
             stripe,
+            webhooks,
             outbox,
             pool,
             statements,
@@ -137,6 +147,11 @@ impl Metrics {
     /// One meter event sent to Stripe, and what came of it.
     pub fn stripe_meter_event(&self, outcome: &str) {
         self.stripe.with_label_values(&[outcome]).inc();
+    }
+
+    /// One attempt at a webhook delivery, and what came of it.
+    pub fn webhook_delivery(&self, outcome: &str) {
+        self.webhooks.with_label_values(&[outcome]).inc();
     }
 
     /// The text exposition, with the database figures read now.

@@ -76,8 +76,12 @@ impl Application {
         crate::reservations::spawn_expirer(db.clone(), clock.clone(), sweep, changes.clone());
         let metrics = Metrics::new()?;
         let (stop, stopped) = watch::channel(false);
-        let webhook_sender =
-            crate::webhooks::spawn_sender(db.clone(), config.webhooks.clone(), stopped.clone());
+        let webhook_sender = crate::webhooks::spawn_sender(
+            db.clone(),
+            config.webhooks.clone(),
+            metrics.clone(),
+            stopped.clone(),
+        );
         let (stripe, reporter) = match &config.stripe.secret_key {
             Some(key) => {
                 let client = StripeHttp::new(

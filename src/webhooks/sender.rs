@@ -55,6 +55,7 @@ use super::target;
 use crate::{
     config::WebhookSettings,
     db::{self, Database, PerBackend},
+    metrics::Metrics,
 };
 
 /// Events fanned out per round, at most.
@@ -70,6 +71,7 @@ struct Sender {
     db: Database,
     http: Https,
     settings: WebhookSettings,
+    metrics: Metrics,
 }
 
 /// Starts the sender. It runs until `stop` turns true; the sends in flight then finish and
@@ -77,6 +79,7 @@ struct Sender {
 pub fn spawn_sender(
     db: Database,
     settings: WebhookSettings,
+    metrics: Metrics,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -87,6 +90,7 @@ pub fn spawn_sender(
             http: client(&settings),
             db,
             settings,
+            metrics,
         });
         while !*stop.borrow() {
             // Idle, a round is one read: no write transaction unless there is work.
@@ -304,9 +308,12 @@ async fn claim_and_send(
         let sender = Arc::clone(sender);
         tokio::spawn(async move {
             let outcome = sender.deliver(&claimed).await;
-            if let Err(e) = settle(&sender.db, &sender.settings, &claimed, &outcome).await {
+            match settle(&sender.db, &sender.settings, &claimed, &outcome).await {
+                Ok(counted) => sender.metrics.webhook_delivery(counted),
                 // The claim runs out and the delivery is made again: same webhook-id.
-                tracing::warn!(webhook_delivery.id = %claimed.id, error.cause = %e, "webhook outcome not recorded; it will be sent again");
+                Err(e) => {
+                    tracing::warn!(webhook_delivery.id = %claimed.id, error.cause = %e, "webhook outcome not recorded; it will be sent again");
+                }
             }
             drop(slot);
         });
@@ -475,13 +482,15 @@ fn next_attempt(
 }
 
 /// Records an attempt's outcome on the delivery (still pending, and still this sender's
-/// claim) and on its endpoint, in one transaction.
+/// claim) and on its endpoint, in one transaction. Returns what the attempt counts as in the
+/// metrics: `delivered`, `retry` (another attempt is due), `failed` (no more attempts) or
+/// `dropped` (not sent: the endpoint is gone or disabled).
 async fn settle(
     db: &Database,
     settings: &WebhookSettings,
     claimed: &Claimed,
     outcome: &Outcome,
-) -> Result<(), DbErr> {
+) -> Result<&'static str, DbErr> {
     static DELIVERED: PerBackend = PerBackend::new(|_| {
         "UPDATE webhook_delivery SET status = 'DELIVERED', attempts = attempts + 1, \
          last_status_code = :code, last_error = NULL, delivered_at = :now, claimed_until = NULL \
@@ -523,8 +532,9 @@ async fn settle(
         (&FAILING, now, ""),
         (&DISABLE, failing_cutoff, "failing for too long"),
     ];
-    let (delivery, code, error, at, tried, endpoint) = match outcome {
+    let (counted, delivery, code, error, at, tried, endpoint) = match outcome {
         Outcome::Delivered { status } => (
+            "delivered",
             &DELIVERED,
             Some(i32::from(*status)),
             None,
@@ -533,6 +543,7 @@ async fn settle(
             vec![(&HEALTHY, now, "")],
         ),
         Outcome::Gone => (
+            "failed",
             &FAILED,
             Some(410),
             Some("the endpoint answered 410 Gone: it is disabled".to_owned()),
@@ -540,7 +551,15 @@ async fn settle(
             1,
             vec![(&FAILING, now, ""), (&DISABLE, now, "answered 410 Gone")],
         ),
-        Outcome::Dropped { reason } => (&FAILED, None, Some(reason.clone()), None, 0, vec![]),
+        Outcome::Dropped { reason } => (
+            "dropped",
+            &FAILED,
+            None,
+            Some(reason.clone()),
+            None,
+            0,
+            vec![],
+        ),
         Outcome::Failed {
             status,
             error,
@@ -548,8 +567,17 @@ async fn settle(
         } => {
             let code = status.map(i32::from);
             match next_attempt(attempts, settings, *retry_after, now) {
-                Some(at) => (&AGAIN, code, Some(error.clone()), Some(at), 1, failing),
+                Some(at) => (
+                    "retry",
+                    &AGAIN,
+                    code,
+                    Some(error.clone()),
+                    Some(at),
+                    1,
+                    failing,
+                ),
                 None => (
+                    "failed",
                     &FAILED,
                     code,
                     Some(format!("gave up after {attempts} attempts: {error}")),
@@ -588,7 +616,8 @@ async fn settle(
             txn.execute_raw(statement).await?;
         }
     }
-    txn.commit().await
+    txn.commit().await?;
+    Ok(counted)
 }
 
 #[cfg(test)]

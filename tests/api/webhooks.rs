@@ -3,6 +3,7 @@
 //! a timeout and 429 with `Retry-After`, `410 Gone` disabling the endpoint, retries running
 //! out and a replay, secret rotation (both signatures during the overlap), events fanned out
 //! from real changes (an invitation), who may manage endpoints, and internal targets refused.
+//! Each attempt shows in the metrics by outcome (`tollgate_webhook_deliveries_total`).
 
 use std::{
     collections::VecDeque,
@@ -16,6 +17,7 @@ use tollgate::config::Config;
 
 use crate::{
     helpers::{TestApp, error_code, spawn_app_with},
+    operability::{metrics_page, sample},
     stripe::eventually,
 };
 
@@ -194,6 +196,35 @@ async fn settled(app: &TestApp, token: &str, endpoint: &str, status: &str) -> Va
     deliveries(app, token, endpoint).await[0].clone()
 }
 
+/// Waits until the server's `tollgate_webhook_deliveries_total` reads, for each outcome,
+/// the count given (the sender counts an attempt just after recording it); panics with the
+/// counts read otherwise.
+async fn counted(app: &TestApp, expected: &[(&str, f64)]) {
+    let read = || async {
+        let page = metrics_page(app).await;
+        expected
+            .iter()
+            .map(|(outcome, _)| {
+                let series = format!("tollgate_webhook_deliveries_total{{outcome=\"{outcome}\"}}");
+                sample(&page, &series).unwrap_or(0.0)
+            })
+            .collect::<Vec<_>>()
+    };
+    let wanted: Vec<f64> = expected.iter().map(|(_, n)| *n).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let counts = read().await;
+        if counts == wanted {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "webhook deliveries counted {counts:?}, expected {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn verify(secret: &str, r: &Received) {
     standardwebhooks::Webhook::new(secret)
         .unwrap()
@@ -229,6 +260,7 @@ async fn a_test_webhook_arrives_signed_in_the_standard_webhooks_format() {
         (&done["attempts"], &done["lastStatusCode"]),
         (&json!(1), &json!(200))
     );
+    counted(&app, &[("delivered", 1.0), ("retry", 0.0), ("failed", 0.0)]).await;
     // A wrong secret does not verify.
     let wrong = tollgate::webhooks::new_secret();
     assert!(
@@ -261,6 +293,7 @@ async fn failures_are_retried_with_the_same_id_and_retry_after_is_honoured() {
         assert_eq!(header(r, "webhook-id"), id, "one id across retries");
         verify(&secret, r);
     }
+    counted(&app, &[("delivered", 1.0), ("retry", 3.0), ("failed", 0.0)]).await;
     let waited = received[3].at - received[2].at;
     assert!(
         waited >= Duration::from_millis(1_900),
@@ -301,6 +334,11 @@ async fn gone_disables_the_endpoint_and_later_deliveries_fail_visibly() {
         "{dropped}"
     );
     assert_eq!(receiver.received().len(), 1);
+    counted(
+        &app,
+        &[("failed", 1.0), ("dropped", 1.0), ("delivered", 0.0)],
+    )
+    .await;
 
     // Turned back on, it receives again.
     let enabled = app
@@ -316,6 +354,11 @@ async fn gone_disables_the_endpoint_and_later_deliveries_fail_visibly() {
     );
     send_test(&app, &owner, &endpoint).await;
     settled(&app, &owner, &endpoint, "DELIVERED").await;
+    counted(
+        &app,
+        &[("failed", 1.0), ("dropped", 1.0), ("delivered", 1.0)],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -334,6 +377,7 @@ async fn a_delivery_that_runs_out_of_retries_fails_and_a_replay_sends_it_again()
             .unwrap()
             .contains("gave up after 4 attempts")
     );
+    counted(&app, &[("retry", 3.0), ("failed", 1.0), ("delivered", 0.0)]).await;
 
     let replayed = app
         .gql(
@@ -346,6 +390,7 @@ async fn a_delivery_that_runs_out_of_retries_fails_and_a_replay_sends_it_again()
     assert_eq!(replay["eventId"], first["eventId"], "{replayed}");
     assert_ne!(replay["id"], first["id"]);
     settled(&app, &owner, &endpoint, "DELIVERED").await;
+    counted(&app, &[("retry", 3.0), ("failed", 1.0), ("delivered", 1.0)]).await;
     let received = receiver.received();
     assert_eq!(received.len(), 5);
     assert_eq!(
