@@ -51,7 +51,7 @@ use sea_orm::{
 };
 use serde_json::json;
 use tollgate::{
-    config::{CREDITS_FEATURE, Config, CreditTypeConfig, EXPLICIT_CREDIT_TYPE},
+    config::{CREDITS_FEATURE, Config, CreditTypeConfig},
     credits::{Actor, IdempotencyKey, Paid, Spend, Statements, Writer},
     db::Database,
     projects::TASK,
@@ -1159,14 +1159,7 @@ async fn raw_floor(url: &str, mode: &str, seconds: u64) -> f64 {
     .await
     .expect("api key");
     let credit_type = match mode {
-        "consume" => CreditTypeConfig {
-            value: EXPLICIT_CREDIT_TYPE.to_owned(),
-            name: String::new(),
-            description: String::new(),
-            amount: 1,
-            feature: CREDITS_FEATURE.to_owned(),
-            meter: None,
-        },
+        "consume" => CreditTypeConfig::explicit(1, CREDITS_FEATURE.to_owned()),
         _ => config
             .credit_type(tollgate::projects::TASK.credit_type)
             .expect("the task credit type"),

@@ -354,6 +354,21 @@ pub struct CreditTypeConfig {
     pub meter: Option<Meter>,
 }
 
+impl CreditTypeConfig {
+    /// A spend of `amount` of `feature` named by the caller, not by the catalogue: recorded
+    /// as credit type `explicit`. Nothing shows a name or a description of it.
+    pub fn explicit(amount: i64, feature: String) -> Self {
+        CreditTypeConfig {
+            value: EXPLICIT_CREDIT_TYPE.to_owned(),
+            name: String::new(),
+            description: String::new(),
+            amount,
+            feature,
+            meter: None,
+        }
+    }
+}
+
 /// The plan feature a credit type spends unless it names another.
 pub const CREDITS_FEATURE: &str = "credits";
 

@@ -9,7 +9,7 @@ use sea_orm::prelude::*;
 
 use crate::{
     auth::{self, ApiScope, Viewer},
-    config::{CreditTypeConfig, EXPLICIT_CREDIT_TYPE},
+    config::CreditTypeConfig,
     credits::{self, Actor, FeatureLimitType, FeatureUsage, IdempotencyKey, Paid, Spend, Spent},
     error::AppError,
     idempotency::{self, Fingerprint},
@@ -348,15 +348,7 @@ fn credit_type(state: &AppState, cost: &Cost) -> Result<CreditTypeConfig, AppErr
                     "feature must be 1 to {MAX_REFERENCE} characters"
                 )));
             }
-            // Not a catalogue entry: nothing shows a name or a description of it.
-            Ok(CreditTypeConfig {
-                value: EXPLICIT_CREDIT_TYPE.to_owned(),
-                name: String::new(),
-                description: String::new(),
-                amount: *amount,
-                feature: feature.clone(),
-                meter: None,
-            })
+            Ok(CreditTypeConfig::explicit(*amount, feature.clone()))
         }
     }
 }
